@@ -1,0 +1,37 @@
+"""Presentation: the only package that uses rich. Core code returns data; this shows it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from kohyawrap.errors import KohyawrapError
+
+
+def stdout() -> Console:
+    """A rich console on stdout (tables, reports)."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr() -> Console:
+    """A rich console on stderr (progress, warnings, errors)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def print_error(err: KohyawrapError) -> None:
+    """Show a user-facing error: message, evidence lines and hint, without a traceback."""
+    from rich.markup import escape
+
+    con = stderr()
+    head = f"{err.where}: {err.message}" if err.where else err.message
+    con.print(f"[bold red]error:[/] {escape(head)}")
+    for line in err.evidence:
+        con.print(f"  {escape(line)}")
+    if err.hint:
+        con.print(f"[yellow]hint:[/] {escape(err.hint)}")

@@ -1,0 +1,138 @@
+"""Frozen data shared across layers: what a run is (spec), what rendering produced, and the
+events read from an sd-scripts log. Core modules return these; the CLI and console present them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# ---------------------------------------------------------------------------------------------
+# Rendering a run
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides a run's rendered configs. Same spec -> byte-identical files.
+
+    Paths are written into the configs exactly as given; sd-scripts resolves relative paths
+    against its working directory (the run folder), not against the config file.
+    """
+
+    gpu: str  # GPU preset name ("rtx4090"), or "vram-<N>" for an unknown card of N GB
+    model: str  # model preset name ("sd15", "sd2", "sdxl")
+    base_model: str  # pretrained_model_name_or_path as it will appear in the config
+    output_name: str
+    train_data_dir: str = "dataset"  # parent of the <repeats>_<concept> folders
+    output_dir: str = "output"
+    logging_dir: str = "logs"
+    reg_data_dir: str | None = None
+    tokenizer_cache_dir: str | None = None
+    caption_extension: str = ".txt"
+    use_dataset_config: bool = False  # write dataset_config.toml instead of train_data_dir
+    overrides: tuple[tuple[str, Any], ...] = ()  # --set key=value, in order given
+    smoke: bool = False  # a few steps at tiny resolution, CPU-friendly
+    vram_gb: float | None = None  # overrides the preset's VRAM (unknown GPUs)
+
+
+@dataclass(frozen=True)
+class RenderedRun:
+    """The files of a run and how to launch it.
+
+    ``files`` maps a file name ("training_config.toml", "sample_prompts.txt", "launch.sh", and
+    "dataset_config.toml" when chosen) to its exact text. ``accelerate_args`` are the options of
+    ``accelerate launch`` (``--num_processes 1 ... --mixed_precision bf16 --dynamo_backend no``);
+    ``script`` is the sd-scripts file to run; its own arguments are
+    ``--config_file <dir>/training_config.toml``.
+    """
+
+    spec: RunSpec
+    script: str
+    files: dict[str, str]
+    accelerate_args: tuple[str, ...]
+    settings: dict[str, Any]  # the flat, validated training options (what sd-scripts will see)
+    inputs_hash: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Events read from sd-scripts output (kohyawrap.logparse)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A tqdm ``steps:`` frame: step N of M, with the running average loss when shown."""
+
+    step: int
+    total: int
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    sec_per_it: float | None = None
+    avr_loss: float | None = None
+    epoch: int | None = None  # the epoch last announced by ``epoch N/M``
+
+
+@dataclass(frozen=True)
+class EpochStart:
+    epoch: int
+    total: int
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    """The ``running training`` block: images × repeats, batches per epoch, epochs, total steps."""
+
+    num_images: int | None
+    batches_per_epoch: int | None
+    epochs: int | None
+    batch_size: int | None
+    total_steps: int | None
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """``saving checkpoint: <path>`` (the file may still be being written)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ModelSaved:
+    """The final ``model saved.`` line."""
+
+
+@dataclass(frozen=True)
+class LogWarning:
+    message: str
+
+
+FailureKind = Literal["oom", "nan", "import", "disk", "no_data", "model_load", "config", "other"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A recognised fatal error in the log, with what to do about it."""
+
+    kind: FailureKind
+    message: str
+    hint: str
+
+
+Event = (
+    Progress | EpochStart | TrainingStarted | CheckpointSaved | ModelSaved | LogWarning | Failure
+)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Plan numbers for one GPU: steps, seconds, VRAM and dollars, each with its basis."""
+
+    gpu: str
+    steps: int
+    train_seconds: float
+    setup_seconds: float
+    vram_needed_gb: float
+    vram_available_gb: float
+    fits: bool
+    price_per_hour: float
+    dollars: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
