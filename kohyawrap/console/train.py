@@ -1,0 +1,146 @@
+"""The train/attach view: stages, transfers, a progress bar with loss, ETA and dollars.
+
+On a terminal it is a rich live display; in a pipe or a CI log it prints plain lines (one per
+stage, per epoch, per pulled file, and a progress line at most every few seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kohyawrap.models import (
+    CheckpointSaved,
+    EpochStart,
+    Event,
+    Failure,
+    LogWarning,
+    ModelSaved,
+    Progress,
+    TrainingStarted,
+)
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
+
+
+class ConsoleReporter:
+    """A Reporter (kohyawrap.launcher.report) that draws on stderr."""
+
+    def __init__(self, *, plain: bool | None = None, progress_every: float = 5.0) -> None:
+        from kohyawrap.console import stderr
+
+        self.con = stderr()
+        self.plain = (not self.con.is_terminal) if plain is None else plain
+        self.progress_every = progress_every
+        self._last_progress = 0.0
+        self._last_transfer: dict[str, float] = {}
+        self._bar: Any = None
+        self._task: Any = None
+
+    # -- stages and lines ------------------------------------------------------------
+    def stage(self, name: str, detail: str = "") -> None:
+        self._stop_bar()
+        self.con.print(f"[bold cyan]==>[/] [bold]{name}[/] {detail}", markup=True, highlight=False)
+
+    def info(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.con.print(f"    {escape(message)}")
+
+    def transfer(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last_transfer.get(label, 0.0) < 1.0:
+            return
+        self._last_transfer[label] = now
+        pct = 100.0 * done / total if total else 100.0
+        self.info(f"{label}: {done / 1e6:.1f} / {total / 1e6:.1f} MB ({pct:.0f}%)")
+
+    def pulled(self, name: str, size: int) -> None:
+        self.info(f"pulled {name} ({size / 1e6:.1f} MB, sha256 verified)")
+
+    # -- training events -------------------------------------------------------------
+    def event(self, event: Event, dollars_so_far: float, dollars_projected: float | None) -> None:
+        if isinstance(event, Progress):
+            self._progress(event, dollars_so_far, dollars_projected)
+        elif isinstance(event, TrainingStarted):
+            self.info(
+                f"training: {event.num_images} images x repeats, {event.batches_per_epoch} batches/epoch, "
+                f"{event.epochs} epochs, {event.total_steps} steps"
+            )
+        elif isinstance(event, EpochStart):
+            self.info(f"epoch {event.epoch}/{event.total}")
+        elif isinstance(event, CheckpointSaved):
+            self.info(f"saving {event.path}")
+        elif isinstance(event, ModelSaved):
+            self.info("model saved")
+        elif isinstance(event, LogWarning):
+            self.con.print(f"    [yellow]warning:[/] {event.message}", markup=True, highlight=False)
+        elif isinstance(event, Failure):
+            self.con.print(f"    [red]{event.kind}:[/] {event.message}", markup=True, highlight=False)
+
+    def _progress(self, p: Progress, spent: float, projected: float | None) -> None:
+        money = f"${spent:.2f}" + (f" of ~${projected:.2f}" if projected is not None else "")
+        loss = f"{p.avr_loss:.4g}" if p.avr_loss is not None else "-"
+        if self.plain:
+            now = time.monotonic()
+            if now - self._last_progress < self.progress_every and p.step != p.total:
+                return
+            self._last_progress = now
+            self.info(f"step {p.step}/{p.total}  loss {loss}  eta {_eta(p.eta_s)}  {money}")
+            return
+        bar, task = self._ensure_bar(p.total)
+        bar.update(task, completed=p.step, total=p.total, loss=loss, eta=_eta(p.eta_s), money=money)
+
+    def _ensure_bar(self, total: int) -> tuple[Any, Any]:
+        if self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn("    steps"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  eta {task.fields[eta]}  {task.fields[money]}"),
+                console=self.con, transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("steps", total=total, loss="-", eta="?", money="")
+        return self._bar, self._task
+
+    def _stop_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def close(self) -> None:
+        self._stop_bar()
+
+
+def show_plan(plan_json: dict[str, Any]) -> None:
+    """A short summary of what `train` is about to do."""
+    from rich.table import Table
+
+    from kohyawrap.console import stderr
+
+    est = plan_json["estimate"]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    spec = plan_json["spec"]
+    rows = [
+        ("run", plan_json["run_id"]),
+        ("host", f"{plan_json['target']}  ({plan_json['remote_run_dir']})"),
+        ("model", f"{spec['model']} via {plan_json['script']}; base {plan_json['model']['source']}"),
+        ("gpu preset", f"{spec['gpu']}  (VRAM need ~{est['vram_needed_gb']:.1f} of {est['vram_available_gb']:.0f} GB: "
+                       f"{'fits' if est['fits'] else 'DOES NOT FIT'})"),
+        ("steps", str(est["steps"])),
+        ("time", f"~{est['train_seconds'] / 60:.0f} min training + ~{est['setup_seconds'] / 60:.0f} min setup"),
+        ("cost", f"~${est['dollars']:.2f} at ${est['price_per_hour']:.2f}/h"),
+        ("sd-scripts", f"{plan_json['setup']['repo']} @ {plan_json['setup']['ref'][:12]}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    stderr().print(table)

@@ -1,0 +1,99 @@
+"""From what the user typed to a RunPlan: the one place that combines the dataset, the preset
+plan, the host's facts and the remote layout."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kohyawrap.errors import UsageError
+from kohyawrap.launcher.layout import RemoteLayout, make_run_id
+from kohyawrap.launcher.runplan import (
+    RunPlan,
+    SetupOptions,
+    dataset_files,
+    dataset_hash,
+    model_source,
+    with_host_paths,
+)
+from kohyawrap.models import RunSpec
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A ``kohyawrap train`` invocation, minus the connection details."""
+
+    spec: RunSpec  # gpu may be "auto" until the host's GPU is known
+    dataset: Path
+    base_model_file: str | None = None
+    work_dir: str = "~/kohyawrap"
+    setup: SetupOptions = SetupOptions()
+    price_per_hour: float | None = None
+    bandwidth_mbps: float = 50.0
+    on_finish: str = "none"
+    pull_state: bool = False
+    max_dollars: float | None = None
+    max_hours: float | None = None
+    force: bool = False
+
+
+def expand_work_dir(work_dir: str, home: str) -> str:
+    """``~/kohyawrap`` -> ``/root/kohyawrap`` (sd-scripts does not expand ``~``)."""
+    if work_dir == "~" or work_dir.startswith("~/"):
+        return posixpath.join(home, work_dir[2:])
+    if not work_dir.startswith("/"):
+        return posixpath.join(home, work_dir)
+    return work_dir
+
+
+def resolve_gpu(spec: RunSpec, facts: Any | None) -> RunSpec:
+    """``--gpu auto``: the preset for the host's first GPU (by name, else by VRAM tier)."""
+    if spec.gpu != "auto":
+        return spec
+    from kohyawrap.plan import gpu_for
+
+    gpus = list(getattr(facts, "gpus", []) or [])
+    if not gpus:
+        raise UsageError(
+            "--gpu auto found no NVIDIA GPU on the host",
+            hint="name the preset with --gpu (see `kohyawrap presets list`), or use --smoke to test on CPU",
+        )
+    first = gpus[0]
+    return replace(spec, gpu=gpu_for(first.name, first.memory_gb))
+
+
+def build_run_plan(request: TrainRequest, *, target: str, home: str, now: datetime,
+                   facts: Any | None = None, setup_state: str = "cold") -> RunPlan:
+    """The executable plan. Deterministic for the same request, host home, clock and facts."""
+    from kohyawrap.dataset.scan import read_training_dir
+    from kohyawrap.plan import build_plan
+
+    files = dataset_files(request.dataset)
+    digest = dataset_hash(files)
+    spec = resolve_gpu(request.spec, facts)
+    work = expand_work_dir(request.work_dir, home)
+    provisional = RemoteLayout(work, "pending")
+    model = model_source(spec.base_model, request.base_model_file, provisional.models)
+    host_spec = with_host_paths(spec, model, provisional)
+    tdir = read_training_dir(request.dataset, caption_extension=spec.caption_extension)
+    plan = build_plan(host_spec, tdir, price_per_hour=request.price_per_hour,
+                      bandwidth_mbps=request.bandwidth_mbps, setup=setup_state)  # type: ignore[arg-type]
+    if not plan.estimate.fits and not request.force and not spec.smoke:
+        raise UsageError(
+            f"the run needs ~{plan.estimate.vram_needed_gb:.1f} GB of VRAM; {spec.gpu} has "
+            f"{plan.estimate.vram_available_gb:.0f} GB",
+            hint="lower train_batch_size / network_dim, enable gradient_checkpointing with --set, "
+            "or pass --force to try anyway",
+        )
+    run_id = make_run_id(spec.output_name, now, plan.rendered.inputs_hash + digest)
+    return RunPlan(
+        run_id=run_id, created_at=now.isoformat(timespec="seconds"), target=target,
+        layout=RemoteLayout(work, run_id), spec=host_spec, rendered=plan.rendered,
+        estimate=plan.estimate, model=model, setup=request.setup,
+        dataset_root=str(request.dataset.resolve()), dataset_files=files, dataset_sha256=digest,
+        smoke=spec.smoke, on_finish=request.on_finish, pull_state=request.pull_state,
+        max_dollars=request.max_dollars, max_hours=request.max_hours,
+    )

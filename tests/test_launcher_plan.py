@@ -1,0 +1,112 @@
+"""Pure parts of the launcher: run ids, remote layout, model sources, dataset hashing, specs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from kohyawrap.errors import UsageError
+from kohyawrap.launcher.layout import RUN_ID, RemoteLayout, make_run_id, slug, venv_fingerprint
+from kohyawrap.launcher.request import expand_work_dir
+from kohyawrap.launcher.runplan import (
+    dataset_files,
+    dataset_hash,
+    model_source,
+    sha256_file,
+    spec_from_json,
+    spec_to_json,
+    with_host_paths,
+)
+from kohyawrap.models import RunSpec
+
+NOW = datetime(2026, 11, 28, 10, 15, 0, tzinfo=timezone.utc)
+
+
+def test_run_id_is_sortable_safe_and_unique_per_inputs() -> None:
+    a = make_run_id("my lora $(x)", NOW, "inputs-1")
+    b = make_run_id("my lora $(x)", NOW, "inputs-2")
+    assert a.startswith("20261128-101500-my-lora-x-")
+    assert RUN_ID.match(a)
+    assert a != b
+    assert make_run_id("my lora $(x)", NOW, "inputs-1") == a
+
+
+def test_slug_keeps_only_safe_characters() -> None:
+    assert slug("10_sks dog's \"best\" $(rm -rf /)") == "10_sks-dog-s-best-rm--rf"
+    assert slug("...") == "x"
+
+
+def test_layout_paths() -> None:
+    layout = RemoteLayout("/root/kohyawrap", "RID")
+    assert layout.run_dir == "/root/kohyawrap/runs/RID"
+    assert layout.in_run("config", "training_config.toml") == "/root/kohyawrap/runs/RID/config/training_config.toml"
+    assert layout.sd_scripts("abc") == "/root/kohyawrap/sd-scripts/abc"
+    assert layout.tokenizers == "/root/kohyawrap/models/tokenizers"
+
+
+def test_fingerprint_changes_with_each_input() -> None:
+    base = venv_fingerprint("c1", "r1", "torch==2.6.0", "python3")
+    assert base == venv_fingerprint("c1", "r1", "torch==2.6.0", "python3")
+    others = {venv_fingerprint("c2", "r1", "torch==2.6.0", "python3"),
+              venv_fingerprint("c1", "r2", "torch==2.6.0", "python3"),
+              venv_fingerprint("c1", "r1", "skip", "python3"),
+              venv_fingerprint("c1", "r1", "torch==2.6.0", "python3.11")}
+    assert base not in others and len(others) == 4
+
+
+@pytest.mark.parametrize(("work", "expected"), [
+    ("~/kohyawrap", "/home/u/kohyawrap"), ("~", "/home/u/"), ("data/kw", "/home/u/data/kw"), ("/w", "/w"),
+])
+def test_expand_work_dir(work: str, expected: str) -> None:
+    assert expand_work_dir(work, "/home/u") == expected
+
+
+def test_model_source_kinds(tmp_path: Path) -> None:
+    local = tmp_path / "my model.safetensors"
+    local.write_bytes(b"weights")
+    up = model_source(str(local), None, "/w/models")
+    assert up.kind == "upload"
+    assert up.local_sha256 == sha256_file(local)
+    assert up.remote_path == f"/w/models/uploads/{up.local_sha256[:16]}-my-model.safetensors"
+    hf = model_source("stabilityai/stable-diffusion-xl-base-1.0", None, "/w/models")
+    assert (hf.kind, hf.filename) == ("hf", "sd_xl_base_1.0.safetensors")
+    assert hf.remote_path.startswith("/w/models/hf-files/stabilityai--stable-diffusion-xl-base-1.0--")
+    whole = model_source("someone/diffusers-model", None, "/w/models")
+    assert whole.filename == ""
+    url = model_source("https://example.com/files/model.safetensors?download=1", None, "/w/models")
+    assert url.kind == "url" and url.remote_path.endswith("-model.safetensors")
+    with pytest.raises(UsageError, match="not a file, a URL or a Hugging Face repo id"):
+        model_source("./missing.safetensors", None, "/w/models")
+
+
+def test_dataset_files_and_hash(tmp_path: Path) -> None:
+    concept = tmp_path / "10_sks dog"
+    concept.mkdir()
+    (concept / "a.png").write_bytes(b"png")
+    (concept / "a.txt").write_text("sks dog")
+    (tmp_path / ".hidden").write_text("x")
+    files = dataset_files(tmp_path)
+    assert sorted(files) == ["10_sks dog/a.png", "10_sks dog/a.txt"]
+    first = dataset_hash(files)
+    (concept / "a.txt").write_text("sks dog, sitting")
+    assert dataset_hash(files) != first
+    with pytest.raises(UsageError, match="does not exist"):
+        dataset_files(tmp_path / "nope")
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = RunSpec(gpu="rtx4090", model="sdxl", base_model="m", output_name="n",
+                   overrides=(("network_dim", 16), ("optimizer_args", ["weight_decay=0.1"])))
+    assert spec_from_json(spec_to_json(spec)) == spec
+
+
+def test_host_paths_point_inside_the_run_folder() -> None:
+    spec = RunSpec(gpu="rtx4090", model="sd15", base_model="./local.safetensors", output_name="n",
+                   train_data_dir="/laptop/data")
+    model = model_source("runwayml/stable-diffusion-v1-5", None, "/w/models")
+    host = with_host_paths(spec, model, RemoteLayout("/w", "RID"))
+    assert (host.train_data_dir, host.output_dir, host.logging_dir) == ("dataset", "output", "logs")
+    assert host.base_model == model.remote_path
+    assert host.tokenizer_cache_dir == "/w/models/tokenizers"
