@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.images",
     "tests.fixtures.sshd",
     "tests.fixtures.fakesds",
+    "tests.fixtures.hub",
 ]

@@ -146,3 +146,30 @@ def test_run_wrapper_stop_kills_trainer_and_records(tmp_path: Path) -> None:
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(trainer, 0)
+
+
+def test_model_script_downloads_with_token_from_file_only(tmp_path: Path, fake_hub: object) -> None:
+    from tests.fixtures.hub import FakeHub
+
+    assert isinstance(fake_hub, FakeHub)
+    token = "hf_" + "S3cr3tT0k3n" * 3
+    fake_hub.files["acme/tiny-sd/model.safetensors"] = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
+    token_file = tmp_path / ".hf-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    dest = tmp_path / "models" / "hf-files" / "acme--tiny-sd--model.safetensors"
+    script = render_script("model", python=sys.executable, kind="hf", source="acme/tiny-sd",
+                           filename="model.safetensors", dest=str(dest), token_file=str(token_file),
+                           hf_home=str(tmp_path / "models" / "hf"))
+    assert token not in script
+    env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_TOKEN", None)
+    result = bash(script, env=env)
+    assert result.returncode == 0, result.stderr
+    assert parse_kv(result.stdout)["model"] == "downloaded"
+    assert dest.read_bytes() == fake_hub.files["acme/tiny-sd/model.safetensors"]
+    assert not token_file.exists(), "the token file must be removed after the download"
+    assert f"Bearer {token}" in fake_hub.auth_seen
+    assert token not in result.stdout + result.stderr
+    again = bash(script, env=env)
+    assert parse_kv(again.stdout)["model"] == "cached"

@@ -34,8 +34,9 @@ def open_target(target: str, port: int | None, identity: str | None, trust_new_h
     """Connect to ``target`` ("local" or [user@]host / ssh-config alias)."""
     from kohyawrap.hosts.connect import open_host
 
-    return open_host(target, port=port, identity=identity, trust_new_host=trust_new_host,
-                     known_hosts=known_hosts)
+    return open_host(target, port=port, identity=Path(identity).expanduser() if identity else None,
+                     trust_new_host=trust_new_host,
+                     known_hosts=Path(known_hosts).expanduser() if known_hosts else None)
 
 
 def parse_sets(values: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
