@@ -1,0 +1,1 @@
+"""Fake ``accelerate`` package: only ``accelerate.commands.launch`` exists."""
