@@ -19,7 +19,7 @@ from kohyawrap.errors import HostError
 from kohyawrap.hosts.base import Host, sh
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.logparse import LogParser
-from kohyawrap.models import CheckpointSaved, Event, Progress
+from kohyawrap.models import CheckpointSaved, Event, Failure, Progress
 from kohyawrap.runstore import RunDir
 
 # Names we accept from the host: a rented machine is untrusted, so only plain file names.
@@ -90,7 +90,8 @@ class Follower:
         self.started_at = started_at
         self.poll = poll_seconds
         self.budget_check = budget_check
-        self.parser = LogParser()
+        self.parser = LogParser(settings)
+        self.failure: Failure | None = None
         self.tail = bytearray()
 
     # -- money ---------------------------------------------------------------------------
@@ -122,6 +123,8 @@ class Follower:
     def _note(self, event: Event) -> None:
         if isinstance(event, Progress):
             self.status.last_progress = event
+        if isinstance(event, Failure):
+            self.failure = event
         for key in self.status.events_since_save:
             self.status.events_since_save[key] += 1
         if isinstance(event, CheckpointSaved):
@@ -166,6 +169,12 @@ class Follower:
             self._note(event)
             self.reporter.event(event, self.dollars_so_far(), self.dollars_projected())
         finished = exit_code is not None
+        if not finished and self.failure is not None and self.failure.kind == "nan":
+            # The loss is NaN: every further step is wasted money. Stop now, keep what was saved.
+            from kohyawrap.launcher.run import stop_job
+
+            exit_code = stop_job(self.host, self.run_dir)
+            finished = exit_code is not None
         self._pull_ready(finished)
         if finished:
             self.status.exit_code = exit_code
@@ -200,4 +209,10 @@ class Follower:
     @property
     def log_tail(self) -> str:
         return bytes(self.tail).decode("utf-8", "replace")
+
+    def tail_lines(self, count: int = 30) -> list[str]:
+        """The last lines as a terminal would show them (progress bars at their last frame)."""
+        from kohyawrap.logparse import readable_lines
+
+        return readable_lines(bytes(self.tail))[-count:]
 

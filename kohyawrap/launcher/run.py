@@ -131,7 +131,7 @@ def follow_to_end(host: Host, run: RunDir, reporter: Reporter, *, manifest: dict
     manifest.update(exit_code=code, finished_at=time.time(),
                     cost={"estimated": plan["estimate"]["dollars"], "actual": round(price * elapsed_h, 4),
                           "price_per_hour": price})
-    if code != 0:
+    if code != 0 or follower.failure is not None:
         return _failed(manifest, follower, save, code)
     manifest["status"] = "finished"
     save()
@@ -142,12 +142,12 @@ def follow_to_end(host: Host, run: RunDir, reporter: Reporter, *, manifest: dict
 def _failed(manifest: dict[str, Any], follower: Follower, save: Callable[[], None], code: int) -> dict[str, Any]:
     from kohyawrap.logparse import diagnose
 
-    tail = follower.log_tail.replace("\r", "\n").splitlines()[-30:]
-    failure = diagnose(follower.log_tail, manifest["plan"].get("settings"))
-    manifest.update(status="stopped" if code in (143, -15) else "failed",
+    tail = follower.tail_lines(30)
+    failure = follower.failure or diagnose(follower.log_tail, manifest["plan"].get("settings"))
+    manifest.update(status="stopped" if code in (143, -15) and failure is None else "failed",
                     failure=asdict(failure) if failure else None)
     save()
-    if code in (143, -15):
+    if code in (143, -15) and failure is None:
         return manifest
     pulled = len(manifest.get("checkpoints", {}))
     raise TrainingFailed(
