@@ -1,0 +1,441 @@
+"""What a run will cost before anything is rented: steps, time, VRAM fit and dollars.
+
+Steps are counted exactly as sd-scripts counts them (repeats, buckets, batch, epochs, gradient
+accumulation) by the dataset package's bucket simulation. Time and VRAM come from the GPU and
+model presets (each number sourced there) and presets/tiers.toml [plan]. Pure: the dataset is
+passed in already scanned, the clock is not read.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from kohyawrap.dataset.buckets import (
+    BatchCount,
+    BucketSettings,
+    bucket_settings_for,
+    count_batches,
+    total_steps,
+)
+from kohyawrap.dataset.lint import LintReport, lint
+from kohyawrap.errors import DatasetError, UsageError
+from kohyawrap.models import Estimate, RenderedRun, RunSpec
+from kohyawrap.presets import Catalog, GpuPreset, ModelPreset, Rules, load_catalog
+from kohyawrap.render import SAMPLE_PROMPTS, dataset_options, render_run
+
+if TYPE_CHECKING:
+    from kohyawrap.dataset.scan import TrainingDir
+
+DEFAULT_MAX_TRAIN_STEPS = 1600  # sd-scripts' default when max_train_epochs is not set
+Setup = Literal["cold", "warm"]
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How sd-scripts will count the run: images x repeats -> buckets -> batches -> steps."""
+
+    images: int
+    reg_images: int
+    images_with_repeats: int
+    reg_images_with_repeats: int
+    batch_size: int
+    batches_per_epoch: int
+    gradient_accumulation_steps: int
+    epochs: int
+    total_steps: int
+    basis: str  # which option decided the length
+    buckets: Mapping[tuple[int, int], int]
+
+    def to_json(self) -> dict[str, Any]:
+        """The breakdown as data (bucket keys as "WxH")."""
+        data = asdict(self)
+        data["buckets"] = {f"{w}x{h}": n for (w, h), n in self.buckets.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One part of the wall-clock estimate, with how it was worked out."""
+
+    name: str
+    seconds: float
+    basis: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A rendered run with its step count, time/VRAM/dollar estimate and their breakdowns."""
+
+    rendered: RenderedRun
+    estimate: Estimate
+    steps: Steps
+    stages: tuple[Stage, ...]
+    vram: tuple[Stage, ...]  # VRAM parts in GB (``seconds`` holds gigabytes here)
+    gpu_title: str
+    seconds_per_step: float
+    price_basis: str
+    setup: Setup
+
+    @property
+    def total_seconds(self) -> float:
+        """Wall-clock seconds, setup to results pulled back."""
+        return self.estimate.train_seconds + self.estimate.setup_seconds
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as data (``kohyawrap plan --json``)."""
+        return {
+            "gpu": self.estimate.gpu,
+            "gpu_title": self.gpu_title,
+            "model": self.rendered.spec.model,
+            "script": self.rendered.script,
+            "inputs_hash": self.rendered.inputs_hash,
+            "setup": self.setup,
+            "steps": self.steps.to_json(),
+            "seconds_per_step": round(self.seconds_per_step, 3),
+            "stages": [asdict(s) for s in self.stages],
+            "vram_gb": [
+                {"part": s.name, "gb": round(s.seconds, 2), "basis": s.basis} for s in self.vram
+            ],
+            "estimate": asdict(self.estimate),
+            "total_seconds": round(self.total_seconds, 1),
+            "price_basis": self.price_basis,
+            "settings": self.rendered.settings,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def _pixels(resolution: Any) -> int:
+    width, _, height = str(resolution).partition(",")
+    return int(width) * int(height or width)
+
+
+_BUCKET_KEYS = (
+    "resolution",
+    "enable_bucket",
+    "min_bucket_reso",
+    "max_bucket_reso",
+    "bucket_reso_steps",
+    "bucket_no_upscale",
+)
+
+
+def _bucket_settings(options: Mapping[str, Any], family: str) -> BucketSettings:
+    return bucket_settings_for(family, {k: options[k] for k in _BUCKET_KEYS if k in options})
+
+
+def count_steps(rendered: RenderedRun, tdir: TrainingDir, family: str) -> Steps:
+    """Batches and optimizer steps exactly as sd-scripts will count them for this dataset."""
+    options = dataset_options(rendered)
+    buckets = _bucket_settings(options, family)
+    batch = int(options.get("train_batch_size", 1))
+    counted: BatchCount = count_batches(tdir.subset_sizes(), buckets, batch)
+    if counted.images_with_repeats == 0:
+        raise DatasetError(
+            f"no training images in {tdir.root}: sd-scripts would stop with 'No data found'",
+            hint="train_data_dir must be the PARENT of <repeats>_<concept> image folders",
+        )
+    accumulation = int(options.get("gradient_accumulation_steps", 1))
+    per_epoch = math.ceil(counted.batches_per_epoch / max(1, accumulation))
+    if "max_train_epochs" in options:
+        epochs = int(options["max_train_epochs"])
+        steps, basis = (
+            total_steps(counted.batches_per_epoch, epochs, accumulation),
+            "max_train_epochs",
+        )
+    else:
+        steps = int(options.get("max_train_steps", DEFAULT_MAX_TRAIN_STEPS))
+        basis = (
+            "max_train_steps"
+            if "max_train_steps" in options
+            else "max_train_steps (sd-scripts default 1600)"
+        )
+        epochs = math.ceil(steps / per_epoch)
+    return Steps(
+        images=sum(len(s.images) for s in tdir.subsets if not s.is_reg),
+        reg_images=sum(len(s.images) for s in tdir.subsets if s.is_reg),
+        images_with_repeats=counted.images_with_repeats,
+        reg_images_with_repeats=counted.reg_images_with_repeats,
+        batch_size=batch,
+        batches_per_epoch=counted.batches_per_epoch,
+        gradient_accumulation_steps=accumulation,
+        epochs=epochs,
+        total_steps=steps,
+        basis=basis,
+        buckets=counted.buckets,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Time and memory
+
+
+def seconds_per_step(
+    gpu: GpuPreset, model: ModelPreset, options: Mapping[str, Any], rules: Rules
+) -> tuple[float, str]:
+    """Seconds per optimizer step on ``gpu`` for these options, and how it was derived."""
+    speed = gpu.speed.get(model.family) or gpu.speed.get(model.name)
+    if speed is None:
+        raise UsageError(
+            f"GPU preset {gpu.name} has no [speed.{model.family}] table", where=gpu.path
+        )
+    scale = _pixels(options.get("resolution", model.resolution)) / model.resolution**2
+    factors = [f"{scale:.2f}x pixels"] if scale != 1 else []
+    per_image = speed.s_per_image * scale
+    if options.get("gradient_checkpointing"):
+        per_image *= rules.number("checkpointing_slowdown")
+        factors.append("gradient checkpointing")
+    if not options.get("network_train_unet_only"):
+        per_image *= rules.number("text_encoder_training_slowdown")
+        factors.append("text encoder trained")
+    batch = int(options.get("train_batch_size", 1))
+    accumulation = int(options.get("gradient_accumulation_steps", 1))
+    seconds = (speed.step_overhead_s + batch * per_image) * accumulation
+    basis = (
+        f"{speed.step_overhead_s:g} s + {batch} x {per_image:.3f} s/image "
+        f"({gpu.name} [speed.{model.family}]"
+    )
+    return seconds, basis + (", " + ", ".join(factors) if factors else "") + ")"
+
+
+def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Stage, ...]:
+    """The VRAM estimate in parts (GB in ``Stage.seconds``): weights, text encoders, activations."""
+    v = model.vram
+    full_precision = options.get("mixed_precision", "no") == "no"
+    parts = [
+        Stage(
+            "weights and optimizer",
+            v.base_gb * (2 if full_precision else 1),
+            "base_gb" + (" x2 (no mixed precision)" if full_precision else ""),
+        )
+    ]
+    if not options.get("cache_text_encoder_outputs"):
+        parts.append(
+            Stage("text encoders", v.text_encoder_gb, "text_encoder_gb (outputs not cached)")
+        )
+    checkpointed = bool(options.get("gradient_checkpointing"))
+    per_image = v.per_image_checkpointed_gb if checkpointed else v.per_image_gb
+    scale = _pixels(options.get("resolution", model.resolution)) / model.resolution**2
+    batch = int(options.get("train_batch_size", 1))
+    basis = f"{batch} x {per_image:g} GB{' (checkpointed)' if checkpointed else ''}" + (
+        f" x {scale:.2f} pixels" if scale != 1 else ""
+    )
+    parts.append(Stage("activations", batch * per_image * scale, basis))
+    return tuple(parts)
+
+
+def _sample_images(rendered: RenderedRun, epochs: int) -> int:
+    text = rendered.files.get(SAMPLE_PROMPTS, "")
+    prompts = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    every = rendered.settings.get("sample_every_n_epochs")
+    return len(prompts) * (epochs // every) if isinstance(every, int) and every > 0 else 0
+
+
+def _checkpoints(settings: Mapping[str, Any], epochs: int) -> int:
+    every = settings.get("save_every_n_epochs")
+    numbered = (epochs - 1) // every if isinstance(every, int) and every > 0 else 0
+    return numbered + 1  # the final model is always written (config_file_semantics.md §6)
+
+
+def _stages(
+    plan_in: _Inputs, steps: Steps, per_step: tuple[float, str], bandwidth: float, setup: Setup
+) -> tuple[Stage, ...]:
+    rules, model, gpu, options = plan_in.rules, plan_in.model, plan_in.gpu, plan_in.options
+    n = rules.number
+    host = n("host_download_mb_s")
+    speed = gpu.speed.get(model.family) or gpu.speed[model.name]
+    per_image = (
+        speed.s_per_image
+        * _pixels(options.get("resolution", model.resolution))
+        / model.resolution**2
+    )
+    cold = setup == "cold"
+    upload_mb = sum(w * h for w, h in plan_in.sizes) * n("image_bytes_per_pixel") / 1e6
+    dim = int(options.get("network_dim", 4))
+    pull_mb = (
+        _checkpoints(plan_in.rendered.settings, steps.epochs) * model.vram.lora_mb_per_dim * dim
+    )
+    samples = _sample_images(plan_in.rendered, steps.epochs)
+    install = (
+        n("install_download_gb") * 1000 / host + n("install_s") if cold else n("install_warm_s")
+    )
+    model_gb = model.vram.model_download_gb
+    caching = len(plan_in.sizes) * per_image * n("latent_cache_fraction")
+    return (
+        Stage("connect", n("ssh_connect_s"), "SSH connect and checks"),
+        Stage(
+            "install",
+            install,
+            f"torch + sd-scripts requirements at {host:g} MB/s" if cold else "venv already there",
+        ),
+        Stage(
+            "model download",
+            model_gb * 1000 / host if cold else 0.0,
+            f"{model_gb:g} GB at {host:g} MB/s" if cold else "model already on the host",
+        ),
+        Stage(
+            "dataset upload", upload_mb / bandwidth, f"~{upload_mb:.0f} MB at {bandwidth:g} MB/s"
+        ),
+        Stage("model load", n("model_load_s"), "sd-scripts start-up and model load"),
+        Stage(
+            "latent caching",
+            caching if options.get("cache_latents") else 0.0,
+            f"{len(plan_in.sizes)} images, one VAE encode each",
+        ),
+        Stage(
+            "training",
+            steps.total_steps * per_step[0],
+            f"{steps.total_steps} steps x {per_step[0]:.2f} s = {per_step[1]}",
+        ),
+        Stage(
+            "sampling",
+            samples * n("sample_steps") * per_image * n("sampling_fraction"),
+            f"{samples} sample images x {n('sample_steps'):g} steps",
+        ),
+        Stage("pull results", pull_mb / bandwidth, f"~{pull_mb:.0f} MB of checkpoints"),
+    )
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    rendered: RenderedRun
+    gpu: GpuPreset
+    model: ModelPreset
+    rules: Rules
+    options: Mapping[str, Any]
+    sizes: tuple[tuple[int, int], ...]
+
+
+_TRAIN_STAGES = ("training", "sampling")
+
+
+def build_plan(
+    spec: RunSpec,
+    tdir: TrainingDir,
+    *,
+    price_per_hour: float | None = None,
+    bandwidth_mbps: float | None = None,
+    setup: Setup = "cold",
+    catalog: Catalog | None = None,
+) -> Plan:
+    """Render the run and estimate it. ``bandwidth_mbps`` is the upload/download speed between
+    this machine and the host in MB/s (default: presets/tiers.toml [plan] upload_mb_s)."""
+    catalog = catalog if catalog is not None else load_catalog()
+    rendered = render_run(spec, tdir=tdir, catalog=catalog)
+    gpu, model = catalog.gpu(spec.gpu, spec.vram_gb), catalog.model(spec.model)
+    options = dataset_options(rendered)
+    sizes = tuple(i.stored_size for s in tdir.subsets for i in s.images if i.image_error is None)
+    inputs = _Inputs(rendered, gpu, model, catalog.rules, options, sizes)
+    steps = count_steps(rendered, tdir, model.family)
+    per_step = seconds_per_step(gpu, model, options, catalog.rules)
+    bandwidth = (
+        bandwidth_mbps if bandwidth_mbps is not None else catalog.rules.number("upload_mb_s")
+    )
+    if bandwidth <= 0:
+        raise UsageError(f"--bandwidth must be above 0 MB/s, not {bandwidth:g}")
+    stages = _stages(inputs, steps, per_step, bandwidth, setup)
+    vram = vram_parts(model, options)
+    price = price_per_hour if price_per_hour is not None else gpu.price_per_hour
+    estimate = _estimate(gpu, steps, stages, vram, price, catalog.rules)
+    basis = "--price" if price_per_hour is not None else f"typical price in {gpu.path}"
+    return Plan(rendered, estimate, steps, stages, vram, gpu.title, per_step[0], basis, setup)
+
+
+def _estimate(
+    gpu: GpuPreset,
+    steps: Steps,
+    stages: Iterable[Stage],
+    vram: Iterable[Stage],
+    price: float,
+    rules: Rules,
+) -> Estimate:
+    stages = tuple(stages)
+    train = sum(s.seconds for s in stages if s.name in _TRAIN_STAGES)
+    other = sum(s.seconds for s in stages if s.name not in _TRAIN_STAGES)
+    needed = sum(part.seconds for part in vram)
+    usable = gpu.vram_gb * rules.number("usable_vram_fraction")
+    fits = needed <= usable
+    notes = [] if fits else [
+        f"needs ~{needed:.1f} GB of {gpu.vram_gb:g} GB ({usable:.1f} usable): try --set "
+        "gradient_checkpointing=true, "
+        "a smaller train_batch_size, or a larger card"
+    ]  # fmt: skip
+    if not gpu.known:
+        notes.append(
+            f"{gpu.name} has no preset: timed with "
+            f"{rules.unknown_gpu['speed_like'].value}'s speeds (estimate)"
+        )
+    return Estimate(
+        gpu=gpu.name,
+        steps=steps.total_steps,
+        train_seconds=round(train, 1),
+        setup_seconds=round(other, 1),
+        vram_needed_gb=round(needed, 2),
+        vram_available_gb=gpu.vram_gb,
+        fits=fits,
+        price_per_hour=price,
+        dollars=round(price * (train + other) / 3600, 4),
+        notes=tuple(notes),
+    )
+
+
+def lint_plan(plan: Plan, tdir: TrainingDir, family: str) -> LintReport:
+    """The dataset linter run with the plan's own options (batch, epochs, buckets, captions)."""
+    options = dataset_options(plan.rendered)
+    return lint(
+        tdir,
+        model=family,
+        bucket=_bucket_settings(options, family),
+        batch_size=plan.steps.batch_size,
+        epochs=options.get("max_train_epochs"),
+        max_train_steps=options.get("max_train_steps"),
+        gradient_accumulation_steps=plan.steps.gradient_accumulation_steps,
+        caption_extension=str(options.get("caption_extension", ".caption")),
+    )
+
+
+def compare(
+    spec: RunSpec,
+    tdir: TrainingDir,
+    *,
+    bandwidth_mbps: float | None = None,
+    setup: Setup = "cold",
+    catalog: Catalog | None = None,
+) -> tuple[Plan, ...]:
+    """The same run on every GPU preset (each at its typical price), smallest card first."""
+    catalog = catalog if catalog is not None else load_catalog()
+    gpus = sorted(catalog.gpus.values(), key=lambda g: (g.vram_gb, g.price_per_hour, g.name))
+    return tuple(
+        build_plan(
+            replace(spec, gpu=g.name, vram_gb=None),
+            tdir,
+            bandwidth_mbps=bandwidth_mbps,
+            setup=setup,
+            catalog=catalog,
+        )
+        for g in gpus
+    )
+
+
+def gpu_for(name: str | None, vram_gb: float | None, *, catalog: Catalog | None = None) -> str:
+    """The preset for a GPU as nvidia-smi names it ("NVIDIA GeForce RTX 4090"), else "vram-<N>"
+    from its memory. A named card whose preset has more memory than ``vram_gb`` is not matched
+    (the 8 GB RTX 4060 Ti is not the 16 GB preset)."""
+    catalog = catalog if catalog is not None else load_catalog()
+    if name:
+        for preset in sorted(catalog.gpus.values(), key=lambda g: g.name):
+            matches = any(re.search(p, name, re.IGNORECASE) for p in preset.match)
+            # nvidia-smi reports a little less than the label (an L4 shows ~22.5 GiB of 24 GB).
+            if matches and (vram_gb is None or preset.vram_gb <= vram_gb * 1.1):
+                return preset.name
+    if vram_gb is None:
+        raise UsageError(
+            f"cannot tell which GPU preset fits {name!r}", hint="pass --gpu NAME or --vram N"
+        )
+    return f"vram-{math.floor(vram_gb):d}"

@@ -1,0 +1,472 @@
+"""Render a run's files from a RunSpec: training_config.toml, dataset_config.toml (optional),
+sample_prompts.txt and launch.sh.
+
+Values reach TOML only through the ``toml`` filter (tomlkit), the shell script only through ``q``
+(shlex); templates use StrictUndefined. The training config is parsed back and validated before
+it is returned, and the same spec always gives the same bytes. Pure apart from reading templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from kohyawrap import __version__
+from kohyawrap.errors import ConfigError, UsageError
+from kohyawrap.models import RenderedRun, RunSpec
+from kohyawrap.presets import Catalog, Resolved, Setting, load_catalog, parse_override, resolve
+from kohyawrap.resources import templates_dir
+from kohyawrap.sdscripts import PINNED_COMMIT
+from kohyawrap.validate import Finding, check_dataset_config, check_settings, flatten
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from kohyawrap.dataset.scan import TrainingDir
+
+__all__ = [
+    "parse_override",
+    "render_run",
+    "resolve_spec",
+    "toml_value",
+]  # parse_override: for --set
+
+TRAINING_CONFIG = "training_config.toml"
+DATASET_CONFIG = "dataset_config.toml"
+SAMPLE_PROMPTS = "sample_prompts.txt"
+LAUNCH = "launch.sh"
+DEFAULT_SD_SCRIPTS = f"$HOME/kohyawrap/sd-scripts/{PINNED_COMMIT}"  # the launcher's remote layout
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Where each option is written (sections are for people; sd-scripts flattens them).
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "model",
+        (
+            "pretrained_model_name_or_path",
+            "v2",
+            "v_parameterization",
+            "vae",
+            "no_half_vae",
+            "tokenizer_cache_dir",
+        ),
+    ),
+    (
+        "dataset",
+        (
+            "train_data_dir",
+            "reg_data_dir",
+            "dataset_config",
+            "resolution",
+            "enable_bucket",
+            "min_bucket_reso",
+            "max_bucket_reso",
+            "bucket_reso_steps",
+            "bucket_no_upscale",
+            "caption_extension",
+            "train_batch_size",
+            "cache_latents",
+            "cache_latents_to_disk",
+            "cache_text_encoder_outputs",
+            "cache_text_encoder_outputs_to_disk",
+            "max_data_loader_n_workers",
+        ),
+    ),
+    (
+        "network",
+        (
+            "network_module",
+            "network_dim",
+            "network_alpha",
+            "network_args",
+            "network_train_unet_only",
+            "network_dropout",
+        ),
+    ),
+    (
+        "optimizer",
+        (
+            "optimizer_type",
+            "optimizer_args",
+            "learning_rate",
+            "unet_lr",
+            "text_encoder_lr",
+            "lr_scheduler",
+            "lr_warmup_steps",
+            "lr_scheduler_num_cycles",
+        ),
+    ),
+    (
+        "training",
+        (
+            "max_train_epochs",
+            "max_train_steps",
+            "gradient_accumulation_steps",
+            "mixed_precision",
+            "gradient_checkpointing",
+            "sdpa",
+            "xformers",
+            "seed",
+        ),
+    ),
+    (
+        "saving",
+        (
+            "output_dir",
+            "output_name",
+            "save_model_as",
+            "save_precision",
+            "save_every_n_epochs",
+            "save_every_n_steps",
+            "save_state",
+        ),
+    ),
+    ("sampling", ("sample_prompts", "sample_every_n_epochs", "sample_sampler")),
+    ("logging", ("logging_dir", "log_with", "log_prefix")),
+)
+_GROUP_SECTION = {
+    "add_dataset_arguments": "dataset",
+    "add_optimizer_arguments": "optimizer",
+    "add_sd_models_arguments": "model",
+}
+# Options that move into dataset_config.toml [general] when one is used
+# (training option name -> dataset config name).
+DATASET_KEYS = {
+    "resolution": "resolution",
+    "enable_bucket": "enable_bucket",
+    "min_bucket_reso": "min_bucket_reso",
+    "max_bucket_reso": "max_bucket_reso",
+    "bucket_reso_steps": "bucket_reso_steps",
+    "bucket_no_upscale": "bucket_no_upscale",
+    "caption_extension": "caption_extension",
+    "train_batch_size": "batch_size",
+}
+
+
+def toml_value(value: Any) -> str:
+    """A value as a TOML literal (the templates' ``toml`` filter)."""
+    import tomlkit
+
+    text: str = tomlkit.item(value).as_string()
+    return text
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _environment() -> jinja2.Environment:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701 - TOML and shell, not HTML; values go through toml/q filters
+    )
+    env.filters["toml"] = toml_value
+    env.filters["toml_key"] = _toml_key
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    env.filters["join_q"] = lambda values: " ".join(shlex.quote(str(v)) for v in values)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# From spec to options
+
+
+def resolve_spec(spec: RunSpec, catalog: Catalog | None = None) -> Resolved:
+    """The spec's GPU x model presets with tier, precision, smoke and ``--set`` applied."""
+    return resolve(
+        catalog if catalog is not None else load_catalog(),
+        spec.gpu,
+        spec.model,
+        vram_gb=spec.vram_gb,
+        overrides=spec.overrides,
+        smoke=spec.smoke,
+    )
+
+
+def _run_rows(spec: RunSpec) -> list[Setting]:
+    """Options that come from the run itself (paths, names), written exactly as given."""
+    rows = [
+        ("pretrained_model_name_or_path", spec.base_model),
+        ("train_data_dir", spec.train_data_dir),
+        ("reg_data_dir", spec.reg_data_dir),
+        ("tokenizer_cache_dir", spec.tokenizer_cache_dir),
+        (
+            "caption_extension",
+            spec.caption_extension,
+        ),  # always explicit: sd-scripts defaults to .caption
+        ("output_dir", spec.output_dir),
+        ("output_name", spec.output_name),
+        ("logging_dir", spec.logging_dir),
+    ]
+    return [Setting(key, value, "run") for key, value in rows if value is not None]
+
+
+def run_settings(spec: RunSpec, resolved: Resolved) -> dict[str, Setting]:
+    """Every option of the run, by key: presets, then the run's paths (``--set`` still wins)."""
+    acc = {s.key: s for s in resolved.settings}
+    for row in _run_rows(spec):
+        if acc.get(row.key, row).origin != "--set":
+            acc[row.key] = row
+    sampling = acc.get("sample_every_n_epochs")
+    if sampling is not None and isinstance(sampling.value, int) and sampling.value > 0:
+        acc["sample_prompts"] = Setting("sample_prompts", SAMPLE_PROMPTS, "run")
+    else:
+        # sd-scripts disables sampling at <= 0 but warns; leaving the keys out is quiet.
+        for key in ("sample_every_n_epochs", "sample_sampler", "sample_prompts"):
+            acc.pop(key, None)
+    return acc
+
+
+def _split_dataset(acc: dict[str, Setting], use_dataset_config: bool) -> dict[str, Any]:
+    """Move dataset options into dataset_config's [general] (when used); return that table."""
+    if not use_dataset_config:
+        return {}
+    general = {DATASET_KEYS[k]: acc.pop(k).value for k in list(acc) if k in DATASET_KEYS}
+    for key in ("train_data_dir", "reg_data_dir"):
+        acc.pop(key, None)
+    acc["dataset_config"] = Setting("dataset_config", DATASET_CONFIG, "run")
+    if isinstance(general.get("resolution"), str):
+        width, _, height = general["resolution"].partition(",")
+        # In a dataset config resolution is a number or [w, h] (config_file_semantics.md §1).
+        general["resolution"] = [int(width), int(height)] if height else int(width)
+    return general
+
+
+def _section_of(key: str, script_args: Mapping[str, Any]) -> str:
+    for name, keys in SECTIONS:
+        if key in keys:
+            return name
+    group = str(getattr(script_args.get(key), "group", ""))
+    return next((s for g, s in _GROUP_SECTION.items() if group.endswith(g)), "training")
+
+
+def _sections(acc: Mapping[str, Setting], script: str) -> list[dict[str, Any]]:
+    from kohyawrap.sdscripts import arguments
+
+    args = arguments(script)
+    out = []
+    for name, keys in SECTIONS:
+        listed = [acc[k] for k in keys if k in acc]
+        extra = sorted(
+            (s for k, s in acc.items() if k not in keys and _section_of(k, args) == name),
+            key=lambda s: s.key,
+        )
+        rows = listed + extra
+        if rows:
+            out.append(
+                {
+                    "name": name,
+                    "rows": [{"key": r.key, "value": r.value, "origin": r.origin} for r in rows],
+                }
+            )
+    return out
+
+
+def _validate(acc: Mapping[str, Setting], resolved: Resolved) -> None:
+    """Raise ConfigError with every error finding (tagged with where the value came from)."""
+    flat = {k: s.value for k, s in acc.items()}
+    bf16 = resolved.gpu.bf16 if resolved.gpu.known else None
+    errors = [
+        f
+        for f in check_settings(flat, script=resolved.script, bf16_supported=bf16)
+        if f.severity == "error"
+    ]
+    if errors:
+        raise _config_error(errors, acc, f"{resolved.gpu.name} x {resolved.model.name}")
+
+
+def _config_error(errors: Sequence[Finding], acc: Mapping[str, Setting], what: str) -> ConfigError:
+    def origin(f: Finding) -> str:
+        setting = acc.get(f.key or "")
+        return f" (from {setting.origin})" if setting is not None else ""
+
+    return ConfigError(
+        f"the options for {what} would not train as intended",
+        evidence=[f"{f.key}{origin(f)}: {f.message}" for f in errors],
+        hint=errors[0].hint,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The other files
+
+
+def _subsets(spec: RunSpec, tdir: TrainingDir) -> list[list[tuple[str, Any]]]:
+    """One dataset_config subset per concept folder (image_dir relative like train_data_dir)."""
+    out = []
+    for subset in tdir.subsets:
+        base = spec.reg_data_dir if subset.is_reg and spec.reg_data_dir else spec.train_data_dir
+        rows: list[tuple[str, Any]] = [
+            ("image_dir", posixpath.join(base, subset.folder)),
+            ("num_repeats", subset.repeats),
+            ("class_tokens", subset.class_tokens),
+        ]
+        if subset.is_reg:
+            rows.append(("is_reg", True))
+        out.append(rows)
+    return out
+
+
+def _prompts(spec: RunSpec) -> list[str]:
+    """Sample prompts from the spec alone, so a recorded spec re-renders byte for byte."""
+    # sd-scripts splits a prompt line at " --": keep the name from turning into an option.
+    subject = " ".join(spec.output_name.replace("--", " ").replace("_", " ").split()) or "subject"
+    return [f"a photo of {subject}", f"{subject}, outdoors, natural light"]
+
+
+def _size(acc: Mapping[str, Setting], general: Mapping[str, Any]) -> tuple[int, int]:
+    value = general.get("resolution", acc["resolution"].value if "resolution" in acc else 512)
+    if isinstance(value, list):
+        return int(value[0]), int(value[1])
+    width, _, height = str(value).partition(",")
+    return int(width), int(height or width)
+
+
+def _sample_prompts(env: jinja2.Environment, prompts: list[str], size: tuple[int, int]) -> str:
+    return env.get_template("sample_prompts.txt.j2").render(
+        version=__version__,
+        prompts=prompts,
+        negative="lowres, blurry, bad anatomy",  # estimate: a common short negative prompt
+        width=size[0],
+        height=size[1],
+        cfg=7,  # estimate: a usual CFG scale for SD1.5/SDXL
+        steps=28,  # must match [plan] sample_steps in presets/tiers.toml
+    )
+
+
+def accelerate_args(mixed_precision: str, *, cpu: bool) -> tuple[str, ...]:
+    """Options of ``accelerate launch``, all explicit (field_notes §3: no guessed defaults)."""
+    args = (
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
+        "--dynamo_backend", "no", "--num_cpu_threads_per_process", "2",
+    )  # fmt: skip
+    return ("--cpu", *args) if cpu else args
+
+
+def inputs_hash(
+    spec: RunSpec, acc: Mapping[str, Setting], general: Mapping[str, Any], extra: Any
+) -> str:
+    """sha256 (16 hex digits) of everything that decides the files: tool version, spec, options."""
+    spec_data = asdict(spec)
+    spec_data["overrides"] = [list(pair) for pair in spec.overrides]
+    data = {
+        "version": __version__,
+        "spec": spec_data,
+        "settings": [[s.key, s.value, s.origin] for s in acc.values()],
+        "general": general,
+        "extra": extra,
+    }
+    text = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+def render_run(
+    spec: RunSpec, *, tdir: TrainingDir | None = None, catalog: Catalog | None = None
+) -> RenderedRun:
+    """Render every file of a run; raises ConfigError when the options would not train.
+
+    ``tdir`` (the scanned dataset) is only needed when ``spec.use_dataset_config``: the dataset
+    config lists its concept folders. Everything else depends on the spec (and presets) alone.
+    """
+    resolved = resolve_spec(spec, catalog)
+    acc = run_settings(spec, resolved)
+    general = _split_dataset(acc, spec.use_dataset_config)
+    _validate(acc, resolved)
+    if spec.use_dataset_config and tdir is None:
+        raise UsageError(
+            "a dataset config lists the concept folders: it needs the scanned dataset folder"
+        )
+    subsets = _subsets(spec, tdir) if spec.use_dataset_config and tdir is not None else []
+    prompts = _prompts(spec) if "sample_prompts" in acc else []
+    digest = inputs_hash(spec, acc, general, {"subsets": subsets})
+    mixed = str(acc["mixed_precision"].value) if "mixed_precision" in acc else "no"
+    launch_args = accelerate_args(mixed, cpu=spec.smoke)
+    common = {
+        "version": __version__,
+        "gpu": resolved.gpu.name,
+        "model": resolved.model.name,
+        "inputs_hash": digest,
+    }
+    env = _environment()
+    tier = resolved.tier.label if resolved.tier else ""
+    files = {
+        TRAINING_CONFIG: env.get_template("training_config.toml.j2").render(
+            **common, script=resolved.script, tier=tier, sections=_sections(acc, resolved.script)
+        ),
+        LAUNCH: env.get_template("launch.sh.j2").render(
+            **common,
+            commit=PINNED_COMMIT,
+            default_sd_scripts=DEFAULT_SD_SCRIPTS,
+            accelerate_args=launch_args,
+            script=resolved.script,
+            config_file=TRAINING_CONFIG,
+        ),
+    }
+    if prompts:
+        files[SAMPLE_PROMPTS] = _sample_prompts(env, prompts, _size(acc, general))
+    if spec.use_dataset_config:
+        files[DATASET_CONFIG] = env.get_template("dataset_config.toml.j2").render(
+            **common, general=list(general.items()), datasets=[{"subsets": subsets}]
+        )
+    settings = _parse_back(files, acc)
+    return RenderedRun(
+        spec, resolved.script, dict(sorted(files.items())), launch_args, settings, digest
+    )
+
+
+def _parse_back(files: Mapping[str, str], acc: Mapping[str, Setting]) -> dict[str, Any]:
+    """Re-read what was rendered: it must be the options we meant, and the dataset config valid."""
+    import tomlkit
+
+    flat = flatten(tomlkit.parse(files[TRAINING_CONFIG]).unwrap())
+    wanted = {k: s.value for k, s in acc.items()}
+    if flat.settings != wanted or flat.findings:
+        raise RuntimeError(
+            f"rendered training config does not round-trip: {flat.settings} != {wanted}"
+        )
+    if DATASET_CONFIG in files:
+        problems = [
+            f
+            for f in check_dataset_config(tomlkit.parse(files[DATASET_CONFIG]).unwrap())
+            if f.severity == "error"
+        ]
+        if problems:
+            raise _config_error(problems, acc, "the dataset config")
+    return flat.settings
+
+
+def findings(rendered: RenderedRun, *, catalog: Catalog | None = None) -> tuple[Finding, ...]:
+    """The warnings and notes about a rendered run (errors were raised while rendering)."""
+    resolved = resolve_spec(rendered.spec, catalog)
+    bf16 = resolved.gpu.bf16 if resolved.gpu.known else None
+    found = check_settings(rendered.settings, script=rendered.script, bf16_supported=bf16)
+    return tuple(f for f in found if f.severity != "error")
+
+
+def dataset_options(rendered: RenderedRun) -> dict[str, Any]:
+    """The dataset-level options in effect (training config, or the dataset config's [general]
+    under the training option names): resolution, buckets, train_batch_size, caption_extension."""
+    import tomlkit
+
+    options = dict(rendered.settings)
+    if DATASET_CONFIG in rendered.files:
+        general = tomlkit.parse(rendered.files[DATASET_CONFIG]).unwrap().get("general", {})
+        back = {v: k for k, v in DATASET_KEYS.items()}
+        options.update({back[k]: v for k, v in general.items() if k in back})
+    return options

@@ -1,0 +1,95 @@
+"""``kohyawrap plan`` and ``kohyawrap demo`` through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kohyawrap.cli import main
+from tests.test_plan import make_dataset
+
+
+@pytest.fixture(autouse=True)
+def _no_user_presets(monkeypatch, tmp_path_factory):
+    """The developer's own presets must not change what these tests see."""
+    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+
+
+def run(args: list[str], capsys) -> tuple[int, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out = capsys.readouterr()
+    return code, out.out + " ".join(out.err.split())  # rich wraps stderr at 80 columns
+
+
+def test_plan_prints_steps_time_and_cost(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data")
+    code, text = run(
+        ["plan", "--gpu", "rtx4090", "--model", "sd15", "--dataset", str(data), "--price", "0.70"],
+        capsys,
+    )
+    assert code == 0, text
+    for needle in ("160 steps", "16 batches of 4", "training", "model download", "$0.70/h", "fits"):
+        assert needle in text, needle
+
+
+def test_plan_json_with_compare(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data")
+    code, text = run(
+        [
+            "plan",
+            "--gpu",
+            "rtx3090",
+            "--model",
+            "sdxl",
+            "--dataset",
+            str(data),
+            "--compare",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, text
+    plan = json.loads(text)
+    assert plan["estimate"]["gpu"] == "rtx3090" and plan["script"] == "sdxl_train_network.py"
+    assert len(plan["compare"]) == 11 and {"fits", "dollars", "train_seconds"} <= set(
+        plan["compare"][0]
+    )
+
+
+def test_plan_refuses_what_will_not_fit_unless_forced(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data")
+    args = ["plan", "--gpu", "rtx3060-12gb", "--model", "sdxl", "--dataset", str(data),
+            "--set", "train_batch_size=8", "--set", "gradient_checkpointing=false"]  # fmt: skip
+    code, text = run(args, capsys)
+    assert (
+        code == 2
+        and "VRAM" in text
+        and "gradient_checkpointing" in text
+        and "Traceback" not in text
+    )
+    code, text = run([*args, "--force"], capsys)
+    assert code == 0 and "does NOT fit" in text
+
+
+def test_plan_of_a_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code, text = run(
+        ["plan", "--gpu", "rtx4090", "--model", "sd15", "--dataset", str(tmp_path / "nope")], capsys
+    )
+    assert code == 2 and "Traceback" not in text
+
+
+def test_demo_builds_renders_and_plans(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, text = run(["demo", "-o", str(out)], capsys)
+    assert code == 0, text
+    assert (out / "my_lora" / "training_config.toml").is_file()
+    assert any(p.name[0].isdigit() for p in (out / "training_data").iterdir())
+    assert "steps" in text and "h100" in text and "fits?" in text
+    code, text = run(["demo", "-o", str(out)], capsys)
+    assert code == 2 and "--force" in text
+    assert run(["demo", "-o", str(out), "--force"], capsys)[0] == 0

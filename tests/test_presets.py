@@ -1,0 +1,218 @@
+"""Presets: shipped files, their sources, resolution order, user presets with extends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kohyawrap.errors import ConfigError, UsageError
+from kohyawrap.presets import load_catalog, parse_override, pick_tier, read_toml, resolve
+from kohyawrap.resources import presets_dir
+
+GPUS = (
+    "rtx3060-12gb",
+    "rtx4060ti-16gb",
+    "rtx4080-16gb",
+    "rtx3090",
+    "rtx4090",
+    "rtx-a6000",
+    "l4",
+    "a10g",
+    "a100-40gb",
+    "a100-80gb",
+    "h100",
+)
+MODELS = ("sd15", "sd2", "sdxl")
+
+
+@pytest.fixture(scope="module")
+def catalog():  # the shipped presets only: an empty user folder
+    return load_catalog(user_dir=Path("/nonexistent-kohyawrap-user-dir"))
+
+
+def test_every_required_gpu_and_model_is_shipped(catalog):
+    assert set(GPUS) <= set(catalog.gpus)
+    assert set(MODELS) <= set(catalog.models)
+    for name in GPUS:
+        gpu = catalog.gpus[name]
+        assert gpu.vram_gb >= 12 and gpu.bf16 is True
+        assert gpu.price_range[0] <= gpu.price_per_hour <= gpu.price_range[1]
+        assert set(gpu.speed) == set(MODELS)
+
+
+def _numbers(data, prefix=""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                yield from _numbers(item, f"{prefix}{key}[{i}].")
+        elif isinstance(value, (int, float)) or (
+            isinstance(value, list) and value and isinstance(value[0], (int, float))
+        ):
+            yield f"{prefix}{key}"  # numbers, flags and number lists (not names, patterns)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((presets_dir() / "gpus").glob("*.toml"))
+    + sorted((presets_dir() / "models").glob("*.toml"))
+    + [presets_dir() / "tiers.toml"],
+    ids=lambda p: p.name,
+)
+def test_every_number_in_a_preset_file_has_a_source(path):
+    data, comments = read_toml(path)
+    missing = [key for key in _numbers(data) if not comments.get(key)]
+    assert missing == [], f"{path.name}: numbers without a source comment: {missing}"
+    # Unmeasured numbers say so; measured ones name where (field_notes, an issue, a doc).
+    for key in _numbers(data):
+        text = comments[key]
+        cited = any(
+            w in text for w in ("field_notes", "#", ".md", "sample_run", "spec", "sd-scripts")
+        )
+        assert "estimate" in text or cited or "derived" in text, f"{path.name} {key}: {text}"
+
+
+def test_tiers_follow_the_field_notes_rules(catalog):
+    sdxl = {
+        t.min_vram_gb: dict((s.key, s.value) for s in t.settings)
+        for t in catalog.rules.tiers["sdxl"]
+    }
+    assert sdxl[8]["cache_text_encoder_outputs"] and sdxl[8]["network_train_unet_only"]
+    assert sdxl[24]["gradient_checkpointing"] is True  # ON for 24 GB SDXL
+    assert sdxl[40]["gradient_checkpointing"] is False  # OFF for A100/H100
+    sd15 = {
+        t.min_vram_gb: dict((s.key, s.value) for s in t.settings)
+        for t in catalog.rules.tiers["sd15"]
+    }
+    assert sd15[16]["gradient_checkpointing"] is False
+    assert pick_tier(catalog.rules.tiers["sdxl"], 23.9).min_vram_gb == 16
+    assert (
+        pick_tier(catalog.rules.tiers["sdxl"], 6).min_vram_gb == 8
+    )  # below every tier: the lowest
+
+
+def test_resolution_order_and_origins(catalog):
+    r = resolve(catalog, "rtx4090", "sdxl", overrides=(("network_dim", 64),))
+    by_key = {s.key: s for s in r.settings}
+    assert r.script == "sdxl_train_network.py"
+    assert by_key["train_batch_size"].origin == "tier sdxl >= 24 GB"
+    assert by_key["network_dim"].value == 64 and by_key["network_dim"].origin == "--set"
+    assert by_key["mixed_precision"].value == "bf16" and by_key[
+        "mixed_precision"
+    ].origin.startswith("gpu rtx4090")
+    assert by_key["resolution"].value == "1024"  # a string, as --config_file needs
+    assert by_key["network_module"].value == "networks.lora"
+    assert "no_half_vae" not in by_key
+    assert "field_notes" in by_key["gradient_checkpointing"].source
+
+
+def test_sdxl_in_fp16_gets_no_half_vae(catalog):
+    r = resolve(catalog, "rtx4090", "sdxl", overrides=(("mixed_precision", "fp16"),))
+    assert r.get("no_half_vae") is True
+    assert (
+        resolve(catalog, "rtx4090", "sd15", overrides=(("mixed_precision", "fp16"),)).get(
+            "no_half_vae"
+        )
+        is None
+    )
+
+
+def test_unknown_gpu_by_vram_uses_the_tier_and_fp16(catalog):
+    r = resolve(catalog, "vram-20", "sdxl")
+    assert r.gpu.vram_gb == 20 and not r.gpu.known
+    assert r.tier is not None and r.tier.min_vram_gb == 16
+    assert r.get("mixed_precision") == "fp16" and r.get("no_half_vae") is True
+    assert resolve(catalog, "rtx4090", "sdxl", vram_gb=80).get("train_batch_size") == 8
+
+
+def test_smoke_runs_on_cpu(catalog):
+    values = resolve(catalog, "rtx4090", "sdxl", smoke=True).values()
+    assert values["mixed_precision"] == "no" and values["optimizer_type"] == "AdamW"
+    assert values["resolution"] == "128" and values["max_train_steps"] == 4
+    assert not values["cache_latents_to_disk"] and not values["cache_text_encoder_outputs"]
+    assert "max_train_epochs" not in values and "no_half_vae" not in values
+
+
+def test_unknown_names_suggest_the_right_one(catalog):
+    with pytest.raises(UsageError) as err:
+        catalog.gpu("rtx409")
+    assert "rtx4090" in str(err.value)
+    with pytest.raises(UsageError) as err:
+        catalog.model("sdx")
+    assert "sdxl" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("network_dim=16", ("network_dim", 16)),
+        ("learning_rate=1e-4", ("learning_rate", 1e-4)),
+        ("resolution=768", ("resolution", "768")),  # sd-scripts reads resolution as a string
+        ("resolution=768,1024", ("resolution", "768,1024")),
+        ('resolution="512"', ("resolution", "512")),
+        ("gradient_checkpointing=true", ("gradient_checkpointing", True)),
+        (
+            'network_args=["conv_dim=4", "conv_alpha=1"]',
+            ("network_args", ["conv_dim=4", "conv_alpha=1"]),
+        ),
+        ("lr_scheduler=cosine", ("lr_scheduler", "cosine")),  # not TOML: kept as text
+        (" seed = 7 ", ("seed", 7)),
+    ],
+)
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_parse_override_needs_key_and_value():
+    with pytest.raises(UsageError):
+        parse_override("network_dim")
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def test_user_presets_extend_shipped_ones(tmp_path):
+    _write(
+        tmp_path / "gpus" / "t4.toml",
+        'extends = "rtx4060ti-16gb"\n[gpu]\ntitle = "NVIDIA T4"\nmatch = ["Tesla T4"]\n'
+        "bf16 = false  # Turing has no bf16 (field_notes §1)\nprice_per_hour = 0.2  # estimate\n",
+    )
+    _write(
+        tmp_path / "gpus" / "rtx4090.toml",
+        'extends = "rtx4090"\n[gpu]\nprice_per_hour = 0.30  # my price\n',
+    )
+    _write(
+        tmp_path / "models" / "pony.toml",
+        'extends = "sdxl"\n[model]\ntitle = "Pony"\n[train]\nunet_lr = 5e-5  # mine\n',
+    )
+    catalog = load_catalog(user_dir=tmp_path)
+    t4 = catalog.gpus["t4"]
+    assert (t4.vram_gb, t4.bf16, t4.price_per_hour, t4.title) == (16, False, 0.2, "NVIDIA T4")
+    assert t4.speed["sdxl"] == catalog.gpus["rtx4060ti-16gb"].speed["sdxl"]
+    assert t4.sources["gpu.bf16"].startswith("Turing")
+    assert catalog.gpus["rtx4090"].price_per_hour == 0.30 and catalog.gpus["rtx4090"].vram_gb == 24
+    r = resolve(catalog, "t4", "pony")
+    assert r.script == "sdxl_train_network.py"
+    assert r.get("mixed_precision") == "fp16" and r.get("no_half_vae") is True
+    assert r.get("unet_lr") == 5e-5 and r.get("train_batch_size") == 2  # sdxl's 16 GB tier
+
+
+def test_user_preset_extending_nothing_known_is_a_clear_error(tmp_path):
+    _write(tmp_path / "gpus" / "mine.toml", 'extends = "rtx4909"\n')
+    with pytest.raises(ConfigError) as err:
+        load_catalog(user_dir=tmp_path)
+    assert "rtx4090" in str(err.value) and "mine.toml" in str(err.value)
+
+
+def test_broken_user_preset_is_a_config_error(tmp_path):
+    _write(tmp_path / "gpus" / "bad.toml", "[gpu\nvram_gb = 24\n")
+    with pytest.raises(ConfigError):
+        load_catalog(user_dir=tmp_path)
+    _write(tmp_path / "gpus" / "bad.toml", '[gpu]\nvram_gb = "lots"\n')
+    with pytest.raises(ConfigError) as err:
+        load_catalog(user_dir=tmp_path)
+    assert "vram_gb" in str(err.value)

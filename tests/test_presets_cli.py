@@ -1,0 +1,61 @@
+"""``kohyawrap presets list/show`` through the CLI, with a user preset dir from the environment."""
+
+from __future__ import annotations
+
+import json
+
+from kohyawrap.cli import main
+
+
+def run(args: list[str], capsys) -> tuple[int, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out = capsys.readouterr()
+    return code, out.out + " ".join(out.err.split())  # rich wraps stderr at 80 columns
+
+
+def test_list_json_has_every_preset(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path))
+    code, text = run(["presets", "list", "--json"], capsys)
+    data = json.loads(text)
+    assert code == 0 and len(data["gpus"]) == 11 and set(data["models"]) == {"sd15", "sd2", "sdxl"}
+    assert data["models"]["sdxl"]["script"] == "sdxl_train_network.py"
+    assert data["gpus"]["rtx4090"]["speed"]["sdxl"]["s_per_image"] > 0
+
+
+def test_user_presets_from_the_config_dir(capsys, monkeypatch, tmp_path):
+    gpus = tmp_path / "presets" / "gpus"
+    gpus.mkdir(parents=True)
+    (gpus / "t4.toml").write_text(
+        'extends = "rtx4060ti-16gb"\n[gpu]\ntitle = "NVIDIA T4"\nbf16 = false  # Turing\n'
+    )
+    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path))
+    code, text = run(["presets", "list"], capsys)
+    assert code == 0 and "NVIDIA T4" in text
+    code, text = run(["presets", "show", "t4", "--model", "sdxl", "--json"], capsys)
+    data = json.loads(text)
+    settings = {s["key"]: s for s in data["settings"]}
+    assert (
+        settings["mixed_precision"]["value"] == "fp16" and settings["no_half_vae"]["value"] is True
+    )
+
+
+def test_show_explains_each_value(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path))
+    code, text = run(
+        ["presets", "show", "rtx4090", "--model", "sdxl", "--set", "network_dim=8"], capsys
+    )
+    assert code == 0
+    for needle in (
+        "tier sdxl >= 24 GB",
+        "--set",
+        "field_notes",
+        "kohya_ss #1288",
+        "sdxl_train_network.py",
+    ):
+        assert needle in text, needle
+    code, text = run(["presets", "show", "rtx4090", "--model", "sdxx"], capsys)
+    assert code == 2 and "sdxl" in text

@@ -1,0 +1,137 @@
+"""``kohyawrap config render`` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import tomlkit
+
+from kohyawrap.cli import main
+from tests.fixtures.images import write_jpeg
+
+
+@pytest.fixture(autouse=True)
+def _no_user_presets(monkeypatch, tmp_path_factory):
+    """The developer's own presets must not change what these tests see."""
+    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+
+
+def run(args: list[str], capsys) -> tuple[int, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out = capsys.readouterr()
+    return code, out.out + " ".join(out.err.split())  # rich wraps stderr at 80 columns
+
+
+def dataset(root: Path) -> Path:
+    for i in range(2):
+        write_jpeg(root / "10_sks dog" / f"{i}.jpg", (512, 512), seed=i)
+    return root
+
+
+def render_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "config",
+        "render",
+        "--gpu",
+        "rtx4090",
+        "--model",
+        "sd15",
+        "--dataset",
+        str(data),
+        "-o",
+        str(out),
+        *extra,
+    ]
+
+
+def test_render_writes_files_that_point_at_the_dataset(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dataset(tmp_path / "training_data")
+    code, text = run(
+        render_args(Path("training_data"), Path("runs/my_lora"), "--set", "network_dim=8"), capsys
+    )
+    assert code == 0, text
+    out = tmp_path / "runs" / "my_lora"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "launch.sh",
+        "sample_prompts.txt",
+        "training_config.toml",
+    ]
+    config = tomlkit.parse((out / "training_config.toml").read_text()).unwrap()
+    # launch.sh runs sd-scripts from the output folder, so the dataset path is relative to it
+    assert config["dataset"]["train_data_dir"] == "../../training_data"
+    assert (out / config["dataset"]["train_data_dir"]).resolve() == (
+        tmp_path / "training_data"
+    ).resolve()
+    assert config["network"]["network_dim"] == 8
+    assert os.access(out / "launch.sh", os.X_OK)
+    assert "written" in text and "launch.sh" in text
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_render_never_overwrites_a_different_file_without_force(tmp_path, capsys):
+    data = dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    assert run(render_args(data, out), capsys)[0] == 0
+    code, text = run(render_args(data, out), capsys)
+    assert code == 0 and "unchanged" in text
+    before = (out / "training_config.toml").read_text()
+    code, text = run(render_args(data, out, "--set", "seed=1"), capsys)
+    assert code == 2 and "--force" in text and "training_config.toml" in text
+    assert (out / "training_config.toml").read_text() == before
+    code, text = run(render_args(data, out, "--set", "seed=1", "--force"), capsys)
+    assert code == 0 and "replaced" in text
+    assert "seed = 1" in (out / "training_config.toml").read_text()
+
+
+def test_render_json_and_dataset_config(tmp_path, capsys):
+    data = dataset(tmp_path / "data")
+    code, text = run(render_args(data, tmp_path / "out", "--dataset-config", "--json"), capsys)
+    assert code == 0, text
+    report = json.loads(text)
+    names = ("dataset_config.toml", "launch.sh", "sample_prompts.txt", "training_config.toml")
+    assert report["files"] == dict.fromkeys(names, "written")
+    assert any(f["code"] == "needs-bitsandbytes" for f in report["findings"])
+    doc = tomlkit.parse((tmp_path / "out" / "dataset_config.toml").read_text()).unwrap()
+    assert doc["datasets"][0]["subsets"][0]["image_dir"] == f"{data.as_posix()}/10_sks dog"
+
+
+def test_render_errors_are_clear(tmp_path, capsys):
+    data = dataset(tmp_path / "data")
+    code, text = run(render_args(data, tmp_path / "o", "--set", "batch_size=2"), capsys)
+    assert code == 2 and "train_batch_size" in text and "Traceback" not in text
+    args = [
+        "config",
+        "render",
+        "--model",
+        "sd15",
+        "--dataset",
+        str(data),
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    code, text = run([*args, "--gpu", "rtx4909"], capsys)
+    assert code == 2 and "rtx4090" in text
+    code, text = run(
+        ["config", "render", "--model", "sd15", "--dataset", str(data), "-o", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 2 and "--vram" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_render_for_a_card_without_preset(tmp_path, capsys):
+    data = dataset(tmp_path / "data")
+    code, text = run(["config", "render", "--vram", "20", "--model", "sdxl", "--dataset", str(data),
+                      "-o", str(tmp_path / "o")], capsys)  # fmt: skip
+    assert code == 0, text
+    config = (tmp_path / "o" / "training_config.toml").read_text()
+    assert 'mixed_precision = "fp16"' in config and "no_half_vae = true" in config
+    assert "gpu preset vram-20" in config
