@@ -125,7 +125,9 @@ def upload_dataset(host: Host, plan: RunPlan, reporter: Reporter) -> TransferSta
 def upload_run_files(host: Host, plan: RunPlan, env: Environment) -> None:
     """The rendered configs and the run wrapper, into the run folder."""
     for name, text in sorted(plan.rendered.files.items()):
-        host.put_bytes(text.encode(), plan.layout.in_run("config", name))
+        # Beside each other in the working directory: the training config names the sample prompts
+        # and dataset config by bare file name, which sd-scripts resolves against its cwd.
+        host.put_bytes(text.encode(), plan.layout.in_run(name))
     wrapper = render_script(
         "run", run_dir=plan.layout.run_dir, sds=env.sd_scripts, python=env.python,
         hf_home=posixpath.join(plan.layout.models, "hf"), env=[],
