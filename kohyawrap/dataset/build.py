@@ -1,0 +1,409 @@
+"""Build a training folder: scan the inputs, plan the layout, apply it, lint the result.
+
+``apply_layout`` is the one writer. It builds into a hidden folder next to the output and renames
+it into place at the end, so an output is either the old one or the complete new one, never half
+written; sources are only ever read. The build report goes beside the output
+(``<out>.build.json``), never inside it: sd-scripts must see only concept folders there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kohyawrap.dataset import imaging
+from kohyawrap.dataset.buckets import bucket_settings_for
+from kohyawrap.dataset.layout import (
+    DEFAULT_TEMPLATE,
+    SUGGESTED_EPOCHS,
+    BuildOptions,
+    ImageOp,
+    Layout,
+    group_concepts,
+    plan_layout,
+    reg_concepts,
+)
+from kohyawrap.dataset.lint import Finding, LintReport, lint
+from kohyawrap.dataset.scan import REG_FOLDER, parse_concept_folder, read_training_dir, scan_sources
+from kohyawrap.errors import DatasetError, UsageError
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything ``kohyawrap dataset build`` was asked to do."""
+
+    inputs: tuple[Path, ...]
+    output: Path
+    triggers: tuple[str, ...]
+    model: str
+    class_words: tuple[str, ...] = ()
+    repeats: tuple[int, ...] = ()
+    reg_dirs: tuple[Path, ...] = ()
+    caption_template: str | None = None
+    caption_extension: str = ".txt"
+    max_side: int | None = None  # None: the model's max_bucket_reso
+    resize: bool = True
+    strict: bool = False
+    force: bool = False
+    jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One image operation and what came of it."""
+
+    op: ImageOp
+    written: imaging.Written
+
+    @property
+    def ok(self) -> bool:
+        """True when the image (and so its caption) is in the output."""
+        return self.written.ok
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build did: the layout, what was written or skipped, and the lint of the output."""
+
+    output: Path
+    report_path: Path
+    layout: Layout
+    outcomes: tuple[Outcome, ...]
+    lint: LintReport
+    max_side: int | None
+    notes: tuple[Finding, ...] = field(default_factory=tuple)
+
+    @property
+    def failed(self) -> tuple[Outcome, ...]:
+        """Images that turned out damaged while being written (left out)."""
+        return tuple(o for o in self.outcomes if not o.ok)
+
+    def to_json(self) -> dict[str, Any]:
+        """The build report (also written to ``<out>.build.json``)."""
+        return build_report(self)
+
+
+def build_dataset(request: BuildRequest, progress: Progress | None = None) -> BuildResult:
+    """Scan, plan, write and lint a dataset. Raises DatasetError/UsageError on bad input."""
+    output = request.output
+    _check_paths(request)
+    _check_output(output, request.force)
+    max_side = _max_side(request)
+    folders = [scan_sources(p, request.caption_extension) for p in request.inputs]
+    regs = [scan_sources(p, request.caption_extension) for p in request.reg_dirs]
+    concepts = group_concepts(folders, request.triggers, request.class_words, request.repeats)
+    concepts += reg_concepts(regs, request.class_words)
+    options = BuildOptions(
+        model=request.model,
+        max_side=max_side,
+        caption_template=request.caption_template or DEFAULT_TEMPLATE,
+        caption_extension=request.caption_extension,
+    )
+    layout = plan_layout(concepts, options)
+    if request.strict and layout.skipped:
+        raise _strict_error([(str(s.source), s.reason) for s in layout.skipped])
+    outcomes = apply_layout(
+        layout,
+        output,
+        force=request.force,
+        jobs=request.jobs,
+        strict=request.strict,
+        progress=progress,
+    )
+    report = _lint_output(output, request, outcomes)
+    failed = [o for o in outcomes if not o.ok]
+    notes = layout.notes + tuple(
+        Finding("warning", "skipped", str(o.op.source), o.written.error or "failed") for o in failed
+    )
+    result = BuildResult(output, report_path_for(output), layout, outcomes, report, max_side, notes)
+    _write_json(result.report_path, result.to_json())
+    return result
+
+
+def report_path_for(output: Path) -> Path:
+    """Where the build report of ``output`` goes: beside it, ``<name>.build.json``."""
+    return output.parent / f"{output.name}.build.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before anything is written
+
+
+def _check_paths(request: BuildRequest) -> None:
+    out = request.output.resolve()
+    sources = [p.resolve() for p in (*request.inputs, *request.reg_dirs)]
+    if len(set(sources)) != len(sources):
+        raise UsageError("the same folder is given twice as input", hint="give each folder once")
+    for src in sources:
+        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+            raise UsageError(
+                f"the output {request.output} overlaps the input {src}",
+                hint="write the dataset to a separate folder, e.g. -o ./training_data",
+            )
+
+
+def _check_output(output: Path, force: bool) -> None:
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return
+    if not output.is_dir():
+        raise UsageError(f"output {output} exists and is not a folder")
+    if not force:
+        raise UsageError(
+            f"output {output} already exists", hint="add --force to replace it, or pick another -o"
+        )
+    strangers = [p.name for p in output.iterdir() if not _ours(p)]
+    if strangers:
+        raise UsageError(
+            f"refusing to replace {output}: it holds things a dataset build did not make",
+            evidence=strangers[:5],
+            hint="remove them yourself or pick another -o",
+        )
+
+
+def _ours(entry: Path) -> bool:
+    if not entry.is_dir():
+        return False
+    return entry.name == REG_FOLDER or parse_concept_folder(entry.name) is not None
+
+
+def _max_side(request: BuildRequest) -> int | None:
+    default = bucket_settings_for(
+        request.model
+    ).max_bucket_reso  # also: an unknown model stops here
+    if not request.resize:
+        return None
+    if request.max_side is not None:
+        if request.max_side < 64:
+            raise UsageError(
+                f"--max-side {request.max_side} is too small",
+                hint="use at least the model's resolution",
+            )
+        return request.max_side
+    return default
+
+
+def _strict_error(problems: Sequence[tuple[str, str]]) -> DatasetError:
+    return DatasetError(
+        f"{len(problems)} input file(s) cannot be used (--strict)",
+        evidence=[f"{path}: {why}" for path, why in problems[:10]],
+        hint="fix or remove them, or drop --strict to skip them with a warning",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The writer
+
+
+def apply_layout(
+    layout: Layout,
+    output: Path,
+    *,
+    force: bool = False,
+    jobs: int | None = None,
+    strict: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Outcome, ...]:
+    """Write ``layout`` to ``output`` atomically; return the outcome of every image.
+
+    Images that turn out damaged while being read are left out with their captions (or, with
+    ``strict``, stop the build, leaving the old output untouched).
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.building-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        for folder in sorted({op.dest.rsplit("/", 1)[0] for op in layout.images}):
+            (staging / folder).mkdir(parents=True, exist_ok=True)
+        results = _write_images(layout.images, staging, jobs, progress)
+        outcomes = tuple(Outcome(op, r) for op, r in zip(layout.images, results, strict=True))
+        failed = [(str(o.op.source), o.written.error or "failed") for o in outcomes if not o.ok]
+        if strict and failed:
+            raise _strict_error(failed)
+        for o in outcomes:
+            if o.ok:
+                (staging / o.op.caption_dest).write_text(o.op.caption + "\n", encoding="utf-8")
+        _swap_into_place(staging, output, force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return outcomes
+
+
+def _write_images(
+    ops: Sequence[ImageOp], staging: Path, jobs: int | None, progress: Progress | None
+) -> Iterator[imaging.Written]:
+    tasks = [(str(op.source), str(staging / op.dest), op.action, op.size, op.format) for op in ops]
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
+    if workers == 1:
+        results: Iterator[imaging.Written] = map(_write_one, tasks)
+        yield from _counted(results, len(tasks), progress)
+        return
+    # Processes, not threads: decoding and resampling hold the GIL for most of their time.
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        chunk = max(1, len(tasks) // (workers * 8))
+        yield from _counted(pool.map(_write_one, tasks, chunksize=chunk), len(tasks), progress)
+
+
+def _write_one(task: tuple[str, str, str, tuple[int, int], str]) -> imaging.Written:
+    return imaging.write_image(*task)
+
+
+def _counted(
+    results: Iterator[imaging.Written], total: int, progress: Progress | None
+) -> Iterator[imaging.Written]:
+    for done, result in enumerate(results, 1):
+        if progress is not None:
+            progress(done, total)
+        yield result
+
+
+def _swap_into_place(staging: Path, output: Path, force: bool) -> None:
+    if output.is_dir() and not any(output.iterdir()):
+        output.rmdir()  # an empty folder the user made for the output: simply fill it
+    if not output.exists():
+        os.replace(staging, output)
+        return
+    if not force:  # checked before the build; re-checked in case it appeared meanwhile
+        raise UsageError(f"output {output} already exists", hint="add --force to replace it")
+    old = output.parent / f".{output.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.replace(output, old)
+    os.replace(staging, output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# After writing: lint and report
+
+
+def _lint_output(output: Path, request: BuildRequest, outcomes: Sequence[Outcome]) -> LintReport:
+    tdir = read_training_dir(output, request.caption_extension)
+    phashes = {o.op.dest: o.written.phash for o in outcomes if o.ok}
+    trigger = request.triggers[0] if len(set(request.triggers)) == 1 else None
+    return lint(
+        tdir,
+        model=request.model,
+        bucket=bucket_settings_for(request.model),
+        epochs=SUGGESTED_EPOCHS,
+        caption_extension=request.caption_extension,
+        trigger=trigger,
+        phashes=phashes,
+    )
+
+
+def build_report(result: BuildResult) -> dict[str, Any]:
+    """The build as JSON data: concepts and repeats rule, every file, skips, notes and the lint.
+
+    Deterministic (no times, sorted), so two builds of the same input give the same report.
+    """
+    return {
+        "output": str(result.output),
+        "max_side": result.max_side,
+        "concepts": [
+            {
+                "folder": c.folder,
+                "trigger": c.trigger,
+                "class_word": c.class_word,
+                "is_reg": c.is_reg,
+                "repeats": c.repeats.repeats,
+                "images": c.repeats.images,
+                "per_epoch": c.repeats.per_epoch,
+                "repeats_rule": c.repeats.rule,
+                "derived": c.repeats.derived,
+            }
+            for c in result.layout.concepts
+        ],
+        "files": [_file_entry(o) for o in result.outcomes],
+        "skipped": [{"source": str(s.source), "reason": s.reason} for s in result.layout.skipped]
+        + [{"source": str(o.op.source), "reason": o.written.error} for o in result.failed],
+        "notes": [_finding(f) for f in result.notes],
+        "lint": result.lint.to_json(),
+    }
+
+
+def _file_entry(outcome: Outcome) -> dict[str, Any]:
+    op, written = outcome.op, outcome.written
+    entry: dict[str, Any] = {
+        "source": str(op.source),
+        "dest": op.dest,
+        "caption": op.caption,
+        "action": op.action,
+        "reasons": list(op.reasons),
+        "written": written.ok,
+    }
+    if written.ok:
+        entry.update(width=written.size[0], height=written.size[1], sha256=written.sha256)
+    return entry
+
+
+def _finding(f: Finding) -> dict[str, Any]:
+    return {"severity": f.severity, "code": f.code, "path": f.path, "message": f.message}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(
+        json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linting an existing folder (``kohyawrap dataset lint``, ``plan``)
+
+
+@dataclass(frozen=True)
+class LintRequest:
+    """What to lint and against which training settings."""
+
+    path: Path
+    model: str
+    reg_dir: Path | None = None
+    caption_extension: str = ".txt"
+    trigger: str | None = None
+    batch_size: int = 1
+    epochs: int | None = None
+    max_train_steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    overrides: tuple[tuple[str, Any], ...] = ()  # sd-scripts bucket options (resolution, ...)
+    near_duplicates: bool = True
+    jobs: int | None = None
+
+
+def lint_dataset(request: LintRequest) -> LintReport:
+    """Scan a training folder, fingerprint its images and lint it."""
+    tdir = read_training_dir(request.path, request.caption_extension, request.reg_dir)
+    phashes = compute_phashes(tdir.image_files(), request.jobs) if request.near_duplicates else {}
+    return lint(
+        tdir,
+        model=request.model,
+        bucket=bucket_settings_for(request.model, dict(request.overrides)),
+        batch_size=request.batch_size,
+        epochs=request.epochs,
+        max_train_steps=request.max_train_steps,
+        gradient_accumulation_steps=request.gradient_accumulation_steps,
+        caption_extension=request.caption_extension,
+        trigger=request.trigger,
+        phashes=phashes,
+    )
+
+
+def compute_phashes(files: dict[str, Path], jobs: int | None = None) -> dict[str, int]:
+    """perceptual hash of each image (key -> hash); unreadable images are left out."""
+    keys = sorted(files)
+    paths = [str(files[k]) for k in keys]
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(paths) // 16 or 1))
+    if workers == 1:
+        hashes = list(map(imaging.file_phash, paths))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            hashes = list(pool.map(imaging.file_phash, paths, chunksize=16))
+    return {k: h for k, h in zip(keys, hashes, strict=True) if h is not None}
