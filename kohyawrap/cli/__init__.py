@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from kohyawrap.errors import KohyawrapError
 
     try:
-        cli.main(args=argv, prog_name="kohyawrap", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="kohyawrap", standalone_mode=False)
     except KohyawrapError as err:
         from kohyawrap.console import print_error
 
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    # standalone_mode=False hands back ctx.exit(N) as a return value instead of exiting.
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 def echo_json(data: Any) -> None:

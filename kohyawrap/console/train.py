@@ -29,14 +29,25 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 class ConsoleReporter:
     """A Reporter (kohyawrap.launcher.report) that draws on stderr."""
 
     def __init__(self, *, plain: bool | None = None, progress_every: float = 5.0) -> None:
-        from kohyawrap.console import stderr
+        from rich.console import Console
 
-        self.con = stderr()
+        self.con = Console(stderr=True, highlight=False)
         self.plain = (not self.con.is_terminal) if plain is None else plain
+        if self.plain:
+            # A log file or CI: long paths stay on one line.
+            self.con = Console(stderr=True, highlight=False, soft_wrap=True)
         self.progress_every = progress_every
         self._last_progress = 0.0
         self._last_transfer: dict[str, float] = {}
@@ -59,10 +70,10 @@ class ConsoleReporter:
             return
         self._last_transfer[label] = now
         pct = 100.0 * done / total if total else 100.0
-        self.info(f"{label}: {done / 1e6:.1f} / {total / 1e6:.1f} MB ({pct:.0f}%)")
+        self.info(f"{label}: {_size(done)} / {_size(total)} ({pct:.0f}%)")
 
     def pulled(self, name: str, size: int) -> None:
-        self.info(f"pulled {name} ({size / 1e6:.1f} MB, sha256 verified)")
+        self.info(f"pulled {name} ({_size(size)}, sha256 verified)")
 
     # -- training events -------------------------------------------------------------
     def event(self, event: Event, dollars_so_far: float, dollars_projected: float | None) -> None:

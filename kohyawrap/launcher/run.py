@@ -117,6 +117,13 @@ def follow_to_end(host: Host, run: RunDir, reporter: Reporter, *, manifest: dict
     reporter.stage("follow", run_dir)
     try:
         code = follower.run_until_exit(save)
+    except HostError as err:
+        save()
+        raise HostError(
+            f"lost the host while following run {run.run_id}: {err.message}",
+            evidence=err.evidence,
+            hint=f"the training goes on there; `kohyawrap attach {run.run_id}` continues from here",
+        ) from err
     except BudgetExceeded:
         stop_job(host, run_dir)
         follower.run_until_exit(save)

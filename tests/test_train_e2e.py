@@ -1,0 +1,318 @@
+"""`kohyawrap train` end to end through the CLI: this machine as a LocalHost and through a real
+sshd on loopback, with the fake sd-scripts repository (the only stand-in) built by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kohyawrap.launcher.runplan import sha256_file
+from kohyawrap.safetensors_header import read_header
+from kohyawrap.tensorboard import read_scalars
+from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
+from tests.fixtures.hub import FakeHub
+from tests.fixtures.images import write_jpeg, write_png
+from tests.fixtures.sshd import Sshd, TcpRelay
+
+HOSTILE = "10_sks \"dog\" $(touch pwned) 'x'"
+
+
+@dataclass
+class Env:
+    """One test's world: a HOME of its own (no real ~/.ssh is read), a dataset, a base model."""
+
+    root: Path
+    home: Path
+    dataset: Path
+    base_model: Path
+    work: Path
+    runs: Path
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "HF_TOKEN")}
+        env.update(HOME=str(self.home), PYTHONUNBUFFERED="1", COLUMNS="200", **extra)
+        return env
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Env:
+    root = tmp_path / "world $(touch pwned)"
+    concept = root / "data" / HOSTILE
+    concept.mkdir(parents=True)
+    for i in range(3):
+        write_jpeg(concept / f"photo {i}.jpg", size=(96, 64), seed=i)
+        (concept / f"photo {i}.txt").write_text(f"sks dog, photo {i}\n")
+    write_png(concept / "it's $(id).png", size=(64, 96), seed=7)
+    (concept / "it's $(id).txt").write_text("sks dog, a png\n")
+    base = root / "base model.safetensors"
+    base.write_bytes(b"\x00" * 4096)
+    home = root / "home"
+    home.mkdir()
+    return Env(root, home, root / "data", base, root / "work dir", root / "runs")
+
+
+def kohyawrap(env: Env, *args: str, extra_env: dict[str, str] | None = None,
+              timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kohyawrap", *args], capture_output=True, text=True,
+                          cwd=env.root, env=env.environ(**(extra_env or {})), timeout=timeout)
+
+
+def train_args(env: Env, fake: FakeSdScripts, commit: str, *, target: str = "local",
+               name: str = "demo", epochs: int = 2) -> list[str]:
+    return [
+        "train", "--host", target, "--gpu", "rtx4090", "--model", "sd15", "--dataset", str(env.dataset),
+        "--base-model", str(env.base_model), "--name", name, "--sd-scripts-repo", fake.url,
+        "--sd-scripts-ref", commit, "--torch-spec", "skip", "--work-dir", str(env.work),
+        "--runs-dir", str(env.runs), "--yes", "--poll", "0.2",
+        "--set", f"max_train_epochs={epochs}", "--set", "save_every_n_epochs=1", "--set", "train_batch_size=1",
+    ]
+
+
+def ssh_args(sshd: Sshd, port: int | None = None) -> list[str]:
+    port = port or sshd.port
+    known = sshd.known_hosts if port == sshd.port else sshd.known_hosts_for(port)
+    return ["-p", str(port), "-i", str(sshd.key_path), "--known-hosts", str(known)]
+
+
+def only_run(env: Env) -> Path:
+    runs = sorted(p for p in env.runs.iterdir() if p.is_dir())
+    return runs[-1]
+
+
+def manifest_of(run: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((run / "manifest.json").read_text())
+    return data
+
+
+def assert_finished_run(run: Path, name: str = "demo") -> dict[str, Any]:
+    m = manifest_of(run)
+    assert m["status"] == "finished", m.get("failure")
+    assert m["exit_code"] == 0
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [f"{name}-000001.safetensors", f"{name}.safetensors"]
+    for rel, info in m["checkpoints"].items():
+        local = run / info["path"]
+        assert sha256_file(local) == info["sha256"], rel
+    _, meta = read_header(run / "checkpoints" / f"{name}.safetensors")
+    assert meta["ss_output_name"] == name
+    assert meta["ss_network_module"] == "networks.lora"
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert len(events) == 1
+    assert "loss/current" in read_scalars(events[0])
+    assert (run / "run.log").read_bytes().count(b"saving checkpoint:") == 2
+    for key in ("connect", "setup", "model", "upload", "train", "pull"):
+        assert key in m["timings"]
+    assert m["sd_scripts"]["commit"] == m["plan"]["setup"]["ref"]
+    assert not any(p.name == "pwned" for p in run.parents[2].rglob("pwned"))
+    return m
+
+
+def test_local_run_then_second_run_skips_setup(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+    first = kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head))
+    assert first.returncode == 0, first.stderr
+    m1 = assert_finished_run(only_run(world))
+    assert m1["environment"]["reused"] is False
+    assert m1["upload"]["files_sent"] == 8
+    assert not (world.root / "pwned").exists()
+    assert "pulled demo.safetensors" in first.stderr
+
+    second = kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head))
+    assert second.returncode == 0, second.stderr
+    m2 = assert_finished_run(only_run(world))
+    assert m2["run_id"] != m1["run_id"]
+    assert m2["environment"]["reused"] is True
+    assert m2["upload"]["files_sent"] == 0
+    assert m2["model"]["how"] == "cached"
+    assert "(cached)" in second.stderr
+
+
+def test_ssh_run_with_hostile_names(world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd) -> None:
+    result = kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head, target=sshd.target,
+                                          name="my lora"), *ssh_args(sshd))
+    assert result.returncode == 0, result.stderr
+    run = only_run(world)
+    m = assert_finished_run(run, name="my lora")
+    assert m["host"]["facts"]["python_version"], m["host"]["facts"]
+    remote_dataset = Path(m["remote_run_dir"]) / "dataset" / HOSTILE
+    assert sorted(p.name for p in remote_dataset.iterdir()) == sorted(p.name for p in (world.dataset / HOSTILE).iterdir())
+    assert not list(world.root.rglob("pwned")) and not (world.home / "pwned").exists()
+
+
+def test_reproduce_is_byte_identical_and_detects_tampering(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+    assert kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head)).returncode == 0
+    run = only_run(world)
+    out = world.root / "again"
+    result = kohyawrap(world, "reproduce", str(run), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    for name in ("training_config.toml", "sample_prompts.txt", "launch.sh"):
+        assert (out / name).read_bytes() == (run / "config" / name).read_bytes()
+    remote = Path(manifest_of(run)["remote_run_dir"])
+    assert (remote / "training_config.toml").read_bytes() == (run / "config" / "training_config.toml").read_bytes()
+    config = run / "config" / "training_config.toml"
+    config.write_text(config.read_text().replace("networks.lora", "networks.other"))
+    tampered = kohyawrap(world, "reproduce", str(run))
+    assert tampered.returncode == 2
+    assert "differ" in tampered.stderr
+
+
+def test_failing_run_is_diagnosed_and_partial_checkpoints_pulled(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(fail="oom", fail_at_step=45))
+    result = kohyawrap(world, *train_args(world, fake_sdscripts, commit))
+    assert result.returncode == 4, result.stderr
+    assert "out of memory" in result.stderr.lower()
+    assert "train_batch_size" in result.stderr or "gradient_checkpointing" in result.stderr
+    run = only_run(world)
+    m = manifest_of(run)
+    assert m["status"] == "failed"
+    assert m["failure"]["kind"] == "oom"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["demo-000001.safetensors"]
+
+
+def test_on_finish_command_runs_after_pull(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+    marker = world.root / "finished marker"
+    args = train_args(world, fake_sdscripts, fake_sdscripts.head)
+    result = kohyawrap(world, *args, "--on-finish", f"ls {str(world.runs)!r}/*/checkpoints > {str(marker)!r}")
+    assert result.returncode == 0, result.stderr
+    assert "demo.safetensors" in marker.read_text()
+
+
+def test_budget_stops_the_run_and_pulls(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.25))
+    args = train_args(world, fake_sdscripts, commit, epochs=20)
+    result = kohyawrap(world, *args, "--price", "7200", "--max-dollars", "3")
+    assert result.returncode == 5, result.stderr
+    assert "budget" in result.stderr
+    m = manifest_of(only_run(world))
+    assert m["status"] == "stopped"
+    assert m["exit_code"] is not None and m["exit_code"] != 0
+
+
+def test_unknown_host_key_is_refused_through_the_cli(world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd) -> None:
+    empty = world.root / "empty_known_hosts"
+    empty.write_text("")
+    args = train_args(world, fake_sdscripts, fake_sdscripts.head, target=sshd.target)
+    result = kohyawrap(world, *args, "-p", str(sshd.port), "-i", str(sshd.key_path), "--known-hosts", str(empty))
+    assert result.returncode == 3
+    assert "SHA256:" in result.stderr
+    assert "--trust-new-host" in result.stderr
+    assert not world.runs.exists() or not any(world.runs.iterdir())
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _started_steps(env: Env) -> bool:
+    if not env.runs.exists():
+        return False
+    runs = [p for p in env.runs.iterdir() if (p / "run.log").exists()]
+    return bool(runs) and b"steps:" in (runs[0] / "run.log").read_bytes()
+
+
+def test_dropped_connection_then_attach_pulls_each_checkpoint_once(
+    world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
+) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.15))
+    with TcpRelay(sshd.port) as relay:
+        args = train_args(world, fake_sdscripts, commit, target=sshd.target, epochs=3)
+        proc = subprocess.Popen([sys.executable, "-m", "kohyawrap", *args, *ssh_args(sshd, relay.port)],
+                                cwd=world.root, env=world.environ(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: _started_steps(world), 60, "training to start")
+        assert relay.cut() >= 1
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "kohyawrap attach" in err
+    run = only_run(world)
+    assert manifest_of(run)["status"] == "running"
+
+    result = kohyawrap(world, "attach", run.name, "--runs-dir", str(world.runs), "--poll", "0.2",
+                       *ssh_args(sshd))
+    assert result.returncode == 0, result.stderr
+    m = manifest_of(run)
+    assert m["status"] == "finished"
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["demo-000001.safetensors", "demo-000002.safetensors", "demo.safetensors"]
+    remote_log = Path(m["remote_run_dir"]) / "run.log"
+    assert (run / "run.log").read_bytes() == remote_log.read_bytes()
+
+
+def test_stop_after_the_laptop_went_away(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.2))
+    args = train_args(world, fake_sdscripts, commit, epochs=50)
+    proc = subprocess.Popen([sys.executable, "-m", "kohyawrap", *args], cwd=world.root, env=world.environ(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: _started_steps(world), 60, "training to start")
+    _wait_for(lambda: manifest_of(only_run(world)).get("checkpoints"), 60, "a first checkpoint pull")
+    proc.kill()
+    proc.wait()
+    run = only_run(world)
+    result = kohyawrap(world, "stop", run.name, "--runs-dir", str(world.runs))
+    assert result.returncode == 0, result.stderr
+    m = manifest_of(run)
+    assert m["status"] == "stopped"
+    assert m["exit_code"] == 143
+    assert (run / "checkpoints" / "demo-000001.safetensors").is_file()
+    remote = Path(m["remote_run_dir"])
+    assert (remote / "exit_code").read_text().strip() == "143"
+
+
+@pytest.fixture
+def token_watch() -> Iterator[list[str]]:
+    """Every command line seen on this machine while the test runs (sampled from /proc)."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    seen.append(proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace"))
+                except OSError:
+                    continue
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    yield seen
+    stop.set()
+    thread.join()
+
+
+def test_hf_token_reaches_the_hub_and_nowhere_else(
+    world: Env, fake_sdscripts: FakeSdScripts, fake_hub: FakeHub, token_watch: list[str]
+) -> None:
+    token = "hf_" + "Qw3rtyUi0pAsdfGhjkLzxcvbnm" * 2
+    fake_hub.files["acme/tiny-sd15/model.safetensors"] = b"\x00" * 2048
+    clone = fake_sdscripts.clone(world.root / "preinstalled sd-scripts")
+    args = train_args(world, fake_sdscripts, fake_sdscripts.head)
+    args[args.index("--base-model") + 1] = "acme/tiny-sd15"
+    result = kohyawrap(world, *args, "--base-model-file", "model.safetensors", "--sd-scripts-path", str(clone),
+                       "--python", sys.executable,
+                       extra_env={"HF_TOKEN": token, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"})
+    assert result.returncode == 0, result.stderr
+    assert f"Bearer {token}" in fake_hub.auth_seen
+    run = only_run(world)
+    m = assert_finished_run(run)
+    assert m["model"]["kind"] == "hf"
+    assert token not in result.stdout + result.stderr
+    assert not [line for line in token_watch if token in line], "token seen in a process's argv"
+    for path in [*run.rglob("*"), *world.work.rglob("*")]:
+        if path.is_file() and not path.is_symlink():
+            assert token.encode() not in path.read_bytes(), path
+    assert not list(world.work.glob(".hf-token-*")), "token file left on the host"
