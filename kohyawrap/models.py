@@ -32,6 +32,7 @@ class RunSpec:
     use_dataset_config: bool = False  # write dataset_config.toml instead of train_data_dir
     overrides: tuple[tuple[str, Any], ...] = ()  # --set key=value, in order given
     smoke: bool = False  # a few steps at tiny resolution, CPU-friendly
+    cpu: bool | None = None  # train on the CPU (accelerate --cpu); None = only for smoke runs
     vram_gb: float | None = None  # overrides the preset's VRAM (unknown GPUs)
 
 

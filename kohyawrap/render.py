@@ -396,7 +396,7 @@ def render_run(
     prompts = _prompts(spec) if "sample_prompts" in acc else []
     digest = inputs_hash(spec, acc, general, {"subsets": subsets})
     mixed = str(acc["mixed_precision"].value) if "mixed_precision" in acc else "no"
-    launch_args = accelerate_args(mixed, cpu=spec.smoke)
+    launch_args = accelerate_args(mixed, cpu=spec.smoke if spec.cpu is None else spec.cpu)
     common = {
         "version": __version__,
         "gpu": resolved.gpu.name,

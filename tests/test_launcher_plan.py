@@ -110,3 +110,35 @@ def test_host_paths_point_inside_the_run_folder() -> None:
     assert (host.train_data_dir, host.output_dir, host.logging_dir) == ("dataset", "output", "logs")
     assert host.base_model == model.remote_path
     assert host.tokenizer_cache_dir == "/w/models/tokenizers"
+
+
+def test_preflight_refuses_a_small_disk_with_numbers(tmp_path: Path) -> None:
+    import dataclasses
+
+    from kohyawrap.errors import HostError
+    from kohyawrap.hosts.facts import read_facts
+    from kohyawrap.hosts.local import LocalHost
+    from kohyawrap.launcher.report import SilentReporter
+    from kohyawrap.launcher.request import TrainRequest, build_run_plan, disk_needed_gb
+    from kohyawrap.launcher.stages import preflight
+
+    concept = tmp_path / "data" / "5_sks dog"
+    concept.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (512, 512), (9, 9, 9)).save(concept / "a.png")
+    (concept / "a.txt").write_text("sks dog\n")
+    spec = RunSpec(gpu="rtx4090", model="sdxl", base_model="stabilityai/stable-diffusion-xl-base-1.0",
+                   output_name="n")
+    host = LocalHost()
+    plan = build_run_plan(TrainRequest(spec=spec, dataset=tmp_path / "data", work_dir=str(tmp_path / "w")),
+                          target="local", home=host.home(), now=NOW)
+    need = disk_needed_gb(plan, model_present=False, venv_present=False)
+    assert 13.9 < need < 14.1  # SDXL 7 + venv 6 + outputs 1 + a tiny dataset
+    assert disk_needed_gb(plan, model_present=True, venv_present=True) < 1.1
+    facts = dataclasses.replace(read_facts(host, str(tmp_path / "w")), disk_free_bytes=2 * 10**9,
+                                gpus=())
+    with pytest.raises(HostError, match="no NVIDIA GPU"):
+        preflight(host, plan, facts, SilentReporter(), force=False)
+    with pytest.raises(HostError, match=r"2\.0 GB free .* about 14\.0 GB needed"):
+        preflight(host, plan, facts, SilentReporter(), force=True)

@@ -73,7 +73,7 @@ def train_args(env: Env, fake: FakeSdScripts, commit: str, *, target: str = "loc
         "train", "--host", target, "--gpu", "rtx4090", "--model", "sd15", "--dataset", str(env.dataset),
         "--base-model", str(env.base_model), "--name", name, "--sd-scripts-repo", fake.url,
         "--sd-scripts-ref", commit, "--torch-spec", "skip", "--work-dir", str(env.work),
-        "--runs-dir", str(env.runs), "--yes", "--poll", "0.2",
+        "--runs-dir", str(env.runs), "--yes", "--poll", "0.2", "--force",  # --force: no GPU here
         "--set", f"max_train_epochs={epochs}", "--set", "save_every_n_epochs=1", "--set", "train_batch_size=1",
     ]
 
@@ -316,3 +316,29 @@ def test_hf_token_reaches_the_hub_and_nowhere_else(
         if path.is_file() and not path.is_symlink():
             assert token.encode() not in path.read_bytes(), path
     assert not list(world.work.glob(".hf-token-*")), "token file left on the host"
+
+
+def test_full_disk_on_the_host_is_diagnosed(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(fail="disk", fail_at_step=45))
+    result = kohyawrap(world, *train_args(world, fake_sdscripts, commit))
+    assert result.returncode == 4, result.stderr
+    m = manifest_of(only_run(world))
+    assert m["failure"]["kind"] == "disk"
+    assert "space" in result.stderr.lower()
+    pulled = sorted(p.name for p in (only_run(world) / "checkpoints").iterdir())
+    assert pulled == ["demo-000001.safetensors"], "the complete checkpoint is kept, the broken one is not"
+    assert list(m["rejected"]) == ["output/demo.safetensors"]
+    assert "not kept: demo.safetensors is incomplete" in result.stderr
+
+
+def test_host_without_gpu_is_refused_unless_forced_or_smoke(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+    args = [a for a in train_args(world, fake_sdscripts, fake_sdscripts.head) if a != "--force"]
+    result = kohyawrap(world, *args)
+    assert result.returncode == 3
+    assert "no NVIDIA GPU" in result.stderr and "--smoke" in result.stderr
+    assert not world.runs.exists() or not any(world.runs.iterdir())
+    smoke = kohyawrap(world, *args, "--smoke")
+    assert smoke.returncode == 0, smoke.stderr
+    m = manifest_of(only_run(world))
+    assert "--cpu" in m["plan"]["accelerate_args"]
+    assert m["status"] == "finished"

@@ -163,6 +163,7 @@ def run_with_host(request: Any, target: str, now: Any, conn: dict[str, Any], *, 
     from kohyawrap.hosts.facts import read_facts
     from kohyawrap.launcher.request import build_run_plan
     from kohyawrap.launcher.run import Clock, execute
+    from kohyawrap.launcher.stages import preflight
     from kohyawrap.runstore import RunStore
 
     clock = Clock()
@@ -174,6 +175,7 @@ def run_with_host(request: Any, target: str, now: Any, conn: dict[str, Any], *, 
         clock.lap("connect")
         plan = build_run_plan(request, target=target, home=host.home(), now=now, facts=facts)
         _present_plan(plan.to_json(), as_json and dry_run)
+        preflight(host, plan, facts, reporter, force=request.force)
         if dry_run:
             return
         if not yes:

@@ -38,6 +38,7 @@ class RunStatus:
     pulled: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)  # rel path -> last size seen (-1 = new)
     events_since_save: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)  # rel path -> why it was not kept
 
 
 def _safe_local(directory: Path, name: str) -> Path:
@@ -49,7 +50,7 @@ def _safe_local(directory: Path, name: str) -> Path:
 def pull_file(host: Host, run: RunDir, remote: str, local_dir: Path, reporter: Reporter,
               status: RunStatus, key: str) -> bool:
     """Pull one file (verified) unless it was pulled already. Never overwrites a local file."""
-    if key in status.pulled:
+    if key in status.pulled or key in status.rejected:
         return False
     digests = host.sha256([remote])
     if remote not in digests:
@@ -67,10 +68,31 @@ def pull_file(host: Host, run: RunDir, remote: str, local_dir: Path, reporter: R
     if not target.exists():
         host.download(remote, target, expected_sha256=digest,
                       progress=lambda d, t: reporter.transfer(name, d, t))
+        problem = _incomplete(target)
+        if problem is not None:
+            # sd-scripts writes checkpoints in place: a crash (full disk) can leave half a file.
+            target.unlink()
+            status.rejected[key] = problem
+            reporter.info(f"not kept: {name} is incomplete ({problem})")
+            return False
         reporter.pulled(name, target.stat().st_size)
     status.pulled[key] = {"sha256": digest, "bytes": target.stat().st_size,
                           "path": str(target.relative_to(run.path))}
     return True
+
+
+def _incomplete(path: Path) -> str | None:
+    """Why a pulled .safetensors file is unusable (truncated, bad header), or None when it is whole."""
+    if path.suffix != ".safetensors":
+        return None
+    from kohyawrap.errors import KohyawrapError
+    from kohyawrap.safetensors_header import read_header
+
+    try:
+        read_header(path)
+    except KohyawrapError as err:
+        return err.message
+    return None
 
 
 class Follower:

@@ -62,7 +62,34 @@ def resolve_gpu(spec: RunSpec, facts: Any | None) -> RunSpec:
             hint="name the preset with --gpu (see `kohyawrap presets list`), or use --smoke to test on CPU",
         )
     first = gpus[0]
-    return replace(spec, gpu=gpu_for(first.name, first.memory_gb))
+    memory_gb = first.memory_mib / 1024 if first.memory_mib else None
+    return replace(spec, gpu=gpu_for(first.name, memory_gb))
+
+
+def resolve_device(spec: RunSpec, facts: Any | None) -> RunSpec:
+    """A smoke run uses the host's GPU when it has one, else the CPU (accelerate --cpu)."""
+    if not spec.smoke or facts is None or spec.cpu is not None:
+        return spec
+    return replace(spec, cpu=not getattr(facts, "gpus", ()))
+
+
+# Typical single-file checkpoint sizes (field_notes §8: SDXL 6.94 GB, SD1.5 4.27 GB; SD2.1 ~5.2 GB).
+MODEL_GB = {"sd15": 4.3, "sd2": 5.3, "sdxl": 7.0}
+VENV_GB = 6.0  # torch + CUDA wheels unpacked (~5 GB, field_notes §8) plus requirements
+OUTPUT_GB = 1.0  # checkpoints, states and logs of one LoRA run
+
+
+def disk_needed_gb(plan: RunPlan, *, model_present: bool, venv_present: bool) -> float:
+    """What the run will write on the host, in GB, for the free-disk check."""
+    need = OUTPUT_GB + sum(Path(p).stat().st_size for p in plan.dataset_files.values()) / 1e9
+    if not model_present:
+        if plan.model.kind == "upload":
+            need += Path(plan.model.source).stat().st_size / 1e9
+        else:
+            need += MODEL_GB.get(plan.spec.model, 7.0)
+    if not venv_present and plan.setup.torch_spec != "skip" and not plan.setup.sd_scripts_path:
+        need += VENV_GB
+    return need
 
 
 def build_run_plan(request: TrainRequest, *, target: str, home: str, now: datetime,
@@ -73,7 +100,7 @@ def build_run_plan(request: TrainRequest, *, target: str, home: str, now: dateti
 
     files = dataset_files(request.dataset)
     digest = dataset_hash(files)
-    spec = resolve_gpu(request.spec, facts)
+    spec = resolve_device(resolve_gpu(request.spec, facts), facts)
     work = expand_work_dir(request.work_dir, home)
     provisional = RemoteLayout(work, "pending")
     model = model_source(spec.base_model, request.base_model_file, provisional.models)

@@ -101,12 +101,13 @@ def follow_to_end(host: Host, run: RunDir, reporter: Reporter, *, manifest: dict
     plan = manifest["plan"]
     run_dir = manifest["remote_run_dir"]
     status = RunStatus(log_offset=int(manifest.get("log_offset", 0)), pulled=dict(manifest.get("checkpoints", {})),
-                       pending=dict(manifest.get("pending", {})))
+                       pending=dict(manifest.get("pending", {})), rejected=dict(manifest.get("rejected", {})))
     price = float(plan["estimate"]["price_per_hour"])
     started = float(manifest.get("started_at", clock.started))
 
     def save() -> None:
         manifest.update(log_offset=status.log_offset, checkpoints=status.pulled, pending=status.pending,
+                        rejected=status.rejected,
                         timings={**manifest.get("timings", {}), **clock.phases})
         run.save_manifest(manifest)
 

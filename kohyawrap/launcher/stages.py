@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kohyawrap.errors import HostError, RemoteCommandError
 from kohyawrap.hosts.base import Host, TransferStats, sh
+from kohyawrap.hosts.facts import HostFacts
 from kohyawrap.launcher.layout import venv_fingerprint
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runplan import RunPlan
@@ -151,3 +152,23 @@ def launch(host: Host, run_dir: str, *, wait_seconds: float = 20.0) -> int:
             return int(text)
         time.sleep(0.1)
     raise HostError(f"the run did not start within {wait_seconds:.0f} s (no {pid_file})")
+
+
+def preflight(host: Host, plan: RunPlan, facts: HostFacts, reporter: Reporter, *, force: bool) -> None:
+    """Refuse a host that cannot run the plan, with the numbers: before anything is installed."""
+    from kohyawrap.hosts.facts import check_disk
+    from kohyawrap.launcher.request import disk_needed_gb
+
+    for note in facts.notes():
+        reporter.info(note)
+    if not facts.python_version:
+        raise HostError(f"no python3 on {host.label}", hint="install python3 (3.10+) or pass --python")
+    if not facts.git_version and not plan.setup.sd_scripts_path:
+        raise HostError(f"no git on {host.label}", hint="install git, or use --sd-scripts-path")
+    if not facts.gpus and not plan.spec.cpu and not force:
+        raise HostError(
+            f"{host.label} has no NVIDIA GPU that nvidia-smi can see",
+            hint="check the driver, use --smoke to test the chain on the CPU, or --force to start anyway",
+        )
+    model_present = host.stat(plan.model.remote_path) is not None
+    check_disk(facts, disk_needed_gb(plan, model_present=model_present, venv_present=bool(facts.venvs)))
