@@ -15,7 +15,9 @@ def _find(name: str) -> Path:
     for candidate in (_PACKAGE / name, _PACKAGE.parent / name):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"kohyawrap is installed without its {name}/ folder (looked in {_PACKAGE})")
+    raise FileNotFoundError(
+        f"kohyawrap is installed without its {name}/ folder (looked in {_PACKAGE})"
+    )
 
 
 def templates_dir() -> Path:

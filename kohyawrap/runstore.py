@@ -37,7 +37,9 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
 
 def dump_json(data: Any) -> bytes:
     """Stable, readable JSON bytes (sorted keys, trailing newline)."""
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode()
+    return (
+        json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,11 @@ class RunStore:
             return RunDir(as_path)
         runs = self.all()
         exact = [r for r in runs if r.run_id == ref]
-        matches = exact or [r for r in runs if r.run_id.startswith(ref)] or [
-            r for r in runs if ref in r.run_id
-        ]
+        matches = (
+            exact
+            or [r for r in runs if r.run_id.startswith(ref)]
+            or [r for r in runs if ref in r.run_id]
+        )
         if len(matches) == 1:
             return matches[0]
         if not matches:

@@ -33,15 +33,24 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "sd15": Family(
-        "sd15", "train_network.py", "train_network_args.json", "sd_v1",
+        "sd15",
+        "train_network.py",
+        "train_network_args.json",
+        "sd_v1",
         ("openai/clip-vit-large-patch14",),
     ),
     "sd2": Family(
-        "sd2", "train_network.py", "train_network_args.json", "sd_v2",
+        "sd2",
+        "train_network.py",
+        "train_network_args.json",
+        "sd_v2",
         ("stabilityai/stable-diffusion-2",),
     ),
     "sdxl": Family(
-        "sdxl", "sdxl_train_network.py", "sdxl_train_network_args.json", "sdxl_base_v1-0",
+        "sdxl",
+        "sdxl_train_network.py",
+        "sdxl_train_network_args.json",
+        "sdxl_base_v1-0",
         ("openai/clip-vit-large-patch14", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
     ),
 }

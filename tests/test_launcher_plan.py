@@ -34,14 +34,17 @@ def test_run_id_is_sortable_safe_and_unique_per_inputs() -> None:
 
 
 def test_slug_keeps_only_safe_characters() -> None:
-    assert slug("10_sks dog's \"best\" $(rm -rf /)") == "10_sks-dog-s-best-rm--rf"
+    assert slug('10_sks dog\'s "best" $(rm -rf /)') == "10_sks-dog-s-best-rm--rf"
     assert slug("...") == "x"
 
 
 def test_layout_paths() -> None:
     layout = RemoteLayout("/root/kohyawrap", "RID")
     assert layout.run_dir == "/root/kohyawrap/runs/RID"
-    assert layout.in_run("config", "training_config.toml") == "/root/kohyawrap/runs/RID/config/training_config.toml"
+    assert (
+        layout.in_run("config", "training_config.toml")
+        == "/root/kohyawrap/runs/RID/config/training_config.toml"
+    )
     assert layout.sd_scripts("abc") == "/root/kohyawrap/sd-scripts/abc"
     assert layout.tokenizers == "/root/kohyawrap/models/tokenizers"
 
@@ -49,16 +52,24 @@ def test_layout_paths() -> None:
 def test_fingerprint_changes_with_each_input() -> None:
     base = venv_fingerprint("c1", "r1", "torch==2.6.0", "python3")
     assert base == venv_fingerprint("c1", "r1", "torch==2.6.0", "python3")
-    others = {venv_fingerprint("c2", "r1", "torch==2.6.0", "python3"),
-              venv_fingerprint("c1", "r2", "torch==2.6.0", "python3"),
-              venv_fingerprint("c1", "r1", "skip", "python3"),
-              venv_fingerprint("c1", "r1", "torch==2.6.0", "python3.11")}
+    others = {
+        venv_fingerprint("c2", "r1", "torch==2.6.0", "python3"),
+        venv_fingerprint("c1", "r2", "torch==2.6.0", "python3"),
+        venv_fingerprint("c1", "r1", "skip", "python3"),
+        venv_fingerprint("c1", "r1", "torch==2.6.0", "python3.11"),
+    }
     assert base not in others and len(others) == 4
 
 
-@pytest.mark.parametrize(("work", "expected"), [
-    ("~/kohyawrap", "/home/u/kohyawrap"), ("~", "/home/u/"), ("data/kw", "/home/u/data/kw"), ("/w", "/w"),
-])
+@pytest.mark.parametrize(
+    ("work", "expected"),
+    [
+        ("~/kohyawrap", "/home/u/kohyawrap"),
+        ("~", "/home/u/"),
+        ("data/kw", "/home/u/data/kw"),
+        ("/w", "/w"),
+    ],
+)
 def test_expand_work_dir(work: str, expected: str) -> None:
     assert expand_work_dir(work, "/home/u") == expected
 
@@ -72,7 +83,9 @@ def test_model_source_kinds(tmp_path: Path) -> None:
     assert up.remote_path == f"/w/models/uploads/{up.local_sha256[:16]}-my-model.safetensors"
     hf = model_source("stabilityai/stable-diffusion-xl-base-1.0", None, "/w/models")
     assert (hf.kind, hf.filename) == ("hf", "sd_xl_base_1.0.safetensors")
-    assert hf.remote_path.startswith("/w/models/hf-files/stabilityai--stable-diffusion-xl-base-1.0--")
+    assert hf.remote_path.startswith(
+        "/w/models/hf-files/stabilityai--stable-diffusion-xl-base-1.0--"
+    )
     whole = model_source("someone/diffusers-model", None, "/w/models")
     assert whole.filename == ""
     url = model_source("https://example.com/files/model.safetensors?download=1", None, "/w/models")
@@ -97,14 +110,24 @@ def test_dataset_files_and_hash(tmp_path: Path) -> None:
 
 
 def test_spec_round_trips_through_json() -> None:
-    spec = RunSpec(gpu="rtx4090", model="sdxl", base_model="m", output_name="n",
-                   overrides=(("network_dim", 16), ("optimizer_args", ["weight_decay=0.1"])))
+    spec = RunSpec(
+        gpu="rtx4090",
+        model="sdxl",
+        base_model="m",
+        output_name="n",
+        overrides=(("network_dim", 16), ("optimizer_args", ["weight_decay=0.1"])),
+    )
     assert spec_from_json(spec_to_json(spec)) == spec
 
 
 def test_host_paths_point_inside_the_run_folder() -> None:
-    spec = RunSpec(gpu="rtx4090", model="sd15", base_model="./local.safetensors", output_name="n",
-                   train_data_dir="/laptop/data")
+    spec = RunSpec(
+        gpu="rtx4090",
+        model="sd15",
+        base_model="./local.safetensors",
+        output_name="n",
+        train_data_dir="/laptop/data",
+    )
     model = model_source("runwayml/stable-diffusion-v1-5", None, "/w/models")
     host = with_host_paths(spec, model, RemoteLayout("/w", "RID"))
     assert (host.train_data_dir, host.output_dir, host.logging_dir) == ("dataset", "output", "logs")
@@ -128,16 +151,25 @@ def test_preflight_refuses_a_small_disk_with_numbers(tmp_path: Path) -> None:
 
     Image.new("RGB", (512, 512), (9, 9, 9)).save(concept / "a.png")
     (concept / "a.txt").write_text("sks dog\n")
-    spec = RunSpec(gpu="rtx4090", model="sdxl", base_model="stabilityai/stable-diffusion-xl-base-1.0",
-                   output_name="n")
+    spec = RunSpec(
+        gpu="rtx4090",
+        model="sdxl",
+        base_model="stabilityai/stable-diffusion-xl-base-1.0",
+        output_name="n",
+    )
     host = LocalHost()
-    plan = build_run_plan(TrainRequest(spec=spec, dataset=tmp_path / "data", work_dir=str(tmp_path / "w")),
-                          target="local", home=host.home(), now=NOW)
+    plan = build_run_plan(
+        TrainRequest(spec=spec, dataset=tmp_path / "data", work_dir=str(tmp_path / "w")),
+        target="local",
+        home=host.home(),
+        now=NOW,
+    )
     need = disk_needed_gb(plan, model_present=False, venv_present=False)
     assert 13.9 < need < 14.1  # SDXL 7 + venv 6 + outputs 1 + a tiny dataset
     assert disk_needed_gb(plan, model_present=True, venv_present=True) < 1.1
-    facts = dataclasses.replace(read_facts(host, str(tmp_path / "w")), disk_free_bytes=2 * 10**9,
-                                gpus=())
+    facts = dataclasses.replace(
+        read_facts(host, str(tmp_path / "w")), disk_free_bytes=2 * 10**9, gpus=()
+    )
     with pytest.raises(HostError, match="no NVIDIA GPU"):
         preflight(host, plan, facts, SilentReporter(), force=False)
     with pytest.raises(HostError, match=r"2\.0 GB free .* about 14\.0 GB needed"):

@@ -20,7 +20,9 @@ def bash(script: str, **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -40,7 +42,9 @@ def origin(tmp_path: Path) -> Path:
 def test_sdscripts_clone_then_cached(tmp_path: Path, origin: Path) -> None:
     work = tmp_path / "work $(touch pwned)"
     head = git(origin, "rev-parse", "HEAD")
-    script = render_script("sdscripts", work=str(work), repo=f"file://{origin}", ref=head, sds_path="")
+    script = render_script(
+        "sdscripts", work=str(work), repo=f"file://{origin}", ref=head, sds_path=""
+    )
     first = bash(script, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     found = parse_kv(first.stdout)
@@ -59,14 +63,18 @@ def test_sdscripts_branch_ref_resolves_to_commit(tmp_path: Path, origin: Path) -
     (origin / "train_network.py").write_text("print('v2')\n")
     git(origin, "commit", "-qam", "two")
     head = git(origin, "rev-parse", "HEAD")
-    script = render_script("sdscripts", work=str(tmp_path / "w"), repo=str(origin), ref="main", sds_path="")
+    script = render_script(
+        "sdscripts", work=str(tmp_path / "w"), repo=str(origin), ref="main", sds_path=""
+    )
     found = parse_kv(bash(script).stdout)
     assert found["commit"] == head
     assert (Path(found["sds"]) / "train_network.py").read_text() == "print('v2')\n"
 
 
 def test_sdscripts_unknown_ref_fails_clearly(tmp_path: Path, origin: Path) -> None:
-    script = render_script("sdscripts", work=str(tmp_path / "w"), repo=str(origin), ref="no-such-ref", sds_path="")
+    script = render_script(
+        "sdscripts", work=str(tmp_path / "w"), repo=str(origin), ref="no-such-ref", sds_path=""
+    )
     result = bash(script)
     assert result.returncode != 0
     assert "no-such-ref" in result.stderr
@@ -75,8 +83,15 @@ def test_sdscripts_unknown_ref_fails_clearly(tmp_path: Path, origin: Path) -> No
 
 def test_venv_is_built_once_and_fingerprinted(tmp_path: Path, origin: Path) -> None:
     venv = tmp_path / "venvs" / "abc"
-    script = render_script("venv", sds=str(origin), venv=str(venv), python=sys.executable,
-                           torch_spec="skip", xformers="no", fingerprint="abc")
+    script = render_script(
+        "venv",
+        sds=str(origin),
+        venv=str(venv),
+        python=sys.executable,
+        torch_spec="skip",
+        xformers="no",
+        fingerprint="abc",
+    )
     first = bash(script)
     assert first.returncode == 0, first.stderr
     info = parse_kv(first.stdout)
@@ -107,12 +122,22 @@ def _fake_launcher(root: Path, body: str) -> tuple[Path, Path]:
 
 
 def _start(sds: Path, run_dir: Path) -> None:
-    wrapper = render_script("run", run_dir=str(run_dir), sds=str(sds), python=sys.executable,
-                            hf_home=str(run_dir / "hf"), env=[], accelerate_args=["--num_processes", "1"],
-                            script=str(sds / "train_network.py"))
+    wrapper = render_script(
+        "run",
+        run_dir=str(run_dir),
+        sds=str(sds),
+        python=sys.executable,
+        hf_home=str(run_dir / "hf"),
+        env=[],
+        accelerate_args=["--num_processes", "1"],
+        script=str(sds / "train_network.py"),
+    )
     (run_dir / "run.sh").write_text(wrapper)
-    subprocess.run(f"cd '{run_dir}' && setsid -f nohup bash run.sh >/dev/null 2>&1 </dev/null",
-                   shell=True, check=True)
+    subprocess.run(
+        f"cd '{run_dir}' && setsid -f nohup bash run.sh >/dev/null 2>&1 </dev/null",
+        shell=True,
+        check=True,
+    )
 
 
 def _wait_exit_code(run_dir: Path, timeout: float = 30) -> int:
@@ -134,7 +159,9 @@ def test_run_wrapper_records_exit_code(tmp_path: Path, body: str, code: int) -> 
 
 
 def test_run_wrapper_stop_kills_trainer_and_records(tmp_path: Path) -> None:
-    sds, run_dir = _fake_launcher(tmp_path, "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    sds, run_dir = _fake_launcher(
+        tmp_path, "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
+    )
     _start(sds, run_dir)
     deadline = time.monotonic() + 20
     while not (run_dir / "run.log").exists() or not (run_dir / "run.log").read_text().strip():
@@ -158,9 +185,16 @@ def test_model_script_downloads_with_token_from_file_only(tmp_path: Path, fake_h
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     dest = tmp_path / "models" / "hf-files" / "acme--tiny-sd--model.safetensors"
-    script = render_script("model", python=sys.executable, kind="hf", source="acme/tiny-sd",
-                           filename="model.safetensors", dest=str(dest), token_file=str(token_file),
-                           hf_home=str(tmp_path / "models" / "hf"))
+    script = render_script(
+        "model",
+        python=sys.executable,
+        kind="hf",
+        source="acme/tiny-sd",
+        filename="model.safetensors",
+        dest=str(dest),
+        token_file=str(token_file),
+        hf_home=str(tmp_path / "models" / "hf"),
+    )
     assert token not in script
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_TOKEN", None)

@@ -61,20 +61,62 @@ def world(tmp_path: Path) -> Env:
     return Env(root, home, root / "data", base, root / "work dir", root / "runs")
 
 
-def kohyawrap(env: Env, *args: str, extra_env: dict[str, str] | None = None,
-              timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kohyawrap", *args], capture_output=True, text=True,
-                          cwd=env.root, env=env.environ(**(extra_env or {})), timeout=timeout)
+def kohyawrap(
+    env: Env, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kohyawrap", *args],
+        capture_output=True,
+        text=True,
+        cwd=env.root,
+        env=env.environ(**(extra_env or {})),
+        timeout=timeout,
+    )
 
 
-def train_args(env: Env, fake: FakeSdScripts, commit: str, *, target: str = "local",
-               name: str = "demo", epochs: int = 2) -> list[str]:
+def train_args(
+    env: Env,
+    fake: FakeSdScripts,
+    commit: str,
+    *,
+    target: str = "local",
+    name: str = "demo",
+    epochs: int = 2,
+) -> list[str]:
     return [
-        "train", "--host", target, "--gpu", "rtx4090", "--model", "sd15", "--dataset", str(env.dataset),
-        "--base-model", str(env.base_model), "--name", name, "--sd-scripts-repo", fake.url,
-        "--sd-scripts-ref", commit, "--torch-spec", "skip", "--work-dir", str(env.work),
-        "--runs-dir", str(env.runs), "--yes", "--poll", "0.2", "--force",  # --force: no GPU here
-        "--set", f"max_train_epochs={epochs}", "--set", "save_every_n_epochs=1", "--set", "train_batch_size=1",
+        "train",
+        "--host",
+        target,
+        "--gpu",
+        "rtx4090",
+        "--model",
+        "sd15",
+        "--dataset",
+        str(env.dataset),
+        "--base-model",
+        str(env.base_model),
+        "--name",
+        name,
+        "--sd-scripts-repo",
+        fake.url,
+        "--sd-scripts-ref",
+        commit,
+        "--torch-spec",
+        "skip",
+        "--work-dir",
+        str(env.work),
+        "--runs-dir",
+        str(env.runs),
+        "--yes",
+        "--poll",
+        "0.2",
+        "--force",  # --force: no GPU here
+        "--set",
+        f"max_train_epochs={epochs}",
+        "--set",
+        "save_every_n_epochs=1",
+        "--set",
+        "train_batch_size=1",
     ]
 
 
@@ -137,18 +179,25 @@ def test_local_run_then_second_run_skips_setup(world: Env, fake_sdscripts: FakeS
 
 
 def test_ssh_run_with_hostile_names(world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd) -> None:
-    result = kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head, target=sshd.target,
-                                          name="my lora"), *ssh_args(sshd))
+    result = kohyawrap(
+        world,
+        *train_args(world, fake_sdscripts, fake_sdscripts.head, target=sshd.target, name="my lora"),
+        *ssh_args(sshd),
+    )
     assert result.returncode == 0, result.stderr
     run = only_run(world)
     m = assert_finished_run(run, name="my lora")
     assert m["host"]["facts"]["python_version"], m["host"]["facts"]
     remote_dataset = Path(m["remote_run_dir"]) / "dataset" / HOSTILE
-    assert sorted(p.name for p in remote_dataset.iterdir()) == sorted(p.name for p in (world.dataset / HOSTILE).iterdir())
+    assert sorted(p.name for p in remote_dataset.iterdir()) == sorted(
+        p.name for p in (world.dataset / HOSTILE).iterdir()
+    )
     assert not list(world.root.rglob("pwned")) and not (world.home / "pwned").exists()
 
 
-def test_reproduce_is_byte_identical_and_detects_tampering(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+def test_reproduce_is_byte_identical_and_detects_tampering(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
     assert kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head)).returncode == 0
     run = only_run(world)
     out = world.root / "again"
@@ -157,7 +206,9 @@ def test_reproduce_is_byte_identical_and_detects_tampering(world: Env, fake_sdsc
     for name in ("training_config.toml", "sample_prompts.txt", "launch.sh"):
         assert (out / name).read_bytes() == (run / "config" / name).read_bytes()
     remote = Path(manifest_of(run)["remote_run_dir"])
-    assert (remote / "training_config.toml").read_bytes() == (run / "config" / "training_config.toml").read_bytes()
+    assert (remote / "training_config.toml").read_bytes() == (
+        run / "config" / "training_config.toml"
+    ).read_bytes()
     config = run / "config" / "training_config.toml"
     config.write_text(config.read_text().replace("networks.lora", "networks.other"))
     tampered = kohyawrap(world, "reproduce", str(run))
@@ -165,7 +216,9 @@ def test_reproduce_is_byte_identical_and_detects_tampering(world: Env, fake_sdsc
     assert "differ" in tampered.stderr
 
 
-def test_failing_run_is_diagnosed_and_partial_checkpoints_pulled(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+def test_failing_run_is_diagnosed_and_partial_checkpoints_pulled(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
     commit = fake_sdscripts.commit_behaviour(FakeBehaviour(fail="oom", fail_at_step=45))
     result = kohyawrap(world, *train_args(world, fake_sdscripts, commit))
     assert result.returncode == 4, result.stderr
@@ -181,7 +234,9 @@ def test_failing_run_is_diagnosed_and_partial_checkpoints_pulled(world: Env, fak
 def test_on_finish_command_runs_after_pull(world: Env, fake_sdscripts: FakeSdScripts) -> None:
     marker = world.root / "finished marker"
     args = train_args(world, fake_sdscripts, fake_sdscripts.head)
-    result = kohyawrap(world, *args, "--on-finish", f"ls {str(world.runs)!r}/*/checkpoints > {str(marker)!r}")
+    result = kohyawrap(
+        world, *args, "--on-finish", f"ls {str(world.runs)!r}/*/checkpoints > {str(marker)!r}"
+    )
     assert result.returncode == 0, result.stderr
     assert "demo.safetensors" in marker.read_text()
 
@@ -197,11 +252,15 @@ def test_budget_stops_the_run_and_pulls(world: Env, fake_sdscripts: FakeSdScript
     assert m["exit_code"] is not None and m["exit_code"] != 0
 
 
-def test_unknown_host_key_is_refused_through_the_cli(world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd) -> None:
+def test_unknown_host_key_is_refused_through_the_cli(
+    world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
+) -> None:
     empty = world.root / "empty_known_hosts"
     empty.write_text("")
     args = train_args(world, fake_sdscripts, fake_sdscripts.head, target=sshd.target)
-    result = kohyawrap(world, *args, "-p", str(sshd.port), "-i", str(sshd.key_path), "--known-hosts", str(empty))
+    result = kohyawrap(
+        world, *args, "-p", str(sshd.port), "-i", str(sshd.key_path), "--known-hosts", str(empty)
+    )
     assert result.returncode == 3
     assert "SHA256:" in result.stderr
     assert "--trust-new-host" in result.stderr
@@ -230,9 +289,14 @@ def test_dropped_connection_then_attach_pulls_each_checkpoint_once(
     commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.15))
     with TcpRelay(sshd.port) as relay:
         args = train_args(world, fake_sdscripts, commit, target=sshd.target, epochs=3)
-        proc = subprocess.Popen([sys.executable, "-m", "kohyawrap", *args, *ssh_args(sshd, relay.port)],
-                                cwd=world.root, env=world.environ(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kohyawrap", *args, *ssh_args(sshd, relay.port)],
+            cwd=world.root,
+            env=world.environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _wait_for(lambda: _started_steps(world), 60, "training to start")
         assert relay.cut() >= 1
         _, err = proc.communicate(timeout=60)
@@ -241,8 +305,9 @@ def test_dropped_connection_then_attach_pulls_each_checkpoint_once(
     run = only_run(world)
     assert manifest_of(run)["status"] == "running"
 
-    result = kohyawrap(world, "attach", run.name, "--runs-dir", str(world.runs), "--poll", "0.2",
-                       *ssh_args(sshd))
+    result = kohyawrap(
+        world, "attach", run.name, "--runs-dir", str(world.runs), "--poll", "0.2", *ssh_args(sshd)
+    )
     assert result.returncode == 0, result.stderr
     m = manifest_of(run)
     assert m["status"] == "finished"
@@ -255,10 +320,17 @@ def test_dropped_connection_then_attach_pulls_each_checkpoint_once(
 def test_stop_after_the_laptop_went_away(world: Env, fake_sdscripts: FakeSdScripts) -> None:
     commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.2))
     args = train_args(world, fake_sdscripts, commit, epochs=50)
-    proc = subprocess.Popen([sys.executable, "-m", "kohyawrap", *args], cwd=world.root, env=world.environ(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kohyawrap", *args],
+        cwd=world.root,
+        env=world.environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _wait_for(lambda: _started_steps(world), 60, "training to start")
-    _wait_for(lambda: manifest_of(only_run(world)).get("checkpoints"), 60, "a first checkpoint pull")
+    _wait_for(
+        lambda: manifest_of(only_run(world)).get("checkpoints"), 60, "a first checkpoint pull"
+    )
     proc.kill()
     proc.wait()
     run = only_run(world)
@@ -282,7 +354,12 @@ def token_watch() -> Iterator[list[str]]:
         while not stop.is_set():
             for proc in Path("/proc").glob("[0-9]*"):
                 try:
-                    seen.append(proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace"))
+                    seen.append(
+                        proc.joinpath("cmdline")
+                        .read_bytes()
+                        .replace(b"\0", b" ")
+                        .decode("utf-8", "replace")
+                    )
                 except OSError:
                     continue
             time.sleep(0.02)
@@ -302,9 +379,17 @@ def test_hf_token_reaches_the_hub_and_nowhere_else(
     clone = fake_sdscripts.clone(world.root / "preinstalled sd-scripts")
     args = train_args(world, fake_sdscripts, fake_sdscripts.head)
     args[args.index("--base-model") + 1] = "acme/tiny-sd15"
-    result = kohyawrap(world, *args, "--base-model-file", "model.safetensors", "--sd-scripts-path", str(clone),
-                       "--python", sys.executable,
-                       extra_env={"HF_TOKEN": token, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"})
+    result = kohyawrap(
+        world,
+        *args,
+        "--base-model-file",
+        "model.safetensors",
+        "--sd-scripts-path",
+        str(clone),
+        "--python",
+        sys.executable,
+        extra_env={"HF_TOKEN": token, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert f"Bearer {token}" in fake_hub.auth_seen
     run = only_run(world)
@@ -326,12 +411,16 @@ def test_full_disk_on_the_host_is_diagnosed(world: Env, fake_sdscripts: FakeSdSc
     assert m["failure"]["kind"] == "disk"
     assert "space" in result.stderr.lower()
     pulled = sorted(p.name for p in (only_run(world) / "checkpoints").iterdir())
-    assert pulled == ["demo-000001.safetensors"], "the complete checkpoint is kept, the broken one is not"
+    assert pulled == ["demo-000001.safetensors"], (
+        "the complete checkpoint is kept, the broken one is not"
+    )
     assert list(m["rejected"]) == ["output/demo.safetensors"]
     assert "not kept: demo.safetensors is incomplete" in result.stderr
 
 
-def test_host_without_gpu_is_refused_unless_forced_or_smoke(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+def test_host_without_gpu_is_refused_unless_forced_or_smoke(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
     args = [a for a in train_args(world, fake_sdscripts, fake_sdscripts.head) if a != "--force"]
     result = kohyawrap(world, *args)
     assert result.returncode == 3

@@ -17,18 +17,58 @@ from kohyawrap import __version__
 
 # name -> (module, attribute, one-line help shown by `kohyawrap --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("kohyawrap.cli.demo", "demo", "Build the bundled example dataset, render its config and print the plan."),
-    "dataset": ("kohyawrap.cli.dataset", "dataset", "Build an sd-scripts dataset from a folder of images, or lint one."),
-    "presets": ("kohyawrap.cli.presets", "presets", "List and show GPU × model presets and where each value comes from."),
-    "config": ("kohyawrap.cli.config", "config", "Render training configs from presets, or check a hand-written one."),
-    "plan": ("kohyawrap.cli.plan", "plan", "Steps, time, VRAM fit and dollar cost of a run, before renting anything."),
-    "hosts": ("kohyawrap.cli.hosts", "hosts", "Inspect a GPU host over SSH: GPU, VRAM, driver, CUDA, disk, python, git."),
-    "train": ("kohyawrap.cli.train", "train", "Train a LoRA on an SSH host or this machine, and pull the results back."),
+    "demo": (
+        "kohyawrap.cli.demo",
+        "demo",
+        "Build the bundled example dataset, render its config and print the plan.",
+    ),
+    "dataset": (
+        "kohyawrap.cli.dataset",
+        "dataset",
+        "Build an sd-scripts dataset from a folder of images, or lint one.",
+    ),
+    "presets": (
+        "kohyawrap.cli.presets",
+        "presets",
+        "List and show GPU × model presets and where each value comes from.",
+    ),
+    "config": (
+        "kohyawrap.cli.config",
+        "config",
+        "Render training configs from presets, or check a hand-written one.",
+    ),
+    "plan": (
+        "kohyawrap.cli.plan",
+        "plan",
+        "Steps, time, VRAM fit and dollar cost of a run, before renting anything.",
+    ),
+    "hosts": (
+        "kohyawrap.cli.hosts",
+        "hosts",
+        "Inspect a GPU host over SSH: GPU, VRAM, driver, CUDA, disk, python, git.",
+    ),
+    "train": (
+        "kohyawrap.cli.train",
+        "train",
+        "Train a LoRA on an SSH host or this machine, and pull the results back.",
+    ),
     "runs": ("kohyawrap.cli.runs", "runs", "List and show the runs recorded under ./runs."),
-    "attach": ("kohyawrap.cli.runs", "attach", "Reconnect to a running job and follow it to the end."),
+    "attach": (
+        "kohyawrap.cli.runs",
+        "attach",
+        "Reconnect to a running job and follow it to the end.",
+    ),
     "stop": ("kohyawrap.cli.runs", "stop", "Stop a running job cleanly and pull what it saved."),
-    "pull": ("kohyawrap.cli.runs", "pull", "Fetch (and verify) a run's checkpoints, logs and TensorBoard files."),
-    "reproduce": ("kohyawrap.cli.runs", "reproduce", "Re-render a recorded run's configs byte for byte, and optionally re-run it."),
+    "pull": (
+        "kohyawrap.cli.runs",
+        "pull",
+        "Fetch (and verify) a run's checkpoints, logs and TensorBoard files.",
+    ),
+    "reproduce": (
+        "kohyawrap.cli.runs",
+        "reproduce",
+        "Re-render a recorded run's configs byte for byte, and optionally re-run it.",
+    ),
 }
 
 
@@ -52,7 +92,10 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="kohyawrap")
 def cli() -> None:
     """Train a Stable Diffusion LoRA with kohya-ss/sd-scripts on a rented GPU, for a few dollars.

@@ -9,9 +9,16 @@ import click
 
 from kohyawrap.cli.train import connection_options
 
-_RUNS_DIR = click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-                         show_default=True, help="Folder holding the run records.")
-_POLL = click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between log polls.")
+_RUNS_DIR = click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Folder holding the run records.",
+)
+_POLL = click.option(
+    "--poll", type=float, default=2.0, show_default=True, help="Seconds between log polls."
+)
 
 
 def _find(runs_dir: Path, ref: str) -> Any:
@@ -20,15 +27,24 @@ def _find(runs_dir: Path, ref: str) -> Any:
     return RunStore(runs_dir).find(ref)
 
 
-def _reconnect(manifest: dict[str, Any], port: int | None, identity: str | None, trust_new_host: bool,
-               known_hosts: str | None) -> Any:
+def _reconnect(
+    manifest: dict[str, Any],
+    port: int | None,
+    identity: str | None,
+    trust_new_host: bool,
+    known_hosts: str | None,
+) -> Any:
     """Open the run's host again, with the recorded connection unless overridden."""
     from kohyawrap.cli.train import open_target
 
     host = manifest["host"]
-    return open_target(host["target"], port if port is not None else host.get("port"),
-                       identity or host.get("identity"), trust_new_host,
-                       known_hosts or host.get("known_hosts"))
+    return open_target(
+        host["target"],
+        port if port is not None else host.get("port"),
+        identity or host.get("identity"),
+        trust_new_host,
+        known_hosts or host.get("known_hosts"),
+    )
 
 
 @click.group()
@@ -57,11 +73,16 @@ def runs_list(runs_dir: Path, as_json: bool) -> None:
     rows = []
     for run in RunStore(runs_dir).all():
         m = run.load_manifest()
-        rows.append({
-            "run_id": run.run_id, "status": m.get("status"), "target": m.get("host", {}).get("target"),
-            "steps": m.get("plan", {}).get("estimate", {}).get("steps"),
-            "cost": m.get("cost", {}).get("actual"), "checkpoints": len(m.get("checkpoints", {})),
-        })
+        rows.append(
+            {
+                "run_id": run.run_id,
+                "status": m.get("status"),
+                "target": m.get("host", {}).get("target"),
+                "steps": m.get("plan", {}).get("estimate", {}).get("steps"),
+                "cost": m.get("cost", {}).get("actual"),
+                "checkpoints": len(m.get("checkpoints", {})),
+            }
+        )
     if as_json:
         from kohyawrap.cli import echo_json
 
@@ -71,8 +92,10 @@ def runs_list(runs_dir: Path, as_json: bool) -> None:
         click.echo(f"no runs in {runs_dir}")
     for r in rows:
         cost = f"${r['cost']:.2f}" if isinstance(r["cost"], (int, float)) else "-"
-        click.echo(f"{r['run_id']}  {r['status']:<9} {r['target']}  steps={r['steps']}  "
-                   f"files={r['checkpoints']}  {cost}")
+        click.echo(
+            f"{r['run_id']}  {r['status']:<9} {r['target']}  steps={r['steps']}  "
+            f"files={r['checkpoints']}  {cost}"
+        )
 
 
 @runs.command("show")
@@ -95,8 +118,15 @@ def runs_show(run_ref: str, runs_dir: Path) -> None:
 @connection_options
 @_RUNS_DIR
 @_POLL
-def attach(run_ref: str, port: int | None, identity: str | None, trust_new_host: bool,
-           known_hosts: str | None, runs_dir: Path, poll: float) -> None:
+def attach(
+    run_ref: str,
+    port: int | None,
+    identity: str | None,
+    trust_new_host: bool,
+    known_hosts: str | None,
+    runs_dir: Path,
+    poll: float,
+) -> None:
     """Reconnect to a run and follow it to the end, continuing from the log already seen.
 
     Checkpoints already pulled are not pulled again; the rest arrive verified as usual.
@@ -111,8 +141,11 @@ def attach(run_ref: str, port: int | None, identity: str | None, trust_new_host:
     run = _find(runs_dir, run_ref)
     manifest = run.load_manifest()
     if manifest.get("status") not in ("running", "uploaded"):
-        click.echo(f"run {run.run_id} is {manifest.get('status')}: nothing to follow "
-                   "(`kohyawrap pull` fetches its files)", err=True)
+        click.echo(
+            f"run {run.run_id} is {manifest.get('status')}: nothing to follow "
+            "(`kohyawrap pull` fetches its files)",
+            err=True,
+        )
         return
     reporter = ConsoleReporter()
     host = _reconnect(manifest, port, identity, trust_new_host, known_hosts)
@@ -121,16 +154,24 @@ def attach(run_ref: str, port: int | None, identity: str | None, trust_new_host:
     finally:
         reporter.close()
         host.close()
-    click.echo(f"{run.run_id}: {manifest['status']}, {len(manifest.get('checkpoints', {}))} files in {run.path}",
-               err=True)
+    click.echo(
+        f"{run.run_id}: {manifest['status']}, {len(manifest.get('checkpoints', {}))} files in {run.path}",
+        err=True,
+    )
 
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
 @connection_options
 @_RUNS_DIR
-def stop(run_ref: str, port: int | None, identity: str | None, trust_new_host: bool,
-         known_hosts: str | None, runs_dir: Path) -> None:
+def stop(
+    run_ref: str,
+    port: int | None,
+    identity: str | None,
+    trust_new_host: bool,
+    known_hosts: str | None,
+    runs_dir: Path,
+) -> None:
     """Stop a running job cleanly (SIGTERM to the trainer) and pull what it saved.
 
     \b
@@ -158,8 +199,14 @@ def stop(run_ref: str, port: int | None, identity: str | None, trust_new_host: b
 @click.argument("run_ref", metavar="RUN")
 @connection_options
 @_RUNS_DIR
-def pull(run_ref: str, port: int | None, identity: str | None, trust_new_host: bool,
-         known_hosts: str | None, runs_dir: Path) -> None:
+def pull(
+    run_ref: str,
+    port: int | None,
+    identity: str | None,
+    trust_new_host: bool,
+    known_hosts: str | None,
+    runs_dir: Path,
+) -> None:
     """Fetch a run's checkpoints, TensorBoard files and log (sha256-verified, never overwriting).
 
     \b
@@ -172,12 +219,20 @@ def pull(run_ref: str, port: int | None, identity: str | None, trust_new_host: b
 
     run = _find(runs_dir, run_ref)
     manifest = run.load_manifest()
-    status = RunStatus(log_offset=int(manifest.get("log_offset", 0)), pulled=dict(manifest.get("checkpoints", {})))
+    status = RunStatus(
+        log_offset=int(manifest.get("log_offset", 0)), pulled=dict(manifest.get("checkpoints", {}))
+    )
     reporter = ConsoleReporter()
     host = _reconnect(manifest, port, identity, trust_new_host, known_hosts)
     try:
-        fetch_outputs(host, run, manifest["remote_run_dir"], reporter, status,
-                      pull_state=bool(manifest["plan"].get("pull_state")))
+        fetch_outputs(
+            host,
+            run,
+            manifest["remote_run_dir"],
+            reporter,
+            status,
+            pull_state=bool(manifest["plan"].get("pull_state")),
+        )
     finally:
         reporter.close()
         host.close()
@@ -188,15 +243,33 @@ def pull(run_ref: str, port: int | None, identity: str | None, trust_new_host: b
 @click.command()
 @click.argument("run_ref", metavar="RUN")
 @_RUNS_DIR
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write the re-rendered files here.")
-@click.option("--run", "rerun_target", default=None, metavar="HOST",
-              help="Re-run it on HOST ('local' or [user@]host) with the same configs and sd-scripts commit.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write the re-rendered files here.",
+)
+@click.option(
+    "--run",
+    "rerun_target",
+    default=None,
+    metavar="HOST",
+    help="Re-run it on HOST ('local' or [user@]host) with the same configs and sd-scripts commit.",
+)
 @connection_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before re-running.")
-def reproduce(run_ref: str, runs_dir: Path, output: Path | None, rerun_target: str | None,
-              port: int | None, identity: str | None, trust_new_host: bool, known_hosts: str | None,
-              yes: bool) -> None:
+def reproduce(
+    run_ref: str,
+    runs_dir: Path,
+    output: Path | None,
+    rerun_target: str | None,
+    port: int | None,
+    identity: str | None,
+    trust_new_host: bool,
+    known_hosts: str | None,
+    yes: bool,
+) -> None:
     """Re-render a recorded run's configs and prove they are byte-identical; optionally re-run it.
 
     \b
@@ -204,12 +277,14 @@ def reproduce(run_ref: str, runs_dir: Path, output: Path | None, rerun_target: s
       kohyawrap reproduce runs/20261128-101500-my_lora -o ./again
       kohyawrap reproduce my_lora --run root@1.2.3.4 -p 22022
     """
-    from kohyawrap.launcher.reproduce import rerender, request_from_manifest
+    from kohyawrap.launcher.reproduce import request_from_manifest, rerender
 
     run = _find(runs_dir, run_ref)
     manifest = run.load_manifest()
     rendered = rerender(run, manifest, output)
-    click.echo(f"{len(rendered.files)} files re-rendered byte-identical to {run.path / 'config'}", err=True)
+    click.echo(
+        f"{len(rendered.files)} files re-rendered byte-identical to {run.path / 'config'}", err=True
+    )
     if rerun_target is None:
         return
     from datetime import datetime, timezone
@@ -217,6 +292,15 @@ def reproduce(run_ref: str, runs_dir: Path, output: Path | None, rerun_target: s
     from kohyawrap.cli.train import read_token, run_with_host
 
     request = request_from_manifest(manifest)
-    run_with_host(request, rerun_target, datetime.now(timezone.utc),
-                  dict(port=port, identity=identity, trust_new_host=trust_new_host, known_hosts=known_hosts),
-                  runs_dir=runs_dir, token=read_token(None), yes=yes, dry_run=False, as_json=False, poll=2.0)
+    run_with_host(
+        request,
+        rerun_target,
+        datetime.now(timezone.utc),
+        dict(port=port, identity=identity, trust_new_host=trust_new_host, known_hosts=known_hosts),
+        runs_dir=runs_dir,
+        token=read_token(None),
+        yes=yes,
+        dry_run=False,
+        as_json=False,
+        poll=2.0,
+    )

@@ -15,28 +15,55 @@ F = TypeVar("F", bound=Callable[..., Any])
 def connection_options(func: F) -> F:
     """The options every command that talks to a host shares."""
     options = [
-        click.option("-p", "--port", type=int, default=None, help="SSH port (default: ~/.ssh/config, else 22)."),
-        click.option("-i", "--identity", type=click.Path(dir_okay=False), default=None,
-                     help="Private key file (default: ssh agent and ~/.ssh/config)."),
-        click.option("--trust-new-host", is_flag=True,
-                     help="Accept and record the key of a host never seen before (like OpenSSH accept-new). "
-                          "A CHANGED key is always refused."),
-        click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
-                     help="known_hosts file to check against (default: ~/.ssh/known_hosts + kohyawrap's own)."),
+        click.option(
+            "-p",
+            "--port",
+            type=int,
+            default=None,
+            help="SSH port (default: ~/.ssh/config, else 22).",
+        ),
+        click.option(
+            "-i",
+            "--identity",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Private key file (default: ssh agent and ~/.ssh/config).",
+        ),
+        click.option(
+            "--trust-new-host",
+            is_flag=True,
+            help="Accept and record the key of a host never seen before (like OpenSSH accept-new). "
+            "A CHANGED key is always refused.",
+        ),
+        click.option(
+            "--known-hosts",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="known_hosts file to check against (default: ~/.ssh/known_hosts + kohyawrap's own).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def open_target(target: str, port: int | None, identity: str | None, trust_new_host: bool,
-                known_hosts: str | None) -> Any:
+def open_target(
+    target: str,
+    port: int | None,
+    identity: str | None,
+    trust_new_host: bool,
+    known_hosts: str | None,
+) -> Any:
     """Connect to ``target`` ("local" or [user@]host / ssh-config alias)."""
     from kohyawrap.hosts.connect import open_host
 
-    return open_host(target, port=port, identity=Path(identity).expanduser() if identity else None,
-                     trust_new_host=trust_new_host,
-                     known_hosts=Path(known_hosts).expanduser() if known_hosts else None)
+    return open_host(
+        target,
+        port=port,
+        identity=Path(identity).expanduser() if identity else None,
+        trust_new_host=trust_new_host,
+        known_hosts=Path(known_hosts).expanduser() if known_hosts else None,
+    )
 
 
 def parse_sets(values: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
@@ -54,52 +81,162 @@ def read_token(token_file: str | None) -> str | None:
 
 
 @click.command()
-@click.option("--host", "target", required=True,
-              help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.")
+@click.option(
+    "--host",
+    "target",
+    required=True,
+    help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.",
+)
 @connection_options
-@click.option("--gpu", default="auto", show_default=True,
-              help="GPU preset (`kohyawrap presets list`), or 'auto' to read it from the host.")
+@click.option(
+    "--gpu",
+    default="auto",
+    show_default=True,
+    help="GPU preset (`kohyawrap presets list`), or 'auto' to read it from the host.",
+)
 @click.option("--vram", type=float, default=None, help="VRAM in GB, for a GPU without a preset.")
-@click.option("--model", type=click.Choice(["sd15", "sd2", "sdxl"]), required=True, help="Model family.")
-@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="A dataset made by `kohyawrap dataset build` (parent of the N_concept folders).")
-@click.option("--base-model", required=True,
-              help="Hugging Face repo id, URL, or local .safetensors file (uploaded).")
-@click.option("--base-model-file", default=None, help="File inside the Hugging Face repo (known repos need none).")
+@click.option(
+    "--model", type=click.Choice(["sd15", "sd2", "sdxl"]), required=True, help="Model family."
+)
+@click.option(
+    "--dataset",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="A dataset made by `kohyawrap dataset build` (parent of the N_concept folders).",
+)
+@click.option(
+    "--base-model",
+    required=True,
+    help="Hugging Face repo id, URL, or local .safetensors file (uploaded).",
+)
+@click.option(
+    "--base-model-file",
+    default=None,
+    help="File inside the Hugging Face repo (known repos need none).",
+)
 @click.option("--name", "output_name", required=True, help="LoRA name (output_name).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a training option (repeatable).")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a training option (repeatable).",
+)
 @click.option("--caption-extension", default=".txt", show_default=True)
-@click.option("--price", type=float, default=None, help="$ per hour of the host (default: the preset's typical).")
-@click.option("--max-dollars", type=float, default=None, help="Stop the run (and pull) when it has cost this much.")
-@click.option("--max-hours", type=float, default=None, help="Stop the run (and pull) after this many hours.")
-@click.option("--smoke", is_flag=True, help="A few steps at tiny resolution to prove the chain works (CPU ok).")
-@click.option("--sd-scripts-repo", default=None, help="Git URL of sd-scripts (default: kohya-ss on GitHub).")
-@click.option("--sd-scripts-ref", default=None, help="Commit, tag or branch (default: the tested pinned commit).")
-@click.option("--sd-scripts-path", default=None, help="Use a pre-installed sd-scripts on the host (no install).")
-@click.option("--python", "python", default="python3", show_default=True,
-              help="Python on the host (with --sd-scripts-path: the one whose environment to use).")
-@click.option("--torch-spec", default=None,
-              help="pip arguments for torch (default: torch 2.6.0 cu124), or 'skip'.")
+@click.option(
+    "--price",
+    type=float,
+    default=None,
+    help="$ per hour of the host (default: the preset's typical).",
+)
+@click.option(
+    "--max-dollars",
+    type=float,
+    default=None,
+    help="Stop the run (and pull) when it has cost this much.",
+)
+@click.option(
+    "--max-hours", type=float, default=None, help="Stop the run (and pull) after this many hours."
+)
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="A few steps at tiny resolution to prove the chain works (CPU ok).",
+)
+@click.option(
+    "--sd-scripts-repo", default=None, help="Git URL of sd-scripts (default: kohya-ss on GitHub)."
+)
+@click.option(
+    "--sd-scripts-ref",
+    default=None,
+    help="Commit, tag or branch (default: the tested pinned commit).",
+)
+@click.option(
+    "--sd-scripts-path",
+    default=None,
+    help="Use a pre-installed sd-scripts on the host (no install).",
+)
+@click.option(
+    "--python",
+    "python",
+    default="python3",
+    show_default=True,
+    help="Python on the host (with --sd-scripts-path: the one whose environment to use).",
+)
+@click.option(
+    "--torch-spec",
+    default=None,
+    help="pip arguments for torch (default: torch 2.6.0 cu124), or 'skip'.",
+)
 @click.option("--xformers", is_flag=True, help="Also install xformers (sdpa is used by default).")
-@click.option("--work-dir", default="~/kohyawrap", show_default=True, help="Where kohyawrap works on the host.")
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="Local folder for run records and pulled checkpoints.")
-@click.option("--hf-token-file", default=None, help="File holding a Hugging Face token (else $HF_TOKEN).")
-@click.option("--on-finish", default="none", show_default=True,
-              help="After every checkpoint is verified locally: none, shutdown, or a shell command for the host.")
+@click.option(
+    "--work-dir",
+    default="~/kohyawrap",
+    show_default=True,
+    help="Where kohyawrap works on the host.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Local folder for run records and pulled checkpoints.",
+)
+@click.option(
+    "--hf-token-file", default=None, help="File holding a Hugging Face token (else $HF_TOKEN)."
+)
+@click.option(
+    "--on-finish",
+    default="none",
+    show_default=True,
+    help="After every checkpoint is verified locally: none, shutdown, or a shell command for the host.",
+)
 @click.option("--pull-state", is_flag=True, help="Also pull --save_state folders.")
-@click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between log polls.")
-@click.option("--force", is_flag=True, help="Go ahead even when the plan says it will not fit in VRAM.")
+@click.option(
+    "--poll", type=float, default=2.0, show_default=True, help="Seconds between log polls."
+)
+@click.option(
+    "--force", is_flag=True, help="Go ahead even when the plan says it will not fit in VRAM."
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-def train(target: str, port: int | None, identity: str | None, trust_new_host: bool, known_hosts: str | None,
-          gpu: str, vram: float | None, model: str, dataset: Path, base_model: str, base_model_file: str | None,
-          output_name: str, sets: tuple[str, ...], caption_extension: str, price: float | None,
-          max_dollars: float | None, max_hours: float | None, smoke: bool, sd_scripts_repo: str | None,
-          sd_scripts_ref: str | None, sd_scripts_path: str | None, python: str, torch_spec: str | None,
-          xformers: bool, work_dir: str, runs_dir: Path, hf_token_file: str | None, on_finish: str,
-          pull_state: bool, poll: float, force: bool, yes: bool, dry_run: bool, as_json: bool) -> None:
+def train(
+    target: str,
+    port: int | None,
+    identity: str | None,
+    trust_new_host: bool,
+    known_hosts: str | None,
+    gpu: str,
+    vram: float | None,
+    model: str,
+    dataset: Path,
+    base_model: str,
+    base_model_file: str | None,
+    output_name: str,
+    sets: tuple[str, ...],
+    caption_extension: str,
+    price: float | None,
+    max_dollars: float | None,
+    max_hours: float | None,
+    smoke: bool,
+    sd_scripts_repo: str | None,
+    sd_scripts_ref: str | None,
+    sd_scripts_path: str | None,
+    python: str,
+    torch_spec: str | None,
+    xformers: bool,
+    work_dir: str,
+    runs_dir: Path,
+    hf_token_file: str | None,
+    on_finish: str,
+    pull_state: bool,
+    poll: float,
+    force: bool,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Train a LoRA on an SSH host (or this machine) and pull the results back, verified.
 
     Nothing is typed on the host: kohyawrap clones sd-scripts at a pinned commit, builds its
@@ -123,15 +260,35 @@ def train(target: str, port: int | None, identity: str | None, trust_new_host: b
     from kohyawrap.models import RunSpec
     from kohyawrap.sdscripts import DEFAULT_REPO, PINNED_COMMIT
 
-    spec = RunSpec(gpu=gpu, model=model, base_model=base_model, output_name=output_name,
-                   caption_extension=caption_extension, overrides=parse_sets(sets), smoke=smoke, vram_gb=vram)
+    spec = RunSpec(
+        gpu=gpu,
+        model=model,
+        base_model=base_model,
+        output_name=output_name,
+        caption_extension=caption_extension,
+        overrides=parse_sets(sets),
+        smoke=smoke,
+        vram_gb=vram,
+    )
     request = TrainRequest(
-        spec=spec, dataset=dataset, base_model_file=base_model_file, work_dir=work_dir,
-        setup=SetupOptions(repo=sd_scripts_repo or DEFAULT_REPO, ref=sd_scripts_ref or PINNED_COMMIT,
-                           sd_scripts_path=sd_scripts_path or "", python=python,
-                           torch_spec=torch_spec or DEFAULT_TORCH, xformers=xformers),
-        price_per_hour=price, on_finish=on_finish, pull_state=pull_state,
-        max_dollars=max_dollars, max_hours=max_hours, force=force,
+        spec=spec,
+        dataset=dataset,
+        base_model_file=base_model_file,
+        work_dir=work_dir,
+        setup=SetupOptions(
+            repo=sd_scripts_repo or DEFAULT_REPO,
+            ref=sd_scripts_ref or PINNED_COMMIT,
+            sd_scripts_path=sd_scripts_path or "",
+            python=python,
+            torch_spec=torch_spec or DEFAULT_TORCH,
+            xformers=xformers,
+        ),
+        price_per_hour=price,
+        on_finish=on_finish,
+        pull_state=pull_state,
+        max_dollars=max_dollars,
+        max_hours=max_hours,
+        force=force,
     )
     now = datetime.now(timezone.utc)
     if dry_run and gpu != "auto":
@@ -139,10 +296,18 @@ def train(target: str, port: int | None, identity: str | None, trust_new_host: b
         plan = build_run_plan(request, target=target, home="~", now=now)
         _present_plan(plan.to_json(), as_json)
         return
-    run_with_host(request, target, now, dict(port=port, identity=identity, trust_new_host=trust_new_host,
-                                            known_hosts=known_hosts),
-                  runs_dir=runs_dir, token=read_token(hf_token_file), yes=yes, dry_run=dry_run,
-                  as_json=as_json, poll=poll)
+    run_with_host(
+        request,
+        target,
+        now,
+        dict(port=port, identity=identity, trust_new_host=trust_new_host, known_hosts=known_hosts),
+        runs_dir=runs_dir,
+        token=read_token(hf_token_file),
+        yes=yes,
+        dry_run=dry_run,
+        as_json=as_json,
+        poll=poll,
+    )
 
 
 def _present_plan(plan_json: dict[str, Any], as_json: bool) -> None:
@@ -156,8 +321,19 @@ def _present_plan(plan_json: dict[str, Any], as_json: bool) -> None:
         show_plan(plan_json)
 
 
-def run_with_host(request: Any, target: str, now: Any, conn: dict[str, Any], *, runs_dir: Path,
-                  token: str | None, yes: bool, dry_run: bool, as_json: bool, poll: float) -> None:
+def run_with_host(
+    request: Any,
+    target: str,
+    now: Any,
+    conn: dict[str, Any],
+    *,
+    runs_dir: Path,
+    token: str | None,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+    poll: float,
+) -> None:
     """Connect, read the host, plan, confirm, execute."""
     from kohyawrap.console.train import ConsoleReporter
     from kohyawrap.hosts.facts import read_facts
@@ -182,8 +358,16 @@ def run_with_host(request: Any, target: str, now: Any, conn: dict[str, Any], *, 
             click.confirm("Start this run?", default=True, abort=True, err=True)
         run = RunStore(runs_dir).create(plan.run_id)
         host_info = {"target": target, **conn, "label": host.label, "facts": facts.to_json()}
-        manifest = execute(plan, host, run, reporter, host_info=host_info, hf_token=token,
-                           poll_seconds=poll, clock=clock)
+        manifest = execute(
+            plan,
+            host,
+            run,
+            reporter,
+            host_info=host_info,
+            hf_token=token,
+            poll_seconds=poll,
+            clock=clock,
+        )
     finally:
         reporter.close()
         host.close()
@@ -196,7 +380,9 @@ def _summary(manifest: dict[str, Any], path: Path) -> None:
     cost = manifest.get("cost", {})
     files = sorted(v["path"] for v in manifest.get("checkpoints", {}).values())
     con = stderr()
-    con.print(f"[green]done[/]: {manifest['status']} (exit {manifest.get('exit_code')}), "
-              f"~${cost.get('actual', 0):.2f} (estimated ${cost.get('estimated', 0):.2f})")
+    con.print(
+        f"[green]done[/]: {manifest['status']} (exit {manifest.get('exit_code')}), "
+        f"~${cost.get('actual', 0):.2f} (estimated ${cost.get('estimated', 0):.2f})"
+    )
     for name in files:
         con.print(f"    {path / name}")

@@ -93,7 +93,9 @@ class ConsoleReporter:
         elif isinstance(event, LogWarning):
             self.con.print(f"    [yellow]warning:[/] {event.message}", markup=True, highlight=False)
         elif isinstance(event, Failure):
-            self.con.print(f"    [red]{event.kind}:[/] {event.message}", markup=True, highlight=False)
+            self.con.print(
+                f"    [red]{event.kind}:[/] {event.message}", markup=True, highlight=False
+            )
 
     def _progress(self, p: Progress, spent: float, projected: float | None) -> None:
         money = f"${spent:.2f}" + (f" of ~${projected:.2f}" if projected is not None else "")
@@ -113,9 +115,14 @@ class ConsoleReporter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self._bar = Progress(
-                TextColumn("    steps"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  eta {task.fields[eta]}  {task.fields[money]}"),
-                console=self.con, transient=False,
+                TextColumn("    steps"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(
+                    "loss {task.fields[loss]}  eta {task.fields[eta]}  {task.fields[money]}"
+                ),
+                console=self.con,
+                transient=False,
             )
             self._bar.start()
             self._task = self._bar.add_task("steps", total=total, loss="-", eta="?", money="")
@@ -144,11 +151,20 @@ def show_plan(plan_json: dict[str, Any]) -> None:
     rows = [
         ("run", plan_json["run_id"]),
         ("host", f"{plan_json['target']}  ({plan_json['remote_run_dir']})"),
-        ("model", f"{spec['model']} via {plan_json['script']}; base {plan_json['model']['source']}"),
-        ("gpu preset", f"{spec['gpu']}  (VRAM need ~{est['vram_needed_gb']:.1f} of {est['vram_available_gb']:.0f} GB: "
-                       f"{'fits' if est['fits'] else 'DOES NOT FIT'})"),
+        (
+            "model",
+            f"{spec['model']} via {plan_json['script']}; base {plan_json['model']['source']}",
+        ),
+        (
+            "gpu preset",
+            f"{spec['gpu']}  (VRAM need ~{est['vram_needed_gb']:.1f} of {est['vram_available_gb']:.0f} GB: "
+            f"{'fits' if est['fits'] else 'DOES NOT FIT'})",
+        ),
         ("steps", str(est["steps"])),
-        ("time", f"~{est['train_seconds'] / 60:.0f} min training + ~{est['setup_seconds'] / 60:.0f} min setup"),
+        (
+            "time",
+            f"~{est['train_seconds'] / 60:.0f} min training + ~{est['setup_seconds'] / 60:.0f} min setup",
+        ),
         ("cost", f"~${est['dollars']:.2f} at ${est['price_per_hour']:.2f}/h"),
         ("sd-scripts", f"{plan_json['setup']['repo']} @ {plan_json['setup']['ref'][:12]}"),
     ]

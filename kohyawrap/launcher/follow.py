@@ -47,8 +47,15 @@ def _safe_local(directory: Path, name: str) -> Path:
     return directory / name
 
 
-def pull_file(host: Host, run: RunDir, remote: str, local_dir: Path, reporter: Reporter,
-              status: RunStatus, key: str) -> bool:
+def pull_file(
+    host: Host,
+    run: RunDir,
+    remote: str,
+    local_dir: Path,
+    reporter: Reporter,
+    status: RunStatus,
+    key: str,
+) -> bool:
     """Pull one file (verified) unless it was pulled already. Never overwrites a local file."""
     if key in status.pulled or key in status.rejected:
         return False
@@ -66,8 +73,12 @@ def pull_file(host: Host, run: RunDir, remote: str, local_dir: Path, reporter: R
             # Keep what is there; the new content gets its own name.
             target = target.with_name(f"{target.stem}.{digest[:8]}{target.suffix}")
     if not target.exists():
-        host.download(remote, target, expected_sha256=digest,
-                      progress=lambda d, t: reporter.transfer(name, d, t))
+        host.download(
+            remote,
+            target,
+            expected_sha256=digest,
+            progress=lambda d, t: reporter.transfer(name, d, t),
+        )
         problem = _incomplete(target)
         if problem is not None:
             # sd-scripts writes checkpoints in place: a crash (full disk) can leave half a file.
@@ -76,8 +87,11 @@ def pull_file(host: Host, run: RunDir, remote: str, local_dir: Path, reporter: R
             reporter.info(f"not kept: {name} is incomplete ({problem})")
             return False
         reporter.pulled(name, target.stat().st_size)
-    status.pulled[key] = {"sha256": digest, "bytes": target.stat().st_size,
-                          "path": str(target.relative_to(run.path))}
+    status.pulled[key] = {
+        "sha256": digest,
+        "bytes": target.stat().st_size,
+        "path": str(target.relative_to(run.path)),
+    }
     return True
 
 
@@ -98,10 +112,20 @@ def _incomplete(path: Path) -> str | None:
 class Follower:
     """Follows one run on one host until it exits (or a budget stops it)."""
 
-    def __init__(self, host: Host, run: RunDir, run_dir: str, reporter: Reporter, *,
-                 status: RunStatus, settings: dict[str, Any], price_per_hour: float,
-                 started_at: float, poll_seconds: float = 2.0,
-                 budget_check: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        run: RunDir,
+        run_dir: str,
+        reporter: Reporter,
+        *,
+        status: RunStatus,
+        settings: dict[str, Any],
+        price_per_hour: float,
+        started_at: float,
+        poll_seconds: float = 2.0,
+        budget_check: Callable[[float], None] | None = None,
+    ) -> None:
         self.host = host
         self.run = run
         self.run_dir = run_dir
@@ -156,7 +180,9 @@ class Follower:
                 self.status.events_since_save[rel] = 0
 
     def _relative(self, path: str) -> str | None:
-        rel = posixpath.normpath(path if not path.startswith(self.run_dir) else path[len(self.run_dir):].lstrip("/"))
+        rel = posixpath.normpath(
+            path if not path.startswith(self.run_dir) else path[len(self.run_dir) :].lstrip("/")
+        )
         if rel.startswith("..") or posixpath.isabs(rel):
             return None
         return rel
@@ -169,20 +195,29 @@ class Follower:
                 continue
             later = self.status.events_since_save.get(rel, 0) > 0
             if st.size > 0 and st.size == last_size and (later or finished):
-                pull_file(self.host, self.run, remote, self.run.checkpoints, self.reporter,
-                          self.status, rel)
+                pull_file(
+                    self.host,
+                    self.run,
+                    remote,
+                    self.run.checkpoints,
+                    self.reporter,
+                    self.status,
+                    rel,
+                )
                 del self.status.pending[rel]
                 self.status.events_since_save.pop(rel, None)
             else:
                 self.status.pending[rel] = st.size
 
     def _exit_code(self) -> int | None:
-        text = self.host.run(f"cat {sh(posixpath.join(self.run_dir, 'exit_code'))} 2>/dev/null || true").stdout.strip()
+        text = self.host.run(
+            f"cat {sh(posixpath.join(self.run_dir, 'exit_code'))} 2>/dev/null || true"
+        ).stdout.strip()
         return int(text) if text.lstrip("-").isdigit() else None
 
     def _alive(self) -> bool:
         pid_file = sh(posixpath.join(self.run_dir, "run.pid"))
-        return self.host.run(f"kill -0 \"$(cat {pid_file})\" 2>/dev/null", check=False).ok
+        return self.host.run(f'kill -0 "$(cat {pid_file})" 2>/dev/null', check=False).ok
 
     def poll_once(self) -> bool:
         """Read new output, pull what is ready; True once the run has exited."""
@@ -237,4 +272,3 @@ class Follower:
         from kohyawrap.logparse import readable_lines
 
         return readable_lines(bytes(self.tail))[-count:]
-

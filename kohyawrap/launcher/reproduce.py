@@ -31,9 +31,15 @@ def rerender(run: RunDir, manifest: dict[str, Any], output: Path | None) -> Rend
         recorded = run.config / name
         old = recorded.read_text(encoding="utf-8") if recorded.is_file() else ""
         if old != text:
-            problems.extend(difflib.unified_diff(old.splitlines(), text.splitlines(), str(recorded), name, lineterm=""))
+            problems.extend(
+                difflib.unified_diff(
+                    old.splitlines(), text.splitlines(), str(recorded), name, lineterm=""
+                )
+            )
     if problems:
-        raise UsageError(f"re-rendered configs differ from run {run.run_id}", evidence=problems[:40])
+        raise UsageError(
+            f"re-rendered configs differ from run {run.run_id}", evidence=problems[:40]
+        )
     if output is not None:
         for name, text in sorted(rendered.files.items()):
             atomic_write(output / name, text.encode())
@@ -44,14 +50,29 @@ def request_from_manifest(manifest: dict[str, Any]) -> TrainRequest:
     """The TrainRequest that re-runs a recorded run (same spec, base model, dataset, sd-scripts)."""
     plan = manifest["plan"]
     spec = spec_from_json(plan["spec"])
-    original = replace(spec, base_model=plan["model"]["source"], train_data_dir="dataset",
-                       output_dir="output", logging_dir="logs", tokenizer_cache_dir=None)
+    original = replace(
+        spec,
+        base_model=plan["model"]["source"],
+        train_data_dir="dataset",
+        output_dir="output",
+        logging_dir="logs",
+        tokenizer_cache_dir=None,
+    )
     return TrainRequest(
-        spec=original, dataset=Path(plan["dataset"]["root"]),
+        spec=original,
+        dataset=Path(plan["dataset"]["root"]),
         base_model_file=plan["model"]["filename"] if plan["model"]["kind"] == "hf" else None,
         work_dir=plan["work_dir"],
         # The exact commit that ran, even when the original asked for a branch.
-        setup=SetupOptions(**{**plan["setup"], "ref": manifest.get("sd_scripts", {}).get("commit") or plan["setup"]["ref"]}),
-        on_finish=plan.get("on_finish", "none"), pull_state=bool(plan.get("pull_state")),
-        max_dollars=plan.get("max_dollars"), max_hours=plan.get("max_hours"), force=True,
+        setup=SetupOptions(
+            **{
+                **plan["setup"],
+                "ref": manifest.get("sd_scripts", {}).get("commit") or plan["setup"]["ref"],
+            }
+        ),
+        on_finish=plan.get("on_finish", "none"),
+        pull_state=bool(plan.get("pull_state")),
+        max_dollars=plan.get("max_dollars"),
+        max_hours=plan.get("max_hours"),
+        force=True,
     )

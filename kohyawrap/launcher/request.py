@@ -4,7 +4,7 @@ plan, the host's facts and the remote layout."""
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,9 @@ class TrainRequest:
     dataset: Path
     base_model_file: str | None = None
     work_dir: str = "~/kohyawrap"
-    setup: SetupOptions = SetupOptions()
+    setup: SetupOptions = field(default_factory=SetupOptions)
     price_per_hour: float | None = None
-    bandwidth_mbps: float = 50.0
+    bandwidth_mbps: float | None = None  # MB/s; None = the preset default
     on_finish: str = "none"
     pull_state: bool = False
     max_dollars: float | None = None
@@ -92,8 +92,14 @@ def disk_needed_gb(plan: RunPlan, *, model_present: bool, venv_present: bool) ->
     return need
 
 
-def build_run_plan(request: TrainRequest, *, target: str, home: str, now: datetime,
-                   facts: Any | None = None, setup_state: str = "cold") -> RunPlan:
+def build_run_plan(
+    request: TrainRequest,
+    *,
+    target: str,
+    home: str,
+    now: datetime,
+    facts: Any | None = None,
+) -> RunPlan:
     """The executable plan. Deterministic for the same request, host home, clock and facts."""
     from kohyawrap.dataset.scan import read_training_dir
     from kohyawrap.plan import build_plan
@@ -106,8 +112,14 @@ def build_run_plan(request: TrainRequest, *, target: str, home: str, now: dateti
     model = model_source(spec.base_model, request.base_model_file, provisional.models)
     host_spec = with_host_paths(spec, model, provisional)
     tdir = read_training_dir(request.dataset, caption_extension=spec.caption_extension)
-    plan = build_plan(host_spec, tdir, price_per_hour=request.price_per_hour,
-                      bandwidth_mbps=request.bandwidth_mbps, setup=setup_state)  # type: ignore[arg-type]
+    plan = build_plan(
+        host_spec,
+        tdir,
+        price_per_hour=request.price_per_hour,
+        bandwidth_mbps=request.bandwidth_mbps,
+        # A host that already holds an environment skips the install in the time estimate.
+        setup="warm" if getattr(facts, "venvs", ()) else "cold",
+    )
     if not plan.estimate.fits and not request.force and not spec.smoke:
         raise UsageError(
             f"the run needs ~{plan.estimate.vram_needed_gb:.1f} GB of VRAM; {spec.gpu} has "
@@ -117,10 +129,21 @@ def build_run_plan(request: TrainRequest, *, target: str, home: str, now: dateti
         )
     run_id = make_run_id(spec.output_name, now, plan.rendered.inputs_hash + digest)
     return RunPlan(
-        run_id=run_id, created_at=now.isoformat(timespec="seconds"), target=target,
-        layout=RemoteLayout(work, run_id), spec=host_spec, rendered=plan.rendered,
-        estimate=plan.estimate, model=model, setup=request.setup,
-        dataset_root=str(request.dataset.resolve()), dataset_files=files, dataset_sha256=digest,
-        smoke=spec.smoke, on_finish=request.on_finish, pull_state=request.pull_state,
-        max_dollars=request.max_dollars, max_hours=request.max_hours,
+        run_id=run_id,
+        created_at=now.isoformat(timespec="seconds"),
+        target=target,
+        layout=RemoteLayout(work, run_id),
+        spec=host_spec,
+        rendered=plan.rendered,
+        estimate=plan.estimate,
+        model=model,
+        setup=request.setup,
+        dataset_root=str(request.dataset.resolve()),
+        dataset_files=files,
+        dataset_sha256=digest,
+        smoke=spec.smoke,
+        on_finish=request.on_finish,
+        pull_state=request.pull_state,
+        max_dollars=request.max_dollars,
+        max_hours=request.max_hours,
     )

@@ -55,9 +55,17 @@ def record_configs(run: RunDir, plan: RunPlan) -> None:
         run.write_text(f"config/{name}", text)
 
 
-def execute(plan: RunPlan, host: Host, run: RunDir, reporter: Reporter, *,
-            host_info: dict[str, Any], hf_token: str | None = None,
-            poll_seconds: float = 2.0, clock: Clock | None = None) -> dict[str, Any]:
+def execute(
+    plan: RunPlan,
+    host: Host,
+    run: RunDir,
+    reporter: Reporter,
+    *,
+    host_info: dict[str, Any],
+    hf_token: str | None = None,
+    poll_seconds: float = 2.0,
+    clock: Clock | None = None,
+) -> dict[str, Any]:
     """SETUP -> MODEL -> UPLOAD -> TRAIN -> FOLLOW -> FETCH -> FINISH. Returns the manifest."""
     clock = clock or Clock()
     manifest = new_manifest(plan, host_info)
@@ -70,23 +78,48 @@ def execute(plan: RunPlan, host: Host, run: RunDir, reporter: Reporter, *,
 
     env = stages.prepare_environment(host, plan, reporter)
     clock.lap("setup")
-    save(status="setup", sd_scripts={"repo": plan.setup.repo, "ref": plan.setup.ref,
-                                     "commit": env.commit, "path": env.sd_scripts},
-         environment={"python": env.python, "fingerprint": env.fingerprint,
-                      "torch": env.torch_version, "reused": env.cached})
+    save(
+        status="setup",
+        sd_scripts={
+            "repo": plan.setup.repo,
+            "ref": plan.setup.ref,
+            "commit": env.commit,
+            "path": env.sd_scripts,
+        },
+        environment={
+            "python": env.python,
+            "fingerprint": env.fingerprint,
+            "torch": env.torch_version,
+            "reused": env.cached,
+        },
+    )
     how = stages.ensure_model(host, plan, env, reporter, hf_token)
     clock.lap("model")
     save(model={**asdict(plan.model), "how": how})
     stats = stages.upload_dataset(host, plan, reporter)
     stages.upload_run_files(host, plan, env)
     clock.lap("upload")
-    save(status="uploaded", upload={"files_sent": stats.files_sent, "bytes_sent": stats.bytes_sent,
-                                    "files_total": stats.files_total, "bytes_total": stats.bytes_total})
+    save(
+        status="uploaded",
+        upload={
+            "files_sent": stats.files_sent,
+            "bytes_sent": stats.bytes_sent,
+            "files_total": stats.files_total,
+            "bytes_total": stats.bytes_total,
+        },
+    )
     reporter.stage("train", f"{plan.rendered.script} on {host.label}")
     pid = stages.launch(host, plan.layout.run_dir)
-    save(status="running", pid=pid, launched_at=time.time(), started_at=clock.started,
-         environment={**manifest["environment"], "pip_freeze": pip_freeze(host, env.python)})
-    return follow_to_end(host, run, reporter, manifest=manifest, clock=clock, poll_seconds=poll_seconds)
+    save(
+        status="running",
+        pid=pid,
+        launched_at=time.time(),
+        started_at=clock.started,
+        environment={**manifest["environment"], "pip_freeze": pip_freeze(host, env.python)},
+    )
+    return follow_to_end(
+        host, run, reporter, manifest=manifest, clock=clock, poll_seconds=poll_seconds
+    )
 
 
 def pip_freeze(host: Host, python: str) -> list[str]:
@@ -95,26 +128,49 @@ def pip_freeze(host: Host, python: str) -> list[str]:
     return [line for line in result.stdout.splitlines() if line.strip()]
 
 
-def follow_to_end(host: Host, run: RunDir, reporter: Reporter, *, manifest: dict[str, Any],
-                  clock: Clock, poll_seconds: float = 2.0) -> dict[str, Any]:
+def follow_to_end(
+    host: Host,
+    run: RunDir,
+    reporter: Reporter,
+    *,
+    manifest: dict[str, Any],
+    clock: Clock,
+    poll_seconds: float = 2.0,
+) -> dict[str, Any]:
     """FOLLOW until exit, FETCH everything, FINISH; shared by ``train`` and ``attach``."""
     plan = manifest["plan"]
     run_dir = manifest["remote_run_dir"]
-    status = RunStatus(log_offset=int(manifest.get("log_offset", 0)), pulled=dict(manifest.get("checkpoints", {})),
-                       pending=dict(manifest.get("pending", {})), rejected=dict(manifest.get("rejected", {})))
+    status = RunStatus(
+        log_offset=int(manifest.get("log_offset", 0)),
+        pulled=dict(manifest.get("checkpoints", {})),
+        pending=dict(manifest.get("pending", {})),
+        rejected=dict(manifest.get("rejected", {})),
+    )
     price = float(plan["estimate"]["price_per_hour"])
     started = float(manifest.get("started_at", clock.started))
 
     def save() -> None:
-        manifest.update(log_offset=status.log_offset, checkpoints=status.pulled, pending=status.pending,
-                        rejected=status.rejected,
-                        timings={**manifest.get("timings", {}), **clock.phases})
+        manifest.update(
+            log_offset=status.log_offset,
+            checkpoints=status.pulled,
+            pending=status.pending,
+            rejected=status.rejected,
+            timings={**manifest.get("timings", {}), **clock.phases},
+        )
         run.save_manifest(manifest)
 
-    follower = Follower(host, run, run_dir, reporter, status=status,
-                        settings=dict(plan.get("settings", {})), price_per_hour=price,
-                        started_at=started, poll_seconds=poll_seconds,
-                        budget_check=_budget(host, run_dir, plan, started))
+    follower = Follower(
+        host,
+        run,
+        run_dir,
+        reporter,
+        status=status,
+        settings=dict(plan.get("settings", {})),
+        price_per_hour=price,
+        started_at=started,
+        poll_seconds=poll_seconds,
+        budget_check=_budget(host, run_dir, plan, started),
+    )
     reporter.stage("follow", run_dir)
     try:
         code = follower.run_until_exit(save)
@@ -136,9 +192,15 @@ def follow_to_end(host: Host, run: RunDir, reporter: Reporter, *, manifest: dict
     fetch_outputs(host, run, run_dir, reporter, status, pull_state=bool(plan.get("pull_state")))
     clock.lap("pull")
     elapsed_h = (time.time() - started) / 3600
-    manifest.update(exit_code=code, finished_at=time.time(),
-                    cost={"estimated": plan["estimate"]["dollars"], "actual": round(price * elapsed_h, 4),
-                          "price_per_hour": price})
+    manifest.update(
+        exit_code=code,
+        finished_at=time.time(),
+        cost={
+            "estimated": plan["estimate"]["dollars"],
+            "actual": round(price * elapsed_h, 4),
+            "price_per_hour": price,
+        },
+    )
     if code != 0 or follower.failure is not None:
         return _failed(manifest, follower, save, code)
     manifest["status"] = "finished"
@@ -147,35 +209,46 @@ def follow_to_end(host: Host, run: RunDir, reporter: Reporter, *, manifest: dict
     return manifest
 
 
-def _failed(manifest: dict[str, Any], follower: Follower, save: Callable[[], None], code: int) -> dict[str, Any]:
+def _failed(
+    manifest: dict[str, Any], follower: Follower, save: Callable[[], None], code: int
+) -> dict[str, Any]:
     from kohyawrap.logparse import diagnose
 
     tail = follower.tail_lines(30)
     failure = follower.failure or diagnose(follower.log_tail, manifest["plan"].get("settings"))
-    manifest.update(status="stopped" if code in (143, -15) and failure is None else "failed",
-                    failure=asdict(failure) if failure else None)
+    manifest.update(
+        status="stopped" if code in (143, -15) and failure is None else "failed",
+        failure=asdict(failure) if failure else None,
+    )
     save()
     if code in (143, -15) and failure is None:
         return manifest
     pulled = len(manifest.get("checkpoints", {}))
     raise TrainingFailed(
-        f"training exited with code {code}" + (f" ({failure.kind}: {failure.message})" if failure else ""),
+        f"training exited with code {code}"
+        + (f" ({failure.kind}: {failure.message})" if failure else ""),
         evidence=tail,
         hint=(failure.hint if failure else "read the log above")
         + f"; {pulled} file(s) were pulled into {follower.run.path}",
     )
 
 
-def _budget(host: Host, run_dir: str, plan: dict[str, Any], started: float) -> Callable[[float], None]:
+def _budget(
+    host: Host, run_dir: str, plan: dict[str, Any], started: float
+) -> Callable[[float], None]:
     max_dollars = plan.get("max_dollars")
     max_hours = plan.get("max_hours")
 
     def check(dollars: float) -> None:
         hours = (time.time() - started) / 3600
         if max_dollars is not None and dollars > float(max_dollars):
-            raise BudgetExceeded(f"spent ${dollars:.2f}, over the ${float(max_dollars):.2f} budget: stopping")
+            raise BudgetExceeded(
+                f"spent ${dollars:.2f}, over the ${float(max_dollars):.2f} budget: stopping"
+            )
         if max_hours is not None and hours > float(max_hours):
-            raise BudgetExceeded(f"ran {hours:.2f} h, over the {float(max_hours):.2f} h limit: stopping")
+            raise BudgetExceeded(
+                f"ran {hours:.2f} h, over the {float(max_hours):.2f} h limit: stopping"
+            )
 
     return check
 
@@ -184,7 +257,7 @@ def stop_job(host: Host, run_dir: str, *, wait_seconds: float = 120.0) -> int | 
     """Ask the run wrapper to stop (SIGTERM to its trainer group) and wait for its exit code."""
     pid_file = sh(posixpath.join(run_dir, "run.pid"))
     exit_file = posixpath.join(run_dir, "exit_code")
-    host.run(f"kill -TERM \"$(cat {pid_file})\" 2>/dev/null || true", check=False)
+    host.run(f'kill -TERM "$(cat {pid_file})" 2>/dev/null || true', check=False)
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         text = host.run(f"cat {sh(exit_file)} 2>/dev/null || true").stdout.strip()
@@ -195,12 +268,21 @@ def stop_job(host: Host, run_dir: str, *, wait_seconds: float = 120.0) -> int | 
 
 
 def _listing(host: Host, run_dir: str) -> list[str]:
-    out = host.run(f"cd {sh(run_dir)} && find output logs -type f -print0 2>/dev/null || true").stdout
+    out = host.run(
+        f"cd {sh(run_dir)} && find output logs -type f -print0 2>/dev/null || true"
+    ).stdout
     return sorted(p for p in out.split("\0") if p)
 
 
-def fetch_outputs(host: Host, run: RunDir, run_dir: str, reporter: Reporter, status: RunStatus,
-                  *, pull_state: bool) -> None:
+def fetch_outputs(
+    host: Host,
+    run: RunDir,
+    run_dir: str,
+    reporter: Reporter,
+    status: RunStatus,
+    *,
+    pull_state: bool,
+) -> None:
     """Every final checkpoint, TensorBoard file and the log, verified; states on request."""
     reporter.stage("pull", str(run.path))
     for rel in _listing(host, run_dir):
@@ -211,10 +293,20 @@ def fetch_outputs(host: Host, run: RunDir, run_dir: str, reporter: Reporter, sta
         remote = posixpath.join(run_dir, rel)
         if parts[0] == "output" and len(parts) == 2 and rel.endswith(MODEL_EXTENSIONS):
             pull_file(host, run, remote, run.checkpoints, reporter, status, rel)
-        elif parts[0] == "output" and len(parts) == 3 and pull_state and parts[1].endswith("-state"):
+        elif (
+            parts[0] == "output" and len(parts) == 3 and pull_state and parts[1].endswith("-state")
+        ):
             pull_file(host, run, remote, run.checkpoints / parts[1], reporter, status, rel)
         elif parts[0] == "logs" and parts[-1].startswith("events.out.tfevents"):
-            pull_file(host, run, remote, run.path.joinpath("tensorboard", *parts[1:-1]), reporter, status, rel)
+            pull_file(
+                host,
+                run,
+                remote,
+                run.path.joinpath("tensorboard", *parts[1:-1]),
+                reporter,
+                status,
+                rel,
+            )
     status.pending.clear()
     _verify_log(host, run, run_dir)
 
@@ -237,9 +329,11 @@ def _on_finish(host: Host, action: str, reporter: Reporter) -> None:
         return
     if action == "shutdown":
         reporter.info("shutting the host down (--on-finish shutdown)")
-        command = ('if command -v runpodctl >/dev/null && [ -n "${RUNPOD_POD_ID:-}" ]; '
-                   'then runpodctl stop pod "$RUNPOD_POD_ID"; '
-                   'else sudo -n shutdown -h now 2>/dev/null || shutdown -h now; fi')
+        command = (
+            'if command -v runpodctl >/dev/null && [ -n "${RUNPOD_POD_ID:-}" ]; '
+            'then runpodctl stop pod "$RUNPOD_POD_ID"; '
+            "else sudo -n shutdown -h now 2>/dev/null || shutdown -h now; fi"
+        )
     else:
         reporter.info(f"running the --on-finish command on the host: {action}")
         command = action

@@ -84,7 +84,9 @@ class RunPlan:
 
     @property
     def dataset_cache(self) -> str:
-        return self.layout.dataset_cache(f"{slug(Path(self.dataset_root).name)}-{self.dataset_sha256[:8]}")
+        return self.layout.dataset_cache(
+            f"{slug(Path(self.dataset_root).name)}-{self.dataset_sha256[:8]}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The plan as data (``train --dry-run --json``, and the manifest's ``plan``)."""
@@ -99,7 +101,9 @@ class RunPlan:
             "script": self.rendered.script,
             "accelerate_args": list(self.rendered.accelerate_args),
             "settings": self.rendered.settings,
-            "files": {name: sha256_text(text) for name, text in sorted(self.rendered.files.items())},
+            "files": {
+                name: sha256_text(text) for name, text in sorted(self.rendered.files.items())
+            },
             "inputs_hash": self.rendered.inputs_hash,
             "estimate": asdict(self.estimate),
             "model": asdict(self.model),
@@ -147,10 +151,14 @@ def spec_from_json(data: dict[str, Any]) -> RunSpec:
 def dataset_files(root: Path) -> dict[str, str]:
     """Every file sd-scripts may read under the dataset folder, by relative POSIX path."""
     if not root.is_dir():
-        raise UsageError(f"dataset folder {root} does not exist", hint="build one with `kohyawrap dataset build`")
+        raise UsageError(
+            f"dataset folder {root} does not exist", hint="build one with `kohyawrap dataset build`"
+        )
     files: dict[str, str] = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
+        if path.is_file() and not any(
+            part.startswith(".") for part in path.relative_to(root).parts
+        ):
             rel = path.relative_to(root).as_posix()
             if "\n" in rel or "\r" in rel:
                 raise UsageError(f"file name with a line break in the dataset: {rel!r}")
@@ -174,12 +182,19 @@ def model_source(base_model: str, filename: str | None, models_dir: str) -> Mode
     if local.is_file():
         digest = sha256_file(local)
         name = f"{digest[:16]}-{slug(local.name, 80)}"
-        return ModelSource("upload", str(local.resolve()), local.name,
-                           posixpath.join(models_dir, "uploads", name), digest)
+        return ModelSource(
+            "upload",
+            str(local.resolve()),
+            local.name,
+            posixpath.join(models_dir, "uploads", name),
+            digest,
+        )
     if base_model.startswith(("http://", "https://")):
         tail = slug(base_model.rsplit("/", 1)[-1].split("?")[0], 80) or "model.safetensors"
         key = hashlib.sha256(base_model.encode()).hexdigest()[:12]
-        return ModelSource("url", base_model, tail, posixpath.join(models_dir, "urls", f"{key}-{tail}"))
+        return ModelSource(
+            "url", base_model, tail, posixpath.join(models_dir, "urls", f"{key}-{tail}")
+        )
     if _REPO_ID.match(base_model):
         file = filename if filename is not None else KNOWN_FILES.get(base_model, "")
         name = slug(base_model.replace("/", "--"), 120) + (f"--{slug(file, 120)}" if file else "")
