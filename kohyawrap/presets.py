@@ -228,6 +228,14 @@ def user_presets_dir() -> Path:
     return Path(platformdirs.user_config_dir("kohyawrap")) / "presets"
 
 
+def display_path(path: Path) -> str:
+    """``presets/gpus/rtx4090.toml`` for a shipped preset (not a machine's absolute path)."""
+    try:
+        return "presets/" + path.resolve().relative_to(presets_dir().resolve()).as_posix()
+    except (ValueError, FileNotFoundError):
+        return str(path)
+
+
 def read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """A TOML file as plain data, plus the comment beside (or just above) each value by "
     "dotted key."""
@@ -379,7 +387,7 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
 
 
 def _gpu_from_raw(raw: _RawPreset) -> GpuPreset:
-    where = str(raw.path)
+    where = display_path(raw.path)
     gpu = _table(raw.data, "gpu", where)
     num = (int, float)
     vram_gb = float(_need(gpu, "vram_gb", num, where))
@@ -420,7 +428,7 @@ def _settings(
 
 
 def _model_from_raw(raw: _RawPreset) -> ModelPreset:
-    where = str(raw.path)
+    where = display_path(raw.path)
     model = _table(raw.data, "model", where)
     family = str(_need(model, "family", str, where))
     if family not in FAMILIES:

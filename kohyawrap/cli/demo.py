@@ -85,5 +85,5 @@ def demo(output: Path, force: bool) -> None:
     show_compare(compare(spec, tdir, catalog=catalog), current=DEMO_GPU)
     con.print(
         "Next: rent a GPU and run `kohyawrap train --host ... --gpu auto --model sd15 "
-        f"--dataset {data} --name my_lora`, or run {run_dir / 'launch.sh'} where sd-scripts is."
+        f"--dataset {data} --base-model runwayml/stable-diffusion-v1-5 --name my_lora`, or run {run_dir / 'launch.sh'} where sd-scripts is."
     )
