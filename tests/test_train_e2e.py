@@ -209,6 +209,14 @@ def test_reproduce_is_byte_identical_and_detects_tampering(
     assert (remote / "training_config.toml").read_bytes() == (
         run / "config" / "training_config.toml"
     ).read_bytes()
+    listed = json.loads(kohyawrap(world, "runs", "list", "--runs-dir", str(world.runs), "--json").stdout)
+    assert [(r["run_id"], r["status"], r["checkpoints"]) for r in listed] == [(run.name, "finished", 3)]
+    shown = json.loads(kohyawrap(world, "runs", "show", run.name[:20], "--runs-dir", str(world.runs)).stdout)
+    assert shown["run_id"] == run.name
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
+    again = kohyawrap(world, "pull", run.name, "--runs-dir", str(world.runs))
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == before, "pull re-wrote files"
     config = run / "config" / "training_config.toml"
     config.write_text(config.read_text().replace("networks.lora", "networks.other"))
     tampered = kohyawrap(world, "reproduce", str(run))
@@ -231,14 +239,18 @@ def test_failing_run_is_diagnosed_and_partial_checkpoints_pulled(
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["demo-000001.safetensors"]
 
 
-def test_on_finish_command_runs_after_pull(world: Env, fake_sdscripts: FakeSdScripts) -> None:
+def test_on_finish_command_runs_after_pull_and_states_come_on_request(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
     marker = world.root / "finished marker"
-    args = train_args(world, fake_sdscripts, fake_sdscripts.head)
+    args = [*train_args(world, fake_sdscripts, fake_sdscripts.head), "--set", "save_state=true", "--pull-state"]
     result = kohyawrap(
         world, *args, "--on-finish", f"ls {str(world.runs)!r}/*/checkpoints > {str(marker)!r}"
     )
     assert result.returncode == 0, result.stderr
     assert "demo.safetensors" in marker.read_text()
+    state = only_run(world) / "checkpoints" / "demo-000001-state" / "train_state.json"
+    assert json.loads(state.read_text())["current_epoch"] == 1
 
 
 def test_budget_stops_the_run_and_pulls(world: Env, fake_sdscripts: FakeSdScripts) -> None:
