@@ -1,0 +1,65 @@
+"""Showing host facts: one table, then the notes that matter."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kohyawrap.console import stdout
+
+if TYPE_CHECKING:
+    from kohyawrap.hosts.facts import HostFacts
+
+
+def _or_missing(value: object) -> str:
+    return "[dim]missing[/]" if value in (None, "") else str(value)
+
+
+def facts_rows(facts: HostFacts) -> list[tuple[str, str]]:
+    """The (label, value) rows shown for a host (rich markup in values)."""
+    from rich.markup import escape
+
+    gpus = [
+        f"{escape(g.name)} ({g.memory_mib / 1024:.0f} GiB)" if g.memory_mib else escape(g.name)
+        for g in facts.gpus
+    ]
+    free = (
+        "unknown"
+        if facts.disk_free_gb is None
+        else f"{facts.disk_free_gb:.1f} GB free at {escape(facts.disk_path)}"
+    )
+    torch = None
+    if facts.torch_version:
+        torch = (
+            f"{facts.torch_version} (CUDA {'available' if facts.torch_cuda else 'NOT available'})"
+        )
+    return [
+        ("GPU", "\n".join(gpus) or "[yellow]none found[/]"),
+        (
+            "driver / CUDA",
+            f"{_or_missing(facts.driver_version)} / {_or_missing(facts.cuda_version)}",
+        ),
+        ("OS", f"{escape(facts.os)} ({facts.arch}), {facts.cpu_count or '?'} CPUs"),
+        ("memory", "unknown" if facts.memory_mib is None else f"{facts.memory_mib / 1024:.0f} GiB"),
+        ("disk", free),
+        ("python3", _or_missing(facts.python_version)),
+        ("git", _or_missing(facts.git_version)),
+        ("uv", _or_missing(facts.uv_version)),
+        ("torch", _or_missing(torch)),
+        ("sd-scripts", ", ".join(facts.sdscripts_checkouts) or "[dim]not set up yet[/]"),
+    ]
+
+
+def print_facts(facts: HostFacts) -> None:
+    """Print a host's facts as a table, followed by warnings."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(facts.label), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in facts_rows(facts):
+        table.add_row(label, value)
+    con = stdout()
+    con.print(table)
+    for note in facts.notes():
+        con.print(f"[yellow]note:[/] {escape(note)}")
