@@ -209,14 +209,22 @@ def test_reproduce_is_byte_identical_and_detects_tampering(
     assert (remote / "training_config.toml").read_bytes() == (
         run / "config" / "training_config.toml"
     ).read_bytes()
-    listed = json.loads(kohyawrap(world, "runs", "list", "--runs-dir", str(world.runs), "--json").stdout)
-    assert [(r["run_id"], r["status"], r["checkpoints"]) for r in listed] == [(run.name, "finished", 3)]
-    shown = json.loads(kohyawrap(world, "runs", "show", run.name[:20], "--runs-dir", str(world.runs)).stdout)
+    listed = json.loads(
+        kohyawrap(world, "runs", "list", "--runs-dir", str(world.runs), "--json").stdout
+    )
+    assert [(r["run_id"], r["status"], r["checkpoints"]) for r in listed] == [
+        (run.name, "finished", 3)
+    ]
+    shown = json.loads(
+        kohyawrap(world, "runs", "show", run.name[:20], "--runs-dir", str(world.runs)).stdout
+    )
     assert shown["run_id"] == run.name
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
     again = kohyawrap(world, "pull", run.name, "--runs-dir", str(world.runs))
     assert again.returncode == 0, again.stderr
-    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == before, "pull re-wrote files"
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == before, (
+        "pull re-wrote files"
+    )
     config = run / "config" / "training_config.toml"
     config.write_text(config.read_text().replace("networks.lora", "networks.other"))
     tampered = kohyawrap(world, "reproduce", str(run))
@@ -243,7 +251,12 @@ def test_on_finish_command_runs_after_pull_and_states_come_on_request(
     world: Env, fake_sdscripts: FakeSdScripts
 ) -> None:
     marker = world.root / "finished marker"
-    args = [*train_args(world, fake_sdscripts, fake_sdscripts.head), "--set", "save_state=true", "--pull-state"]
+    args = [
+        *train_args(world, fake_sdscripts, fake_sdscripts.head),
+        "--set",
+        "save_state=true",
+        "--pull-state",
+    ]
     result = kohyawrap(
         world, *args, "--on-finish", f"ls {str(world.runs)!r}/*/checkpoints > {str(marker)!r}"
     )

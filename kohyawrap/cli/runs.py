@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from kohyawrap.cli.train import connection_options
+from kohyawrap.cli.hosts import host_options
 
 _RUNS_DIR = click.option(
     "--runs-dir",
@@ -27,24 +27,15 @@ def _find(runs_dir: Path, ref: str) -> Any:
     return RunStore(runs_dir).find(ref)
 
 
-def _reconnect(
-    manifest: dict[str, Any],
-    port: int | None,
-    identity: str | None,
-    trust_new_host: bool,
-    known_hosts: str | None,
-) -> Any:
-    """Open the run's host again, with the recorded connection unless overridden."""
-    from kohyawrap.cli.train import open_target
+def _reconnect(manifest: dict[str, Any], **given: Any) -> Any:
+    """Open the run's host again: the recorded connection options, unless given anew."""
+    from kohyawrap.cli.train import conn_options, open_target
 
-    host = manifest["host"]
-    return open_target(
-        host["target"],
-        port if port is not None else host.get("port"),
-        identity or host.get("identity"),
-        trust_new_host,
-        known_hosts or host.get("known_hosts"),
-    )
+    recorded = manifest["host"]
+    fresh = conn_options(**given)
+    conn = {key: fresh[key] or recorded.get(key) for key in fresh}
+    conn["trust_new_host"] = bool(given["trust_new_host"])  # never inherited: an explicit opt-in
+    return open_target(recorded["target"], conn)
 
 
 @click.group()
@@ -115,15 +106,16 @@ def runs_show(run_ref: str, runs_dir: Path) -> None:
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@connection_options
+@host_options
 @_RUNS_DIR
 @_POLL
 def attach(
     run_ref: str,
     port: int | None,
-    identity: str | None,
+    identity: Path | None,
     trust_new_host: bool,
-    known_hosts: str | None,
+    known_hosts: Path | None,
+    ssh_config: Path | None,
     runs_dir: Path,
     poll: float,
 ) -> None:
@@ -148,7 +140,14 @@ def attach(
         )
         return
     reporter = ConsoleReporter()
-    host = _reconnect(manifest, port, identity, trust_new_host, known_hosts)
+    host = _reconnect(
+        manifest,
+        port=port,
+        identity=identity,
+        trust_new_host=trust_new_host,
+        known_hosts=known_hosts,
+        ssh_config=ssh_config,
+    )
     try:
         follow_to_end(host, run, reporter, manifest=manifest, clock=Clock(), poll_seconds=poll)
     finally:
@@ -162,14 +161,15 @@ def attach(
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@connection_options
+@host_options
 @_RUNS_DIR
 def stop(
     run_ref: str,
     port: int | None,
-    identity: str | None,
+    identity: Path | None,
     trust_new_host: bool,
-    known_hosts: str | None,
+    known_hosts: Path | None,
+    ssh_config: Path | None,
     runs_dir: Path,
 ) -> None:
     """Stop a running job cleanly (SIGTERM to the trainer) and pull what it saved.
@@ -184,7 +184,14 @@ def stop(
     run = _find(runs_dir, run_ref)
     manifest = run.load_manifest()
     reporter = ConsoleReporter()
-    host = _reconnect(manifest, port, identity, trust_new_host, known_hosts)
+    host = _reconnect(
+        manifest,
+        port=port,
+        identity=identity,
+        trust_new_host=trust_new_host,
+        known_hosts=known_hosts,
+        ssh_config=ssh_config,
+    )
     try:
         code = stop_job(host, manifest["remote_run_dir"])
         reporter.info(f"the job exited with code {code}")
@@ -197,14 +204,15 @@ def stop(
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@connection_options
+@host_options
 @_RUNS_DIR
 def pull(
     run_ref: str,
     port: int | None,
-    identity: str | None,
+    identity: Path | None,
     trust_new_host: bool,
-    known_hosts: str | None,
+    known_hosts: Path | None,
+    ssh_config: Path | None,
     runs_dir: Path,
 ) -> None:
     """Fetch a run's checkpoints, TensorBoard files and log (sha256-verified, never overwriting).
@@ -223,7 +231,14 @@ def pull(
         log_offset=int(manifest.get("log_offset", 0)), pulled=dict(manifest.get("checkpoints", {}))
     )
     reporter = ConsoleReporter()
-    host = _reconnect(manifest, port, identity, trust_new_host, known_hosts)
+    host = _reconnect(
+        manifest,
+        port=port,
+        identity=identity,
+        trust_new_host=trust_new_host,
+        known_hosts=known_hosts,
+        ssh_config=ssh_config,
+    )
     try:
         fetch_outputs(
             host,
@@ -257,7 +272,7 @@ def pull(
     metavar="HOST",
     help="Re-run it on HOST ('local' or [user@]host) with the same configs and sd-scripts commit.",
 )
-@connection_options
+@host_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before re-running.")
 def reproduce(
     run_ref: str,
@@ -265,9 +280,10 @@ def reproduce(
     output: Path | None,
     rerun_target: str | None,
     port: int | None,
-    identity: str | None,
+    identity: Path | None,
     trust_new_host: bool,
-    known_hosts: str | None,
+    known_hosts: Path | None,
+    ssh_config: Path | None,
     yes: bool,
 ) -> None:
     """Re-render a recorded run's configs and prove they are byte-identical; optionally re-run it.
@@ -289,14 +305,14 @@ def reproduce(
         return
     from datetime import datetime, timezone
 
-    from kohyawrap.cli.train import read_token, run_with_host
+    from kohyawrap.cli.train import conn_options, read_token, run_with_host
 
     request = request_from_manifest(manifest)
     run_with_host(
         request,
         rerun_target,
         datetime.now(timezone.utc),
-        dict(port=port, identity=identity, trust_new_host=trust_new_host, known_hosts=known_hosts),
+        conn_options(port, identity, trust_new_host, known_hosts, ssh_config),
         runs_dir=runs_dir,
         token=read_token(None),
         yes=yes,

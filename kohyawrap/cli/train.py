@@ -3,67 +3,37 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+from kohyawrap.cli.hosts import host_options
 
 
-def connection_options(func: F) -> F:
-    """The options every command that talks to a host shares."""
-    options = [
-        click.option(
-            "-p",
-            "--port",
-            type=int,
-            default=None,
-            help="SSH port (default: ~/.ssh/config, else 22).",
-        ),
-        click.option(
-            "-i",
-            "--identity",
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="Private key file (default: ssh agent and ~/.ssh/config).",
-        ),
-        click.option(
-            "--trust-new-host",
-            is_flag=True,
-            help="Accept and record the key of a host never seen before (like OpenSSH accept-new). "
-            "A CHANGED key is always refused.",
-        ),
-        click.option(
-            "--known-hosts",
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="known_hosts file to check against (default: ~/.ssh/known_hosts + kohyawrap's own).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def open_target(
-    target: str,
+def conn_options(
     port: int | None,
-    identity: str | None,
+    identity: Path | None,
     trust_new_host: bool,
-    known_hosts: str | None,
-) -> Any:
-    """Connect to ``target`` ("local" or [user@]host / ssh-config alias)."""
-    from kohyawrap.hosts.connect import open_host
+    known_hosts: Path | None,
+    ssh_config: Path | None,
+) -> dict[str, Any]:
+    """The connection options as JSON-ready data (recorded so attach/stop/pull can reconnect)."""
+    return {
+        "port": port,
+        "identity": str(identity) if identity else None,
+        "trust_new_host": trust_new_host,
+        "known_hosts": str(known_hosts) if known_hosts else None,
+        "ssh_config": str(ssh_config) if ssh_config else None,
+    }
 
-    return open_host(
-        target,
-        port=port,
-        identity=Path(identity).expanduser() if identity else None,
-        trust_new_host=trust_new_host,
-        known_hosts=Path(known_hosts).expanduser() if known_hosts else None,
-    )
+
+def open_target(target: str, conn: dict[str, Any]) -> Any:
+    """Connect to ``target`` ("local" or [user@]host / ssh-config alias) with recorded options."""
+    from kohyawrap.cli.hosts import open_from_options
+
+    paths = {k: Path(v).expanduser() if isinstance(v, str) else v for k, v in conn.items()}
+    return open_from_options(target, **paths)
 
 
 def parse_sets(values: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
@@ -87,7 +57,7 @@ def read_token(token_file: str | None) -> str | None:
     required=True,
     help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.",
 )
-@connection_options
+@host_options
 @click.option(
     "--gpu",
     default="auto",
@@ -204,9 +174,10 @@ def read_token(token_file: str | None) -> str | None:
 def train(
     target: str,
     port: int | None,
-    identity: str | None,
+    identity: Path | None,
     trust_new_host: bool,
-    known_hosts: str | None,
+    known_hosts: Path | None,
+    ssh_config: Path | None,
     gpu: str,
     vram: float | None,
     model: str,
@@ -300,7 +271,7 @@ def train(
         request,
         target,
         now,
-        dict(port=port, identity=identity, trust_new_host=trust_new_host, known_hosts=known_hosts),
+        conn_options(port, identity, trust_new_host, known_hosts, ssh_config),
         runs_dir=runs_dir,
         token=read_token(hf_token_file),
         yes=yes,
@@ -345,7 +316,7 @@ def run_with_host(
     clock = Clock()
     reporter = ConsoleReporter()
     reporter.stage("connect", target)
-    host = open_target(target, **conn)
+    host = open_target(target, conn)
     try:
         facts = read_facts(host, request.work_dir)
         clock.lap("connect")

@@ -211,13 +211,13 @@ class Follower:
 
     def _exit_code(self) -> int | None:
         text = self.host.run(
-            f"cat {sh(posixpath.join(self.run_dir, 'exit_code'))} 2>/dev/null || true"
+            f"cat {sh(posixpath.join(self.run_dir, 'exit_code'))} 2>/dev/null || true", timeout=60
         ).stdout.strip()
         return int(text) if text.lstrip("-").isdigit() else None
 
     def _alive(self) -> bool:
         pid_file = sh(posixpath.join(self.run_dir, "run.pid"))
-        return self.host.run(f'kill -0 "$(cat {pid_file})" 2>/dev/null', check=False).ok
+        return self.host.run(f'kill -0 "$(cat {pid_file})" 2>/dev/null', check=False, timeout=60).ok
 
     def poll_once(self) -> bool:
         """Read new output, pull what is ready; True once the run has exited."""
