@@ -116,18 +116,9 @@ def _pixels(resolution: Any) -> int:
     return int(width) * int(height or width)
 
 
-_BUCKET_KEYS = (
-    "resolution",
-    "enable_bucket",
-    "min_bucket_reso",
-    "max_bucket_reso",
-    "bucket_reso_steps",
-    "bucket_no_upscale",
-)
-
-
 def _bucket_settings(options: Mapping[str, Any], family: str) -> BucketSettings:
-    return bucket_settings_for(family, {k: options[k] for k in _BUCKET_KEYS if k in options})
+    # bucket_settings_for reads only the bucketing options out of the full set.
+    return bucket_settings_for(family, options)
 
 
 def count_steps(rendered: RenderedRun, tdir: TrainingDir, family: str) -> Steps:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,21 +106,26 @@ def runs_show(run_ref: str, runs_dir: Path) -> None:
     echo_json(_find(runs_dir, run_ref).load_manifest())
 
 
+@contextmanager
+def _on_host(manifest: dict[str, Any], conn: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """The run's host (reconnected) and a console reporter, both closed at the end."""
+    from kohyawrap.console.train import ConsoleReporter
+
+    reporter = ConsoleReporter()
+    host = _reconnect(manifest, **conn)
+    try:
+        yield host, reporter
+    finally:
+        reporter.close()
+        host.close()
+
+
 @click.command()
 @click.argument("run_ref", metavar="RUN")
 @host_options
 @_RUNS_DIR
 @_POLL
-def attach(
-    run_ref: str,
-    port: int | None,
-    identity: Path | None,
-    trust_new_host: bool,
-    known_hosts: Path | None,
-    ssh_config: Path | None,
-    runs_dir: Path,
-    poll: float,
-) -> None:
+def attach(run_ref: str, runs_dir: Path, poll: float, **conn: Any) -> None:
     """Reconnect to a run and follow it to the end, continuing from the log already seen.
 
     Checkpoints already pulled are not pulled again; the rest arrive verified as usual.
@@ -127,7 +134,6 @@ def attach(
     Example:
       kohyawrap attach 20261128-101500-my_lora
     """
-    from kohyawrap.console.train import ConsoleReporter
     from kohyawrap.launcher.run import Clock, follow_to_end
 
     run = _find(runs_dir, run_ref)
@@ -139,118 +145,60 @@ def attach(
             err=True,
         )
         return
-    reporter = ConsoleReporter()
-    host = _reconnect(
-        manifest,
-        port=port,
-        identity=identity,
-        trust_new_host=trust_new_host,
-        known_hosts=known_hosts,
-        ssh_config=ssh_config,
-    )
-    try:
+    with _on_host(manifest, conn) as (host, reporter):
         follow_to_end(host, run, reporter, manifest=manifest, clock=Clock(), poll_seconds=poll)
-    finally:
-        reporter.close()
-        host.close()
-    click.echo(
-        f"{run.run_id}: {manifest['status']}, {len(manifest.get('checkpoints', {}))} files in {run.path}",
-        err=True,
-    )
+    count = len(manifest.get("checkpoints", {}))
+    click.echo(f"{run.run_id}: {manifest['status']}, {count} files in {run.path}", err=True)
 
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
 @host_options
 @_RUNS_DIR
-def stop(
-    run_ref: str,
-    port: int | None,
-    identity: Path | None,
-    trust_new_host: bool,
-    known_hosts: Path | None,
-    ssh_config: Path | None,
-    runs_dir: Path,
-) -> None:
+def stop(run_ref: str, runs_dir: Path, **conn: Any) -> None:
     """Stop a running job cleanly (SIGTERM to the trainer) and pull what it saved.
 
     \b
     Example:
       kohyawrap stop 20261128-101500-my_lora
     """
-    from kohyawrap.console.train import ConsoleReporter
     from kohyawrap.launcher.run import Clock, follow_to_end, stop_job
 
     run = _find(runs_dir, run_ref)
     manifest = run.load_manifest()
-    reporter = ConsoleReporter()
-    host = _reconnect(
-        manifest,
-        port=port,
-        identity=identity,
-        trust_new_host=trust_new_host,
-        known_hosts=known_hosts,
-        ssh_config=ssh_config,
-    )
-    try:
+    with _on_host(manifest, conn) as (host, reporter):
         code = stop_job(host, manifest["remote_run_dir"])
         reporter.info(f"the job exited with code {code}")
         manifest["plan"]["on_finish"] = "none"  # a stop is not a finish: leave the host alone
         follow_to_end(host, run, reporter, manifest=manifest, clock=Clock(), poll_seconds=0.5)
-    finally:
-        reporter.close()
-        host.close()
 
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
 @host_options
 @_RUNS_DIR
-def pull(
-    run_ref: str,
-    port: int | None,
-    identity: Path | None,
-    trust_new_host: bool,
-    known_hosts: Path | None,
-    ssh_config: Path | None,
-    runs_dir: Path,
-) -> None:
+def pull(run_ref: str, runs_dir: Path, **conn: Any) -> None:
     """Fetch a run's checkpoints, TensorBoard files and log (sha256-verified, never overwriting).
 
     \b
     Example:
       kohyawrap pull 20261128-101500-my_lora
     """
-    from kohyawrap.console.train import ConsoleReporter
     from kohyawrap.launcher.follow import RunStatus
     from kohyawrap.launcher.run import fetch_outputs
 
     run = _find(runs_dir, run_ref)
     manifest = run.load_manifest()
     status = RunStatus(
-        log_offset=int(manifest.get("log_offset", 0)), pulled=dict(manifest.get("checkpoints", {}))
+        log_offset=int(manifest.get("log_offset", 0)),
+        pulled=dict(manifest.get("checkpoints", {})),
+        rejected=dict(manifest.get("rejected", {})),
     )
-    reporter = ConsoleReporter()
-    host = _reconnect(
-        manifest,
-        port=port,
-        identity=identity,
-        trust_new_host=trust_new_host,
-        known_hosts=known_hosts,
-        ssh_config=ssh_config,
-    )
-    try:
+    pull_state = bool(manifest["plan"].get("pull_state"))
+    with _on_host(manifest, conn) as (host, reporter):
         fetch_outputs(
-            host,
-            run,
-            manifest["remote_run_dir"],
-            reporter,
-            status,
-            pull_state=bool(manifest["plan"].get("pull_state")),
+            host, run, manifest["remote_run_dir"], reporter, status, pull_state=pull_state
         )
-    finally:
-        reporter.close()
-        host.close()
     manifest["checkpoints"] = status.pulled
     run.save_manifest(manifest)
 
