@@ -456,3 +456,15 @@ def test_host_without_gpu_is_refused_unless_forced_or_smoke(
     m = manifest_of(only_run(world))
     assert "--cpu" in m["plan"]["accelerate_args"]
     assert m["status"] == "finished"
+
+
+def test_unknown_sd_scripts_ref_fails_setup_clearly(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
+    result = kohyawrap(world, *train_args(world, fake_sdscripts, "no-such-branch"))
+    assert result.returncode == 3
+    assert "no-such-branch" in result.stderr
+    assert "--sd-scripts-ref" in result.stderr
+    m = manifest_of(only_run(world))
+    assert m["status"] == "failed"
+    assert "sdscripts.sh" in m["error"]

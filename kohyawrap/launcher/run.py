@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kohyawrap import __version__
-from kohyawrap.errors import BudgetExceeded, HostError, TrainingFailed
+from kohyawrap.errors import BudgetExceeded, HostError, KohyawrapError, TrainingFailed
 from kohyawrap.hosts.base import Host, sh
 from kohyawrap.launcher import stages
 from kohyawrap.launcher.follow import MODEL_EXTENSIONS, SAFE_NAME, Follower, RunStatus, pull_file
@@ -76,6 +76,34 @@ def execute(
         manifest.update(changes, timings=dict(clock.phases))
         run.save_manifest(manifest)
 
+    try:
+        env = _set_up(plan, host, reporter, hf_token, clock, save)
+        reporter.stage("train", f"{plan.rendered.script} on {host.label}")
+        pid = stages.launch(host, plan.layout.run_dir)
+    except KohyawrapError as err:
+        save(status="failed", error=str(err))
+        raise
+    save(
+        status="running",
+        pid=pid,
+        launched_at=time.time(),
+        started_at=clock.started,
+        environment={**manifest["environment"], "pip_freeze": pip_freeze(host, env.python)},
+    )
+    return follow_to_end(
+        host, run, reporter, manifest=manifest, clock=clock, poll_seconds=poll_seconds
+    )
+
+
+def _set_up(
+    plan: RunPlan,
+    host: Host,
+    reporter: Reporter,
+    hf_token: str | None,
+    clock: Clock,
+    save: Callable[..., None],
+) -> stages.Environment:
+    """SETUP, MODEL and UPLOAD, each recorded in the manifest as it completes."""
     env = stages.prepare_environment(host, plan, reporter)
     clock.lap("setup")
     save(
@@ -108,18 +136,7 @@ def execute(
             "bytes_total": stats.bytes_total,
         },
     )
-    reporter.stage("train", f"{plan.rendered.script} on {host.label}")
-    pid = stages.launch(host, plan.layout.run_dir)
-    save(
-        status="running",
-        pid=pid,
-        launched_at=time.time(),
-        started_at=clock.started,
-        environment={**manifest["environment"], "pip_freeze": pip_freeze(host, env.python)},
-    )
-    return follow_to_end(
-        host, run, reporter, manifest=manifest, clock=clock, poll_seconds=poll_seconds
-    )
+    return env
 
 
 def pip_freeze(host: Host, python: str) -> list[str]:
@@ -181,6 +198,13 @@ def follow_to_end(
             evidence=err.evidence,
             hint=f"the training goes on there; `kohyawrap attach {run.run_id}` continues from here",
         ) from err
+    except KeyboardInterrupt:
+        save()
+        reporter.info(
+            f"stopped following; the training goes on: `kohyawrap attach {run.run_id}` to follow "
+            f"it again, `kohyawrap stop {run.run_id}` to stop it"
+        )
+        raise
     except BudgetExceeded:
         stop_job(host, run_dir)
         follower.run_until_exit(save)
