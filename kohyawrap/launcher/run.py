@@ -163,7 +163,6 @@ def follow_to_end(
         pending=dict(manifest.get("pending", {})),
         rejected=dict(manifest.get("rejected", {})),
     )
-    price = float(plan["estimate"]["price_per_hour"])
     started = float(manifest.get("started_at", clock.started))
 
     def save() -> None:
@@ -183,54 +182,75 @@ def follow_to_end(
         reporter,
         status=status,
         settings=dict(plan.get("settings", {})),
-        price_per_hour=price,
+        price_per_hour=float(plan["estimate"]["price_per_hour"]),
         started_at=started,
         poll_seconds=poll_seconds,
-        budget_check=_budget(host, run_dir, plan, started),
+        budget_check=_budget(plan, started),
     )
     reporter.stage("follow", run_dir)
-    try:
-        code = follower.run_until_exit(save)
-    except HostError as err:
-        save()
-        raise HostError(
-            f"lost the host while following run {run.run_id}: {err.message}",
-            evidence=err.evidence,
-            hint=f"the training goes on there; `kohyawrap attach {run.run_id}` continues from here",
-        ) from err
-    except KeyboardInterrupt:
-        save()
-        reporter.info(
-            f"stopped following; the training goes on: `kohyawrap attach {run.run_id}` to follow "
-            f"it again, `kohyawrap stop {run.run_id}` to stop it"
-        )
-        raise
-    except BudgetExceeded:
-        stop_job(host, run_dir)
-        follower.run_until_exit(save)
-        fetch_outputs(host, run, run_dir, reporter, status, pull_state=bool(plan.get("pull_state")))
-        manifest.update(status="stopped", exit_code=status.exit_code)
-        save()
-        raise
+    code = _follow(follower, manifest, save)
     clock.lap("train")
     fetch_outputs(host, run, run_dir, reporter, status, pull_state=bool(plan.get("pull_state")))
     clock.lap("pull")
-    elapsed_h = (time.time() - started) / 3600
-    manifest.update(
-        exit_code=code,
-        finished_at=time.time(),
-        cost={
-            "estimated": plan["estimate"]["dollars"],
-            "actual": round(price * elapsed_h, 4),
-            "price_per_hour": price,
-        },
-    )
+    _record_cost(manifest, started, exit_code=code)
     if code != 0 or follower.failure is not None:
         return _failed(manifest, follower, save, code)
     manifest["status"] = "finished"
     save()
     _on_finish(host, str(plan.get("on_finish", "none")), reporter)
     return manifest
+
+
+def _follow(follower: Follower, manifest: dict[str, Any], save: Callable[[], None]) -> int:
+    """Follow to the exit code; a drop, Ctrl-C or a budget stop leave the manifest consistent."""
+    run_id = follower.run.run_id
+    try:
+        return follower.run_until_exit(save)
+    except HostError as err:
+        save()
+        raise HostError(
+            f"lost the host while following run {run_id}: {err.message}",
+            evidence=err.evidence,
+            hint=f"the training goes on there; `kohyawrap attach {run_id}` continues from here",
+        ) from err
+    except KeyboardInterrupt:
+        save()
+        follower.reporter.info(
+            f"stopped following; the training goes on: `kohyawrap attach {run_id}` to follow "
+            f"it again, `kohyawrap stop {run_id}` to stop it"
+        )
+        raise
+    except BudgetExceeded:
+        stop_job(follower.host, follower.run_dir)
+        follower.run_until_exit(save)
+        fetch_outputs(
+            follower.host,
+            follower.run,
+            follower.run_dir,
+            follower.reporter,
+            follower.status,
+            pull_state=bool(manifest["plan"].get("pull_state")),
+        )
+        _record_cost(manifest, follower.started_at, exit_code=follower.status.exit_code)
+        manifest["status"] = "stopped"
+        save()
+        raise
+
+
+def _record_cost(manifest: dict[str, Any], started: float, *, exit_code: int | None) -> None:
+    """Exit code, end time, and the estimated vs actual dollars (price x wall time)."""
+    estimate = manifest["plan"]["estimate"]
+    price = float(estimate["price_per_hour"])
+    hours = (time.time() - started) / 3600
+    manifest.update(
+        exit_code=exit_code,
+        finished_at=time.time(),
+        cost={
+            "estimated": estimate["dollars"],
+            "actual": round(price * hours, 4),
+            "price_per_hour": price,
+        },
+    )
 
 
 def _failed(
@@ -257,9 +277,7 @@ def _failed(
     )
 
 
-def _budget(
-    host: Host, run_dir: str, plan: dict[str, Any], started: float
-) -> Callable[[float], None]:
+def _budget(plan: dict[str, Any], started: float) -> Callable[[float], None]:
     max_dollars = plan.get("max_dollars")
     max_hours = plan.get("max_hours")
 
