@@ -275,6 +275,7 @@ def test_budget_stops_the_run_and_pulls(world: Env, fake_sdscripts: FakeSdScript
     m = manifest_of(only_run(world))
     assert m["status"] == "stopped"
     assert m["exit_code"] is not None and m["exit_code"] != 0
+    assert m["cost"]["actual"] >= 3.0
 
 
 def test_unknown_host_key_is_refused_through_the_cli(
