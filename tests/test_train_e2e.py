@@ -225,6 +225,15 @@ def test_reproduce_is_byte_identical_and_detects_tampering(
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == before, (
         "pull re-wrote files"
     )
+    rerun = kohyawrap(
+        world, "reproduce", run.name, "--runs-dir", str(world.runs), "--run", "local", "--yes"
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    second = only_run(world)
+    assert second != run
+    m2 = assert_finished_run(second)
+    assert m2["plan"]["files"] == manifest_of(run)["plan"]["files"], "same configs, byte for byte"
+    assert m2["sd_scripts"]["commit"] == manifest_of(run)["sd_scripts"]["commit"]
     config = run / "config" / "training_config.toml"
     config.write_text(config.read_text().replace("networks.lora", "networks.other"))
     tampered = kohyawrap(world, "reproduce", str(run))
