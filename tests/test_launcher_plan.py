@@ -174,3 +174,23 @@ def test_preflight_refuses_a_small_disk_with_numbers(tmp_path: Path) -> None:
         preflight(host, plan, facts, SilentReporter(), force=False)
     with pytest.raises(HostError, match=r"2\.0 GB free .* about 14\.0 GB needed"):
         preflight(host, plan, facts, SilentReporter(), force=True)
+
+
+def test_regularisation_images_reach_the_config(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from kohyawrap.launcher.request import TrainRequest, build_run_plan
+
+    for folder, caption in (("data/10_sks dog", "sks dog"), ("data/reg/1_dog", "dog")):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.new("RGB", (512, 512), (9, 9, 9)).save(tmp_path / folder / "a.png")
+        (tmp_path / folder / "a.txt").write_text(caption + "\n")
+    spec = RunSpec(
+        gpu="rtx4090", model="sd15", base_model="runwayml/stable-diffusion-v1-5", output_name="n"
+    )
+    plan = build_run_plan(
+        TrainRequest(spec=spec, dataset=tmp_path / "data"), target="local", home="/h", now=NOW
+    )
+    assert plan.spec.reg_data_dir == "dataset/reg"
+    assert 'reg_data_dir = "dataset/reg"' in plan.rendered.files["training_config.toml"]
+    assert "reg/1_dog/a.png" in plan.dataset_files

@@ -111,6 +111,9 @@ def build_run_plan(
     provisional = RemoteLayout(work, "pending")
     model = model_source(spec.base_model, request.base_model_file, provisional.models)
     host_spec = with_host_paths(spec, model, provisional)
+    if (request.dataset / "reg").is_dir():
+        # `dataset build --reg` puts class images in <dataset>/reg/<repeats>_<class>/.
+        host_spec = replace(host_spec, reg_data_dir="dataset/reg")
     tdir = read_training_dir(request.dataset, caption_extension=spec.caption_extension)
     plan = build_plan(
         host_spec,
