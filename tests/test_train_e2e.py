@@ -318,22 +318,50 @@ def _started_steps(env: Env) -> bool:
     return bool(runs) and b"steps:" in (runs[0] / "run.log").read_bytes()
 
 
-def test_dropped_connection_then_attach_pulls_each_checkpoint_once(
+def _start_over_relay(
+    world: Env, fake: FakeSdScripts, sshd: Sshd, relay: TcpRelay, *extra: str
+) -> subprocess.Popen[str]:
+    commit = fake.commit_behaviour(FakeBehaviour(step_seconds=0.15))
+    args = train_args(world, fake, commit, target=sshd.target, epochs=3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kohyawrap", *args, *ssh_args(sshd, relay.port), *extra],
+        cwd=world.root,
+        env=world.environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(lambda: _started_steps(world), 60, "training to start")
+    return proc
+
+
+def assert_each_checkpoint_once(run: Path) -> None:
+    m = manifest_of(run)
+    assert m["status"] == "finished"
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["demo-000001.safetensors", "demo-000002.safetensors", "demo.safetensors"]
+    remote_log = Path(m["remote_run_dir"]) / "run.log"
+    assert (run / "run.log").read_bytes() == remote_log.read_bytes()
+
+
+def test_dropped_connection_is_reconnected_by_itself(
     world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
 ) -> None:
-    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.15))
     with TcpRelay(sshd.port) as relay:
-        args = train_args(world, fake_sdscripts, commit, target=sshd.target, epochs=3)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kohyawrap", *args, *ssh_args(sshd, relay.port)],
-            cwd=world.root,
-            env=world.environ(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _wait_for(lambda: _started_steps(world), 60, "training to start")
+        proc = _start_over_relay(world, fake_sdscripts, sshd, relay)
         assert relay.cut() >= 1
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "reconnected" in err
+    assert_each_checkpoint_once(only_run(world))
+
+
+def test_host_gone_then_attach_pulls_each_checkpoint_once(
+    world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
+) -> None:
+    with TcpRelay(sshd.port) as relay:
+        proc = _start_over_relay(world, fake_sdscripts, sshd, relay, "--reconnect", "1")
+        relay.close()  # the address stops answering: the one reconnect fails
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
     assert "kohyawrap attach" in err
@@ -344,12 +372,7 @@ def test_dropped_connection_then_attach_pulls_each_checkpoint_once(
         world, "attach", run.name, "--runs-dir", str(world.runs), "--poll", "0.2", *ssh_args(sshd)
     )
     assert result.returncode == 0, result.stderr
-    m = manifest_of(run)
-    assert m["status"] == "finished"
-    names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == ["demo-000001.safetensors", "demo-000002.safetensors", "demo.safetensors"]
-    remote_log = Path(m["remote_run_dir"]) / "run.log"
-    assert (run / "run.log").read_bytes() == remote_log.read_bytes()
+    assert_each_checkpoint_once(run)
 
 
 def test_stop_after_the_laptop_went_away(world: Env, fake_sdscripts: FakeSdScripts) -> None:

@@ -125,7 +125,14 @@ def _on_host(manifest: dict[str, Any], conn: dict[str, Any]) -> Iterator[tuple[A
 @host_options
 @_RUNS_DIR
 @_POLL
-def attach(run_ref: str, runs_dir: Path, poll: float, **conn: Any) -> None:
+@click.option(
+    "--reconnect",
+    type=click.IntRange(0, 50),
+    default=5,
+    show_default=True,
+    help="Reconnect this many times when the connection drops again.",
+)
+def attach(run_ref: str, runs_dir: Path, poll: float, reconnect: int, **conn: Any) -> None:
     """Reconnect to a run and follow it to the end, continuing from the log already seen.
 
     Checkpoints already pulled are not pulled again; the rest arrive verified as usual.
@@ -146,7 +153,15 @@ def attach(run_ref: str, runs_dir: Path, poll: float, **conn: Any) -> None:
         )
         return
     with _on_host(manifest, conn) as (host, reporter):
-        follow_to_end(host, run, reporter, manifest=manifest, clock=Clock(), poll_seconds=poll)
+        follow_to_end(
+            host,
+            run,
+            reporter,
+            manifest=manifest,
+            clock=Clock(),
+            poll_seconds=poll,
+            reconnect_tries=reconnect,
+        )
     count = len(manifest.get("checkpoints", {}))
     click.echo(f"{run.run_id}: {manifest['status']}, {count} files in {run.path}", err=True)
 

@@ -166,6 +166,13 @@ def read_token(token_file: str | None) -> str | None:
     "--poll", type=float, default=2.0, show_default=True, help="Seconds between log polls."
 )
 @click.option(
+    "--reconnect",
+    type=click.IntRange(0, 50),
+    default=5,
+    show_default=True,
+    help="Reconnect this many times (1, 2, 4 ... 30 s apart) when the connection drops mid-run.",
+)
+@click.option(
     "--force", is_flag=True, help="Go ahead even when the plan says it will not fit in VRAM."
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -203,6 +210,7 @@ def train(
     on_finish: str,
     pull_state: bool,
     poll: float,
+    reconnect: int,
     force: bool,
     yes: bool,
     dry_run: bool,
@@ -278,6 +286,7 @@ def train(
         dry_run=dry_run,
         as_json=as_json,
         poll=poll,
+        reconnect=reconnect,
     )
 
 
@@ -304,6 +313,7 @@ def run_with_host(
     dry_run: bool,
     as_json: bool,
     poll: float,
+    reconnect: int = 5,
 ) -> None:
     """Connect, read the host, plan, confirm, execute."""
     from kohyawrap.console.train import ConsoleReporter
@@ -338,6 +348,7 @@ def run_with_host(
             hf_token=token,
             poll_seconds=poll,
             clock=clock,
+            reconnect_tries=reconnect,
         )
     finally:
         reporter.close()

@@ -125,6 +125,7 @@ class Follower:
         started_at: float,
         poll_seconds: float = 2.0,
         budget_check: Callable[[float], None] | None = None,
+        reconnect_tries: int = 5,
     ) -> None:
         self.host = host
         self.run = run
@@ -136,6 +137,8 @@ class Follower:
         self.started_at = started_at
         self.poll = poll_seconds
         self.budget_check = budget_check
+        self.reconnect_tries = reconnect_tries
+        self._attempts = 0
         self.parser = LogParser(settings)
         self.failure: Failure | None = None
         self.tail = bytearray()
@@ -248,7 +251,12 @@ class Follower:
     def run_until_exit(self, save: Callable[[], None]) -> int:
         """Poll until the run exits; ``save`` persists the status after every poll."""
         while True:
-            done = self.poll_once()
+            try:
+                done = self.poll_once()
+            except HostError as err:
+                if not self._reconnect(err):
+                    raise
+                continue
             save()
             if done:
                 # A last pass: files whose size we saw only once are stable now.
@@ -262,6 +270,26 @@ class Follower:
             if self.budget_check is not None:
                 self.budget_check(self.dollars_so_far())
             time.sleep(self.poll)
+
+    def _reconnect(self, err: HostError) -> bool:
+        """After a dropped connection, reconnect with backoff (1, 2, 4, ... 30 s); False if not."""
+        reconnect = getattr(self.host, "reconnect", None)
+        if reconnect is None:
+            return False
+        while self.reconnect_tries > 0:
+            self.reconnect_tries -= 1
+            self._attempts += 1
+            wait = min(30.0, 2.0 ** (self._attempts - 1))
+            self.reporter.info(f"connection lost ({err.message}); reconnecting in {wait:.0f} s")
+            time.sleep(wait)
+            try:
+                reconnect()
+            except HostError as again:
+                err = again
+                continue
+            self.reporter.info("reconnected; following from where the log was left")
+            return True
+        return False
 
     @property
     def log_tail(self) -> str:

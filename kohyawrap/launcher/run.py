@@ -65,6 +65,7 @@ def execute(
     hf_token: str | None = None,
     poll_seconds: float = 2.0,
     clock: Clock | None = None,
+    reconnect_tries: int = 5,
 ) -> dict[str, Any]:
     """SETUP -> MODEL -> UPLOAD -> TRAIN -> FOLLOW -> FETCH -> FINISH. Returns the manifest."""
     clock = clock or Clock()
@@ -91,7 +92,13 @@ def execute(
         environment={**manifest["environment"], "pip_freeze": pip_freeze(host, env.python)},
     )
     return follow_to_end(
-        host, run, reporter, manifest=manifest, clock=clock, poll_seconds=poll_seconds
+        host,
+        run,
+        reporter,
+        manifest=manifest,
+        clock=clock,
+        poll_seconds=poll_seconds,
+        reconnect_tries=reconnect_tries,
     )
 
 
@@ -153,6 +160,7 @@ def follow_to_end(
     manifest: dict[str, Any],
     clock: Clock,
     poll_seconds: float = 2.0,
+    reconnect_tries: int = 5,
 ) -> dict[str, Any]:
     """FOLLOW until exit, FETCH everything, FINISH; shared by ``train`` and ``attach``."""
     plan = manifest["plan"]
@@ -186,6 +194,7 @@ def follow_to_end(
         started_at=started,
         poll_seconds=poll_seconds,
         budget_check=_budget(plan, started),
+        reconnect_tries=reconnect_tries,
     )
     reporter.stage("follow", run_dir)
     code = _follow(follower, manifest, save)
