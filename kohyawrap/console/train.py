@@ -51,6 +51,7 @@ class ConsoleReporter:
         self.progress_every = progress_every
         self._last_progress = 0.0
         self._last_transfer: dict[str, float] = {}
+        self._transfer_start: dict[str, float] = {}
         self._bar: Any = None
         self._task: Any = None
 
@@ -66,11 +67,16 @@ class ConsoleReporter:
 
     def transfer(self, label: str, done: int, total: int) -> None:
         now = time.monotonic()
+        started = self._transfer_start.setdefault(label, now)
         if done < total and now - self._last_transfer.get(label, 0.0) < 1.0:
             return
         self._last_transfer[label] = now
         pct = 100.0 * done / total if total else 100.0
-        self.info(f"{label}: {_size(done)} / {_size(total)} ({pct:.0f}%)")
+        rate = done / (now - started) if now > started else 0.0
+        speed = f", {_size(rate)}/s" if rate else ""
+        self.info(f"{label}: {_size(done)} / {_size(total)} ({pct:.0f}%{speed})")
+        if done >= total:
+            self._transfer_start.pop(label, None)
 
     def pulled(self, name: str, size: int) -> None:
         self.info(f"pulled {name} ({_size(size)}, sha256 verified)")
