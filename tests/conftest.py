@@ -1,8 +1,18 @@
 """Shared fixtures. Each area keeps its fixtures in its own module under tests/fixtures/."""
 
+import pytest
+
 pytest_plugins = [
     "tests.fixtures.images",
     "tests.fixtures.sshd",
     "tests.fixtures.fakesds",
     "tests.fixtures.hub",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _no_user_presets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The developer's own presets (user config dir) must not change what any test sees."""
+    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 import pytest
 
-from kohyawrap.cli import COMMANDS, main
+from kohyawrap.cli import COMMANDS
+from tests.fixtures.cli import run_cli
 
 
 def _walk(command: click.Command, path: tuple[str, ...]):
@@ -29,20 +30,8 @@ def _all_commands():
 ALL = [path for path, _ in _all_commands()]
 
 
-@pytest.fixture(autouse=True)
-def _no_user_presets(monkeypatch, tmp_path_factory):
-    """The developer's own presets must not change what these tests see."""
-    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
-
-
 def run(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    return run_cli(args, capsys, flatten_stderr=False)
 
 
 @pytest.mark.parametrize("path", ALL, ids=" ".join)

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from kohyawrap.cli import main
+from tests.fixtures.cli import run_cli
 from tests.test_plan import make_dataset
 
 
-@pytest.fixture(autouse=True)
-def _no_user_presets(monkeypatch, tmp_path_factory):
-    """The developer's own presets must not change what these tests see."""
-    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
-
-
 def run(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + " ".join(out.err.split())  # rich wraps stderr at 80 columns
+    return run_cli(args, capsys)
 
 
 def test_plan_prints_steps_time_and_cost(tmp_path, capsys):

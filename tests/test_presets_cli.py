@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 
-from kohyawrap.cli import main
+from tests.fixtures.cli import run_cli
 
 
 def run(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + " ".join(out.err.split())  # rich wraps stderr at 80 columns
+    return run_cli(args, capsys)
 
 
 def test_list_json_has_every_preset(capsys, monkeypatch, tmp_path):

@@ -6,27 +6,14 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 import tomlkit
 
-from kohyawrap.cli import main
+from tests.fixtures.cli import run_cli
 from tests.fixtures.images import write_jpeg
 
 
-@pytest.fixture(autouse=True)
-def _no_user_presets(monkeypatch, tmp_path_factory):
-    """The developer's own presets must not change what these tests see."""
-    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
-
-
 def run(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + " ".join(out.err.split())  # rich wraps stderr at 80 columns
+    return run_cli(args, capsys)
 
 
 def dataset(root: Path) -> Path:

@@ -5,16 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from kohyawrap.cli import main
 from tests.test_validate import TUTORIAL_TEXT
-
-
-@pytest.fixture(autouse=True)
-def _no_user_presets(monkeypatch, tmp_path_factory):
-    """The developer's own presets must not change what these tests see."""
-    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:
