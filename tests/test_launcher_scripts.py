@@ -121,7 +121,7 @@ def _fake_launcher(root: Path, body: str) -> tuple[Path, Path]:
     return sds, run_dir
 
 
-def _start(sds: Path, run_dir: Path) -> None:
+def _start(sds: Path, run_dir: Path, max_seconds: int = 0) -> None:
     wrapper = render_script(
         "run",
         run_dir=str(run_dir),
@@ -130,6 +130,7 @@ def _start(sds: Path, run_dir: Path) -> None:
         hf_home=str(run_dir / "hf"),
         env=[],
         accelerate_args=["--num_processes", "1"],
+        max_seconds=max_seconds,
         script=str(sds / "train_network.py"),
     )
     (run_dir / "run.sh").write_text(wrapper)
@@ -207,3 +208,18 @@ def test_model_script_downloads_with_token_from_file_only(tmp_path: Path, fake_h
     assert token not in result.stdout + result.stderr
     again = bash(script, env=env)
     assert parse_kv(again.stdout)["model"] == "cached"
+
+
+def test_run_wrapper_enforces_the_deadline_on_its_own(tmp_path: Path) -> None:
+    sds, run_dir = _fake_launcher(tmp_path, "import time\ntime.sleep(60)\n")
+    _start(sds, run_dir, max_seconds=1)
+    assert _wait_exit_code(run_dir, timeout=20) == 143
+    assert (run_dir / "deadline").read_text().strip() == "1"
+
+
+def test_run_wrapper_cancels_the_deadline_when_done(tmp_path: Path) -> None:
+    sds, run_dir = _fake_launcher(tmp_path, "print('quick')\n")
+    _start(sds, run_dir, max_seconds=2)
+    assert _wait_exit_code(run_dir) == 0
+    time.sleep(2.5)
+    assert not (run_dir / "deadline").exists()

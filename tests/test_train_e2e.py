@@ -501,3 +501,29 @@ def test_unknown_sd_scripts_ref_fails_setup_clearly(
     m = manifest_of(only_run(world))
     assert m["status"] == "failed"
     assert "sdscripts.sh" in m["error"]
+
+
+def test_max_hours_holds_on_the_host_without_the_laptop(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.2))
+    args = [*train_args(world, fake_sdscripts, commit, epochs=50), "--max-hours", "0.002"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kohyawrap", *args],
+        cwd=world.root,
+        env=world.environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for(lambda: _started_steps(world), 60, "training to start")
+    proc.kill()  # the laptop is gone; nobody watches the budget but the host
+    proc.wait()
+    remote = Path(manifest_of(only_run(world))["remote_run_dir"])
+    _wait_for(lambda: (remote / "exit_code").exists(), 30, "the host-side deadline")
+    assert (remote / "exit_code").read_text().strip() == "143"
+    assert (remote / "deadline").read_text().strip() == "7"
+    run = only_run(world)
+    result = kohyawrap(world, "attach", run.name, "--runs-dir", str(world.runs))
+    assert result.returncode == 5, result.stderr
+    assert "deadline" in result.stderr
+    assert manifest_of(run)["status"] == "stopped"

@@ -202,6 +202,13 @@ def follow_to_end(
     fetch_outputs(host, run, run_dir, reporter, status, pull_state=bool(plan.get("pull_state")))
     clock.lap("pull")
     _record_cost(manifest, started, exit_code=code)
+    if code == 143 and host.stat(posixpath.join(run_dir, "deadline")) is not None:
+        manifest["status"] = "stopped"
+        save()
+        raise BudgetExceeded(
+            f"the host stopped the run at its --max-hours deadline ({plan.get('max_hours')} h)",
+            hint=f"what it saved was pulled into {run.path}",
+        )
     if code != 0 or follower.failure is not None:
         return _failed(manifest, follower, save, code)
     manifest["status"] = "finished"
