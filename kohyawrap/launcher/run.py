@@ -388,6 +388,8 @@ def _on_finish(host: Host, action: str, reporter: Reporter) -> None:
     if action == "shutdown":
         reporter.info("shutting the host down (--on-finish shutdown)")
         command = (
+            # RunPod keeps RUNPOD_POD_ID in /etc/rp_environment (sourced only by interactive shells).
+            "[ -f /etc/rp_environment ] && . /etc/rp_environment; "
             'if command -v runpodctl >/dev/null && [ -n "${RUNPOD_POD_ID:-}" ]; '
             'then runpodctl stop pod "$RUNPOD_POD_ID"; '
             "else sudo -n shutdown -h now 2>/dev/null || shutdown -h now; fi"
