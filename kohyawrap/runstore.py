@@ -78,13 +78,6 @@ class RunDir:
         """Replace the manifest atomically."""
         atomic_write(self.path / MANIFEST, dump_json(manifest))
 
-    def update(self, **changes: Any) -> dict[str, Any]:
-        """Merge ``changes`` into the manifest's top level and save it; returns the new manifest."""
-        manifest = self.load_manifest()
-        manifest.update(changes)
-        self.save_manifest(manifest)
-        return manifest
-
     def write_text(self, rel: str, text: str) -> Path:
         """Write a text file inside the run folder atomically."""
         target = self.path / rel

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from kohyawrap.errors import UsageError
+from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.layout import RUN_ID, RemoteLayout, make_run_id, slug, venv_fingerprint
 from kohyawrap.launcher.request import expand_work_dir
 from kohyawrap.launcher.runplan import (
     dataset_files,
     dataset_hash,
     model_source,
-    sha256_file,
     spec_from_json,
     spec_to_json,
     with_host_paths,
@@ -79,7 +79,7 @@ def test_model_source_kinds(tmp_path: Path) -> None:
     local.write_bytes(b"weights")
     up = model_source(str(local), None, "/w/models")
     assert up.kind == "upload"
-    assert up.local_sha256 == sha256_file(local)
+    assert up.local_sha256 == file_sha256(local)
     assert up.remote_path == f"/w/models/uploads/{up.local_sha256[:16]}-my-model.safetensors"
     hf = model_source("stabilityai/stable-diffusion-xl-base-1.0", None, "/w/models")
     assert (hf.kind, hf.filename) == ("hf", "sd_xl_base_1.0.safetensors")

@@ -128,7 +128,6 @@ def _start(sds: Path, run_dir: Path, max_seconds: int = 0) -> None:
         sds=str(sds),
         python=sys.executable,
         hf_home=str(run_dir / "hf"),
-        env=[],
         accelerate_args=["--num_processes", "1"],
         max_seconds=max_seconds,
         script=str(sds / "train_network.py"),

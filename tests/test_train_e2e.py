@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kohyawrap.launcher.runplan import sha256_file
+from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.safetensors_header import read_header
 from kohyawrap.tensorboard import read_scalars
 from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
@@ -144,7 +144,7 @@ def assert_finished_run(run: Path, name: str = "demo") -> dict[str, Any]:
     assert names == [f"{name}-000001.safetensors", f"{name}.safetensors"]
     for rel, info in m["checkpoints"].items():
         local = run / info["path"]
-        assert sha256_file(local) == info["sha256"], rel
+        assert file_sha256(local) == info["sha256"], rel
     _, meta = read_header(run / "checkpoints" / f"{name}.safetensors")
     assert meta["ss_output_name"] == name
     assert meta["ss_network_module"] == "networks.lora"

@@ -67,9 +67,9 @@ def pull_file(
     target = _safe_local(local_dir, name)
     local_dir.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        from kohyawrap.launcher.runplan import sha256_file
+        from kohyawrap.hosts.transfer import file_sha256
 
-        if sha256_file(target) != digest:
+        if file_sha256(target) != digest:
             # Keep what is there; the new content gets its own name.
             target = target.with_name(f"{target.stem}.{digest[:8]}{target.suffix}")
     if not target.exists():
@@ -93,6 +93,13 @@ def pull_file(
         "path": str(target.relative_to(run.path)),
     }
     return True
+
+
+def read_exit_code(host: Host, run_dir: str) -> int | None:
+    """The code the run wrapper wrote when the training ended, or None while it runs."""
+    exit_file = sh(posixpath.join(run_dir, "exit_code"))
+    text = host.run(f"cat {exit_file} 2>/dev/null || true", timeout=60).stdout.strip()
+    return int(text) if text.lstrip("-").isdigit() else None
 
 
 def _incomplete(path: Path) -> str | None:
@@ -213,10 +220,7 @@ class Follower:
                 self.status.pending[rel] = st.size
 
     def _exit_code(self) -> int | None:
-        text = self.host.run(
-            f"cat {sh(posixpath.join(self.run_dir, 'exit_code'))} 2>/dev/null || true", timeout=60
-        ).stdout.strip()
-        return int(text) if text.lstrip("-").isdigit() else None
+        return read_exit_code(self.host, self.run_dir)
 
     def _alive(self) -> bool:
         pid_file = sh(posixpath.join(self.run_dir, "run.pid"))

@@ -7,16 +7,23 @@ import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from kohyawrap import __version__
 from kohyawrap.errors import BudgetExceeded, HostError, KohyawrapError, TrainingFailed
 from kohyawrap.hosts.base import Host, sh
+from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher import stages
-from kohyawrap.launcher.follow import MODEL_EXTENSIONS, SAFE_NAME, Follower, RunStatus, pull_file
+from kohyawrap.launcher.follow import (
+    MODEL_EXTENSIONS,
+    SAFE_NAME,
+    Follower,
+    RunStatus,
+    pull_file,
+    read_exit_code,
+)
 from kohyawrap.launcher.report import Reporter
-from kohyawrap.launcher.runplan import RunPlan, sha256_file
+from kohyawrap.launcher.runplan import RunPlan
 from kohyawrap.runstore import RunDir
 
 
@@ -314,13 +321,12 @@ def _budget(plan: dict[str, Any], started: float) -> Callable[[float], None]:
 def stop_job(host: Host, run_dir: str, *, wait_seconds: float = 120.0) -> int | None:
     """Ask the run wrapper to stop (SIGTERM to its trainer group) and wait for its exit code."""
     pid_file = sh(posixpath.join(run_dir, "run.pid"))
-    exit_file = posixpath.join(run_dir, "exit_code")
     host.run(f'kill -TERM "$(cat {pid_file})" 2>/dev/null || true', check=False)
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
-        text = host.run(f"cat {sh(exit_file)} 2>/dev/null || true").stdout.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
+        code = read_exit_code(host, run_dir)
+        if code is not None:
+            return code
         time.sleep(0.5)
     return None
 
@@ -373,7 +379,7 @@ def _verify_log(host: Host, run: RunDir, run_dir: str) -> None:
     """The streamed local log must equal the host's; if not (a drop mid-chunk), fetch it whole."""
     remote = posixpath.join(run_dir, "run.log")
     digest = host.sha256([remote]).get(remote)
-    if digest is None or (run.log.exists() and sha256_file(run.log) == digest):
+    if digest is None or (run.log.exists() and file_sha256(run.log) == digest):
         return
     fresh = run.path / "run.log.fetched"
     fresh.unlink(missing_ok=True)
@@ -404,8 +410,3 @@ def _on_finish(host: Host, action: str, reporter: Reporter) -> None:
         if action != "shutdown":
             raise
         reporter.info(f"the host went away as asked ({err.message})")
-
-
-def local_checkpoints(run: RunDir) -> list[Path]:
-    """The checkpoints pulled into a run folder."""
-    return sorted(p for p in run.checkpoints.glob("*") if p.suffix in MODEL_EXTENSIONS)

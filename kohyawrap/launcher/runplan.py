@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from kohyawrap import __version__
 from kohyawrap.errors import UsageError
+from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.layout import RemoteLayout, slug
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
 from kohyawrap.sdscripts import DEFAULT_REPO, PINNED_COMMIT
@@ -125,15 +126,6 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    """Content hash of a local file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        while block := src.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def spec_to_json(spec: RunSpec) -> dict[str, Any]:
     """A RunSpec as JSON data (overrides as a list of [key, value] pairs, order kept)."""
     data = asdict(spec)
@@ -172,7 +164,7 @@ def dataset_hash(files: dict[str, str]) -> str:
     """A content hash of the whole dataset: names and bytes."""
     digest = hashlib.sha256()
     for rel, local in sorted(files.items()):
-        digest.update(rel.encode() + b"\0" + sha256_file(Path(local)).encode() + b"\n")
+        digest.update(rel.encode() + b"\0" + file_sha256(Path(local)).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -180,7 +172,7 @@ def model_source(base_model: str, filename: str | None, models_dir: str) -> Mode
     """Classify ``--base-model`` (local file, URL, or Hugging Face repo id) and place it on the host."""
     local = Path(base_model).expanduser()
     if local.is_file():
-        digest = sha256_file(local)
+        digest = file_sha256(local)
         name = f"{digest[:16]}-{slug(local.name, 80)}"
         return ModelSource(
             "upload",

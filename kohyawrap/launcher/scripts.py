@@ -7,7 +7,6 @@ argument list); StrictUndefined turns a missing value into an error instead of a
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +44,3 @@ def parse_kv(output: str) -> dict[str, str]:
             key, _, value = line[3:].partition("=")
             found[key.strip()] = value.strip()
     return found
-
-
-def join(words: Iterable[str]) -> str:
-    """Shell-quote and join ``words``."""
-    return " ".join(shlex.quote(w) for w in words)

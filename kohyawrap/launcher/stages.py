@@ -171,7 +171,6 @@ def upload_run_files(host: Host, plan: RunPlan, env: Environment) -> None:
         sds=env.sd_scripts,
         python=env.python,
         hf_home=posixpath.join(plan.layout.models, "hf"),
-        env=[],
         accelerate_args=list(plan.rendered.accelerate_args),
         max_seconds=int(plan.max_hours * 3600) if plan.max_hours else 0,
         script=posixpath.join(env.sd_scripts, plan.rendered.script),
