@@ -4,8 +4,33 @@ events read from an sd-scripts log. Core modules return these; the CLI and conso
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+# ---------------------------------------------------------------------------------------------
+# Findings: what a check noticed (config validation, dataset lint, dataset build)
+
+Severity = Literal["error", "warning", "note"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing a check noticed, with what to do about it.
+
+    ``subject`` is what it is about: an option key for config checks, a file or folder (relative
+    to the dataset) for dataset checks, or None for the whole thing.
+    """
+
+    severity: Severity
+    code: str
+    subject: str | None
+    message: str
+    hint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The finding as data (``--json``)."""
+        return asdict(self)
+
 
 # ---------------------------------------------------------------------------------------------
 # Rendering a run

@@ -10,6 +10,7 @@ Pure: reads only the preset files it is pointed at.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -630,3 +631,21 @@ def _toml_literal(raw: str) -> Any:
         return tomlkit.parse(f"v = {raw}\n").unwrap()["v"]
     except (TOMLKitError, ValueError, KeyError):
         return raw
+
+
+def match_gpu(name: str | None, vram_gb: float | None, *, catalog: Catalog | None = None) -> str:
+    """The preset for a GPU as nvidia-smi names it ("NVIDIA GeForce RTX 4090"), else "vram-<N>"
+    from its memory. A named card whose preset has more memory than ``vram_gb`` is not matched
+    (the 8 GB RTX 4060 Ti is not the 16 GB preset)."""
+    catalog = catalog if catalog is not None else load_catalog()
+    if name:
+        for preset in sorted(catalog.gpus.values(), key=lambda g: g.name):
+            matches = any(re.search(p, name, re.IGNORECASE) for p in preset.match)
+            # nvidia-smi reports a little less than the label (an L4 shows ~22.5 GiB of 24 GB).
+            if matches and (vram_gb is None or preset.vram_gb <= vram_gb * 1.1):
+                return preset.name
+    if vram_gb is None:
+        raise UsageError(
+            f"cannot tell which GPU preset fits {name!r}", hint="pass --gpu NAME or --vram N"
+        )
+    return f"vram-{math.floor(vram_gb):d}"

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from kohyawrap import __version__
 from kohyawrap.errors import ConfigError, UsageError
-from kohyawrap.models import RenderedRun, RunSpec
+from kohyawrap.models import Finding, RenderedRun, RunSpec
 from kohyawrap.presets import Catalog, Resolved, Setting, load_catalog, parse_override, resolve
 from kohyawrap.resources import templates_dir
 from kohyawrap.sdscripts import PINNED_COMMIT
-from kohyawrap.validate import Finding, check_dataset_config, check_settings, flatten
+from kohyawrap.validate import check_dataset_config, check_settings, flatten
 
 if TYPE_CHECKING:
     import jinja2
@@ -289,12 +289,12 @@ def _validate(acc: Mapping[str, Setting], resolved: Resolved) -> None:
 
 def _config_error(errors: Sequence[Finding], acc: Mapping[str, Setting], what: str) -> ConfigError:
     def origin(f: Finding) -> str:
-        setting = acc.get(f.key or "")
+        setting = acc.get(f.subject or "")
         return f" (from {setting.origin})" if setting is not None else ""
 
     return ConfigError(
         f"the options for {what} would not train as intended",
-        evidence=[f"{f.key}{origin(f)}: {f.message}" for f in errors],
+        evidence=[f"{f.subject}{origin(f)}: {f.message}" for f in errors],
         hint=errors[0].hint,
     )
 

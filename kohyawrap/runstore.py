@@ -7,39 +7,14 @@ overwritten by a pulled file: a run folder is new per run, and inside it a name 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kohyawrap.errors import UsageError
+from kohyawrap.fileio import atomic_write, dump_json
 
 MANIFEST = "manifest.json"
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def dump_json(data: Any) -> bytes:
-    """Stable, readable JSON bytes (sorted keys, trailing newline)."""
-    return (
-        json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-    ).encode()
 
 
 @dataclass(frozen=True)

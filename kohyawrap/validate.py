@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from kohyawrap.errors import ConfigError, suggest
+from kohyawrap.models import Finding
 from kohyawrap.sdscripts import FAMILIES, Argument, arguments, dataset_config_schema
 
-Severity = Literal["error", "warning", "note"]
 SDXL_SCRIPT = FAMILIES["sdxl"].script
 SD_SCRIPT = FAMILIES["sd15"].script
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
@@ -29,21 +29,6 @@ _MEANT = {
     "max_epochs": "the option is max_train_epochs",
     "lr": "the option is learning_rate (or unet_lr / text_encoder_lr)",
 }
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem (or note) about one option, with what to do about it."""
-
-    severity: Severity
-    code: str
-    key: str | None
-    message: str
-    hint: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The finding as data (``--json``)."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

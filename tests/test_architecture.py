@@ -17,7 +17,7 @@ PURE_CORE = [
     "presets.py",
     "render.py",
     "validate.py",
-    "plan.py",
+    "forecast.py",
     "logparse.py",
     "tensorboard.py",
     "safetensors_header.py",

@@ -39,4 +39,4 @@ def test_count_and_a_clean_build(tmp_path: Path) -> None:
     )
     result = build_dataset(request)
     assert not result.lint.errors and not result.lint.warnings
-    assert not [n for n in result.notes if n.severity != "info"]
+    assert not [n for n in result.notes if n.severity != "note"]

@@ -35,7 +35,7 @@ def _lint(root: Path, **kw: object) -> LintReport:
 def _codes(report: LintReport) -> dict[str, list[str | None]]:
     out: dict[str, list[str | None]] = {}
     for f in report.findings:
-        out.setdefault(f.code, []).append(f.path)
+        out.setdefault(f.code, []).append(f.subject)
     return out
 
 
@@ -50,7 +50,7 @@ def _clean(root: Path, n: int = 3) -> Path:
 def test_a_clean_dataset_has_no_warnings(tmp_path: Path) -> None:
     _clean(tmp_path)
     report = _lint(tmp_path, trigger="sks dog", epochs=2)
-    assert [f for f in report.findings if f.severity != "info"] == []
+    assert [f for f in report.findings if f.severity != "note"] == []
     assert report.total_steps == 30 and report.epochs == 2 and report.steps_basis == "epochs"
     assert not report.errors
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.fixtures.cli import run_cli
-from tests.test_plan import make_dataset
+from tests.test_forecast import make_dataset
 
 
 def run(args: list[str], capsys) -> tuple[int, str]:

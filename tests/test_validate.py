@@ -29,7 +29,7 @@ GOOD = {
 
 
 def codes(settings, script=SD, **kw):
-    return {(f.severity, f.code, f.key) for f in check_settings(settings, script=script, **kw)}
+    return {(f.severity, f.code, f.subject) for f in check_settings(settings, script=script, **kw)}
 
 
 def test_a_good_config_has_no_findings():
@@ -79,7 +79,7 @@ def _tutorial_text() -> str:
 
 def test_the_tutorial_config_has_exactly_its_real_problems():
     report = check_config_text(_tutorial_text(), where="tutorial")
-    found = {(f.severity, f.code, f.key) for f in report.findings}
+    found = {(f.severity, f.code, f.subject) for f in report.findings}
     assert found == {
         ("error", "resolution-type", "resolution"),  # fatal at start
         ("error", "unknown-key", "batch_size"),  # silently ignored
@@ -89,7 +89,7 @@ def test_the_tutorial_config_has_exactly_its_real_problems():
         ("note", "needs-bitsandbytes", "optimizer_type"),
     }
     assert report.script == SD
-    by_key = {f.key: f for f in report.findings}
+    by_key = {f.subject: f for f in report.findings}
     assert "train_batch_size" in (by_key["batch_size"].hint or "")
     assert by_key["resolution"].hint.startswith('resolution = "512"')
     assert "'int' object has no attribute 'split'" in by_key["resolution"].message
@@ -231,7 +231,7 @@ def test_flatten_is_one_level_and_later_wins():
     )
     assert flat.settings == {"top": 1, "train_batch_size": 4}
     assert flat.sections["train_batch_size"] == "b"
-    found = {(f.code, f.key) for f in flat.findings}
+    found = {(f.code, f.subject) for f in flat.findings}
     assert found == {("duplicate-key", "train_batch_size"), ("nested-table", "sub")}
     assert "(4)" in next(f.message for f in flat.findings if f.code == "duplicate-key")
 
@@ -262,17 +262,19 @@ def _dataset_doc(**subset):
 def test_dataset_config_schema():
     assert check_dataset_config(_dataset_doc()) == ()
     assert check_dataset_config(_dataset_doc() | {"general": {"resolution": [512, 768]}}) == ()
-    bad = {(f.code, f.key) for f in check_dataset_config(_dataset_doc(num_repeat=3))}
+    bad = {(f.code, f.subject) for f in check_dataset_config(_dataset_doc(num_repeat=3))}
     assert bad == {("dc-unknown-key", "num_repeat")}
     hint = check_dataset_config(_dataset_doc(num_repeat=3))[0].hint
     assert "num_repeats" in (hint or "")
-    typed = {(f.code, f.key) for f in check_dataset_config(_dataset_doc(num_repeats="10"))}
+    typed = {(f.code, f.subject) for f in check_dataset_config(_dataset_doc(num_repeats="10"))}
     assert typed == {("dc-type", "num_repeats")}
     doc = _dataset_doc()
     doc["general"]["resolution"] = "512"  # a string is right in --config_file, wrong here
-    assert {(f.code, f.key) for f in check_dataset_config(doc)} == {("dc-type", "resolution")}
+    assert {(f.code, f.subject) for f in check_dataset_config(doc)} == {("dc-type", "resolution")}
     no_dir = {"datasets": [{"subsets": [{"num_repeats": 1}]}]}
-    assert ("dc-required", "image_dir") in {(f.code, f.key) for f in check_dataset_config(no_dir)}
+    assert ("dc-required", "image_dir") in {
+        (f.code, f.subject) for f in check_dataset_config(no_dir)
+    }
     assert ("dc-unknown-key", "train") in {
-        (f.code, f.key) for f in check_dataset_config({"train": {}})
+        (f.code, f.subject) for f in check_dataset_config({"train": {}})
     }

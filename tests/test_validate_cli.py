@@ -36,7 +36,7 @@ def test_check_json(tmp_path, capsys):
     code, out, _ = run(["config", "check", str(path), "--model", "sd15", "--json"], capsys)
     data = json.loads(out)
     assert code == 2 and data["errors"] == 3 and data["script"] == "train_network.py"
-    assert {f["key"] for f in data["findings"] if f["severity"] == "error"} == {
+    assert {f["subject"] for f in data["findings"] if f["severity"] == "error"} == {
         "resolution",
         "batch_size",
         "network_module",

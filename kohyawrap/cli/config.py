@@ -197,6 +197,7 @@ def write_run_files(folder: Path, files: dict[str, str], *, force: bool) -> dict
     """Write each file atomically; an existing different file needs ``force``. Returns
     name -> "written" | "unchanged" | "replaced"."""
     from kohyawrap.errors import UsageError
+    from kohyawrap.fileio import atomic_write
 
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} exists and is not a folder")
@@ -211,7 +212,7 @@ def write_run_files(folder: Path, files: dict[str, str], *, force: bool) -> dict
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         if status[name] != "unchanged":
-            _atomic_write(folder / name, text, executable=name.endswith(".sh"))
+            atomic_write(folder / name, text, mode=0o755 if name.endswith(".sh") else 0o644)
     return status
 
 
@@ -223,19 +224,6 @@ def _status(path: Path, text: str) -> str:
     except (OSError, UnicodeDecodeError):
         same = False
     return "unchanged" if same else "replaced"
-
-
-def _atomic_write(path: Path, text: str, *, executable: bool) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temp.open("w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        temp.chmod(0o755 if executable else 0o644)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 @config.command()

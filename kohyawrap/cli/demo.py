@@ -36,13 +36,13 @@ def demo(output: Path, force: bool) -> None:
     from kohyawrap.cli.config import write_run_files
     from kohyawrap.console import stdout
     from kohyawrap.console.config import show_rendered
-    from kohyawrap.console.plan import show_compare, show_plan
+    from kohyawrap.console.forecast import show_compare, show_forecast
     from kohyawrap.dataset.build import BuildRequest, build_dataset
     from kohyawrap.dataset.example import make_example_photos
     from kohyawrap.dataset.scan import read_training_dir
     from kohyawrap.errors import UsageError
+    from kohyawrap.forecast import build_forecast, compare_forecasts
     from kohyawrap.models import RunSpec
-    from kohyawrap.plan import build_plan, compare
     from kohyawrap.presets import load_catalog
     from kohyawrap.render import findings
 
@@ -75,14 +75,14 @@ def demo(output: Path, force: bool) -> None:
     )
     tdir = read_training_dir(data)
     catalog = load_catalog()
-    plan = build_plan(spec, tdir, catalog=catalog)
+    plan = build_forecast(spec, tdir, catalog=catalog)
     written = write_run_files(run_dir, plan.rendered.files, force=force)
     con.print("3. config:")
     notes = findings(plan.rendered, catalog=catalog)
     show_rendered(run_dir, plan.rendered, written, notes, dataset_found=True)
     con.print("4. plan:")
-    show_plan(plan)
-    show_compare(compare(spec, tdir, catalog=catalog), current=DEMO_GPU)
+    show_forecast(plan)
+    show_compare(compare_forecasts(spec, tdir, catalog=catalog), current=DEMO_GPU)
     con.print(
         "Next: rent a GPU and run `kohyawrap train --host ... --gpu auto --model sd15 "
         f"--dataset {data} --base-model runwayml/stable-diffusion-v1-5 --name my_lora`, or run {run_dir / 'launch.sh'} where sd-scripts is."

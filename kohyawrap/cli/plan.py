@@ -49,8 +49,13 @@ def plan(
       kohyawrap plan --gpu rtx3090 --model sdxl --dataset ./training_data --compare --json
     """
     from kohyawrap.cli.config import build_spec, scan_dataset
-    from kohyawrap.plan import Setup, build_plan, lint_plan
-    from kohyawrap.plan import compare as compare_all
+    from kohyawrap.forecast import (
+        Setup,
+        build_forecast,
+        compare_forecasts,
+        lint_forecast,
+        require_fit,
+    )
     from kohyawrap.presets import load_catalog
 
     kind: Setup = "warm" if setup == "warm" else "cold"
@@ -60,14 +65,14 @@ def plan(
     tdir = scan_dataset(params, required=True)
     if tdir is None:  # required=True always scans (or raises); this narrows the type
         raise RuntimeError("dataset was not scanned")
-    result = build_plan(
+    result = build_forecast(
         spec, tdir, price_per_hour=price, bandwidth_mbps=bandwidth, setup=kind, catalog=catalog
     )
-    if not result.estimate.fits and not force:
-        refuse(result)
-    report = lint_plan(result, tdir, model.family)
+    if not force:
+        require_fit(result)
+    report = lint_forecast(result, tdir, model.family)
     table = (
-        compare_all(spec, tdir, bandwidth_mbps=bandwidth, setup=kind, catalog=catalog)
+        compare_forecasts(spec, tdir, bandwidth_mbps=bandwidth, setup=kind, catalog=catalog)
         if compare
         else ()
     )
@@ -78,7 +83,7 @@ def plan(
         data["lint"] = {
             "errors": len(report.errors),
             "warnings": len(report.warnings),
-            "findings": [vars(f) for f in (*report.errors, *report.warnings)],
+            "findings": [f.to_json() for f in (*report.errors, *report.warnings)],
         }
         if compare:
             data["compare"] = [
@@ -88,23 +93,9 @@ def plan(
             ]
         echo_json(data)
         return
-    from kohyawrap.console.plan import show_compare, show_lint, show_plan
+    from kohyawrap.console.forecast import show_compare, show_forecast, show_lint
 
-    show_plan(result)
+    show_forecast(result)
     show_lint(report)
     if compare:
         show_compare(table, current=result.estimate.gpu)
-
-
-def refuse(result: Any) -> None:
-    """Stop with the VRAM numbers when the run would not fit (``--force`` skips this)."""
-    from kohyawrap.errors import UsageError
-
-    est = result.estimate
-    raise UsageError(
-        f"this run needs ~{est.vram_needed_gb:.1f} GB of VRAM; "
-        f"{est.gpu} has {est.vram_available_gb:g} GB",
-        evidence=[f"{part.name}: {part.seconds:.1f} GB ({part.basis})" for part in result.vram],
-        hint="--set gradient_checkpointing=true, --set train_batch_size=1, a larger card "
-        "(--compare), or --force to plan it anyway",
-    )

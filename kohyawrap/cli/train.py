@@ -296,9 +296,9 @@ def _present_plan(plan_json: dict[str, Any], as_json: bool) -> None:
 
         echo_json(plan_json)
     else:
-        from kohyawrap.console.train import show_plan
+        from kohyawrap.console.train import show_run_plan
 
-        show_plan(plan_json)
+        show_run_plan(plan_json)
 
 
 def run_with_host(

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kohyawrap.console.plan import wide
+from kohyawrap.console.forecast import wide
 
 if TYPE_CHECKING:
-    from kohyawrap.models import RenderedRun
-    from kohyawrap.validate import CheckReport, Finding
+    from kohyawrap.models import Finding, RenderedRun
+    from kohyawrap.validate import CheckReport
 
 STYLE = {"error": "bold red", "warning": "yellow", "note": "cyan"}
 
@@ -22,7 +22,7 @@ def show_findings(findings: Sequence[Finding]) -> None:
 
     con = wide()
     for f in findings:
-        key = f" {escape(f.key)}" if f.key else ""
+        key = f" {escape(f.subject)}" if f.subject else ""
         con.print(f"[{STYLE[f.severity]}]{f.severity}[/]{key}: {escape(f.message)}")
         if f.hint:
             con.print(f"    fix: {escape(f.hint)}")

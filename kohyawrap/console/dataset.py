@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from kohyawrap.dataset.build import BuildResult
-    from kohyawrap.dataset.lint import Finding, LintReport
+    from kohyawrap.dataset.lint import LintReport
+    from kohyawrap.models import Finding
 
-_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+_STYLE = {"error": "bold red", "warning": "yellow", "note": "dim"}
 _PER_CODE = 5  # findings shown per code before "... and N more"
 _BAR = 40
 
@@ -86,7 +87,7 @@ def _print_findings(con: Console, findings: Sequence[Finding], title: str) -> No
     table.add_column("code", no_wrap=True)
     table.add_column("where", overflow="fold")
     table.add_column("what", overflow="fold")
-    order = {"error": 0, "warning": 1, "info": 2}
+    order = {"error": 0, "warning": 1, "note": 2}
     shown: dict[str, int] = {}
     ordered = sorted(findings, key=lambda f: order[f.severity])
     for f in ordered:
@@ -94,7 +95,7 @@ def _print_findings(con: Console, findings: Sequence[Finding], title: str) -> No
         if shown[f.code] <= _PER_CODE:
             style = _STYLE[f.severity]
             table.add_row(
-                f"[{style}]{f.severity}[/]", f.code, escape(f.path or ""), escape(f.message)
+                f"[{style}]{f.severity}[/]", f.code, escape(f.subject or ""), escape(f.message)
             )
     for code, count in shown.items():
         if count > _PER_CODE:

@@ -143,7 +143,7 @@ class ConsoleReporter:
         self._stop_bar()
 
 
-def show_plan(plan_json: dict[str, Any]) -> None:
+def show_run_plan(plan_json: dict[str, Any]) -> None:
     """A short summary of what `train` is about to do."""
     from rich.table import Table
 

@@ -8,7 +8,6 @@ written; sources are only ever read. The build report goes beside the output
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -30,9 +29,11 @@ from kohyawrap.dataset.layout import (
     plan_layout,
     reg_concepts,
 )
-from kohyawrap.dataset.lint import Finding, LintReport, lint
+from kohyawrap.dataset.lint import LintReport, lint
 from kohyawrap.dataset.scan import REG_FOLDER, parse_concept_folder, read_training_dir, scan_sources
 from kohyawrap.errors import DatasetError, UsageError
+from kohyawrap.fileio import atomic_write, dump_json
+from kohyawrap.models import Finding
 
 Progress = Callable[[int, int], None]
 
@@ -125,7 +126,7 @@ def build_dataset(request: BuildRequest, progress: Progress | None = None) -> Bu
         Finding("warning", "skipped", str(o.op.source), o.written.error or "failed") for o in failed
     )
     result = BuildResult(output, report_path_for(output), layout, outcomes, report, max_side, notes)
-    _write_json(result.report_path, result.to_json())
+    atomic_write(result.report_path, dump_json(result.to_json()))
     return result
 
 
@@ -324,7 +325,7 @@ def build_report(result: BuildResult) -> dict[str, Any]:
         "files": [_file_entry(o) for o in result.outcomes],
         "skipped": [{"source": str(s.source), "reason": s.reason} for s in result.layout.skipped]
         + [{"source": str(o.op.source), "reason": o.written.error} for o in result.failed],
-        "notes": [_finding(f) for f in result.notes],
+        "notes": [f.to_json() for f in result.notes],
         "lint": result.lint.to_json(),
     }
 
@@ -342,18 +343,6 @@ def _file_entry(outcome: Outcome) -> dict[str, Any]:
     if written.ok:
         entry.update(width=written.size[0], height=written.size[1], sha256=written.sha256)
     return entry
-
-
-def _finding(f: Finding) -> dict[str, Any]:
-    return {"severity": f.severity, "code": f.code, "path": f.path, "message": f.message}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(
-        json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

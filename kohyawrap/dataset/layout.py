@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from kohyawrap.dataset.lint import Finding, has_trigger
+from kohyawrap.dataset.lint import has_trigger
 from kohyawrap.errors import UsageError
+from kohyawrap.models import Finding
 
 if TYPE_CHECKING:
     from kohyawrap.dataset.imaging import Header
@@ -482,17 +483,17 @@ def make_caption(image: SourceImage, concept: ConceptInput, template: str) -> tu
     return caption, flags
 
 
-_FLAG_NOTES: dict[str, tuple[Literal["error", "warning", "info"], str]] = {
-    "template": ("info", "caption made from the template (no caption file)"),
-    "class_word": ("info", "caption is the class word (no caption file)"),
-    "trigger_added": ("info", "trigger added in front of the caption"),
+_FLAG_NOTES: dict[str, tuple[Literal["error", "warning", "note"], str]] = {
+    "template": ("note", "caption made from the template (no caption file)"),
+    "class_word": ("note", "caption is the class word (no caption file)"),
+    "trigger_added": ("note", "trigger added in front of the caption"),
     "multiline": (
         "warning",
         "caption file has several lines: kept the first (sd-scripts reads only the first line)",
     ),
     "empty": ("warning", "caption file is empty: used the template instead"),
     "latin1": ("warning", "caption file is not UTF-8: read as Latin-1 and written as UTF-8"),
-    "renamed": ("info", "file name made safe"),
+    "renamed": ("note", "file name made safe"),
 }
 
 
@@ -501,7 +502,7 @@ def _caption_notes(
 ) -> list[Finding]:
     notes = []
     for flag, items in flags.items():
-        severity, text = _FLAG_NOTES.get(flag, ("info", flag))
+        severity, text = _FLAG_NOTES.get(flag, ("note", flag))
         shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
         notes.append(Finding(severity, flag, folder, f"{text}: {len(items)} file(s) ({shown})"))
     return notes
@@ -512,20 +513,20 @@ def _other_notes(concept: ConceptInput) -> Iterable[Finding]:
         for name, kind in folder.others:
             if kind == "folder":
                 yield Finding(
-                    "info",
+                    "note",
                     "not_read",
                     str(folder.path / name),
                     "sub-folder not read (give it as its own input)",
                 )
             elif kind == "caption without image":
                 yield Finding(
-                    "info",
+                    "note",
                     "orphan_caption",
                     str(folder.path / name),
                     "caption file without an image: not used",
                 )
             elif kind == "other":
-                yield Finding("info", "not_read", str(folder.path / name), "not an image: not used")
+                yield Finding("note", "not_read", str(folder.path / name), "not an image: not used")
 
 
 def _check_caption_extension(ext: str) -> None:

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from kohyawrap.dataset.buckets import (
     BatchCount,
@@ -22,11 +22,10 @@ from kohyawrap.dataset.buckets import (
     place,
     total_steps,
 )
+from kohyawrap.models import Finding, Severity
 
 if TYPE_CHECKING:
     from kohyawrap.dataset.scan import ImageInfo, Subset, TrainingDir
-
-Severity = Literal["error", "warning", "info"]
 
 DEFAULT_MAX_TRAIN_STEPS = 1600  # sd-scripts' --max_train_steps default (train_network_args.json)
 STEPS_WARNING = 10_000
@@ -36,16 +35,6 @@ _MIN_DETAIL_BITS = 8  # a hash with fewer set (or unset) bits is a nearly flat p
 _SD_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _CAPTION_EXTENSIONS = (".txt", ".caption")
 _SHOWN = 5  # names listed in one aggregated finding
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing the linter noticed; ``path`` is relative to the dataset folder."""
-
-    severity: Severity
-    code: str
-    path: str | None
-    message: str
 
 
 @dataclass(frozen=True)
@@ -81,12 +70,9 @@ class LintReport:
             "model": self.model,
             "ok": not self.errors,
             "counts": {
-                s: sum(f.severity == s for f in self.findings) for s in ("error", "warning", "info")
+                s: sum(f.severity == s for f in self.findings) for s in ("error", "warning", "note")
             },
-            "findings": [
-                {"severity": f.severity, "code": f.code, "path": f.path, "message": f.message}
-                for f in self.findings
-            ],
+            "findings": [f.to_json() for f in self.findings],
             "train_images": self.train_images,
             "reg_images": self.reg_images,
             "buckets": [
@@ -161,7 +147,7 @@ def _folder_findings(tdir: TrainingDir) -> Iterable[Finding]:
         )
     for name in tdir.skipped_folders:
         yield Finding(
-            "info", "skipped_folder", name, "repeat count below 1: sd-scripts skips it silently"
+            "note", "skipped_folder", name, "repeat count below 1: sd-scripts skips it silently"
         )
     for name in tdir.stray_files:
         if name.lower().endswith(_SD_EXTENSIONS):
@@ -173,11 +159,11 @@ def _folder_findings(tdir: TrainingDir) -> Iterable[Finding]:
             )
         else:
             yield Finding(
-                "info", "stray_file", name, "file directly in the dataset folder (not read)"
+                "note", "stray_file", name, "file directly in the dataset folder (not read)"
             )
     if tdir.reg_root is not None and tdir.reg_root.parent == tdir.root:
         yield Finding(
-            "info",
+            "note",
             "reg_folder",
             tdir.reg_root.name,
             "regularisation images: pass this folder as reg_data_dir (read as train_data_dir, "
@@ -390,7 +376,7 @@ def _trigger_findings(subset: Subset, prefix: str, trigger: str | None) -> list[
     if not missing:
         return [
             Finding(
-                "info",
+                "note",
                 "trigger_coverage",
                 prefix,
                 f"trigger '{trigger}' is in all {len(captions)} captions",
@@ -437,15 +423,15 @@ def _classify_other(name: str, caption_extension: str) -> tuple[str, Severity, s
         )
     if lower.endswith(_CAPTION_EXTENSIONS):
         if name.endswith(caption_extension):
-            return "orphan_caption", "info", "caption file without an image"
-        return "", "info", ""  # reported with its image (caption_extension) or irrelevant
+            return "orphan_caption", "note", "caption file without an image"
+        return "", "note", ""  # reported with its image (caption_extension) or irrelevant
     if lower.endswith(".npz"):
         return (
             "latent_cache",
-            "info",
+            "note",
             "cached latents from an earlier run (reused if the settings match)",
         )
-    return "other_file", "info", "not an image or caption: ignored by sd-scripts"
+    return "other_file", "note", "not an image or caption: ignored by sd-scripts"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,7 +494,7 @@ def _batch_findings(tdir: TrainingDir, batch: BatchCount, batch_size: int) -> li
         ]
     found = [
         Finding(
-            "info",
+            "note",
             "buckets",
             None,
             f"{sum(batch.buckets.values())} images × repeats in {len(batch.buckets)} bucket(s), "
@@ -518,7 +504,7 @@ def _batch_findings(tdir: TrainingDir, batch: BatchCount, batch_size: int) -> li
     if batch.reg_images_with_repeats > batch.images_with_repeats:
         found.append(
             Finding(
-                "info",
+                "note",
                 "reg_unused",
                 None,
                 f"{batch.reg_images_with_repeats} reg images × repeats for "
@@ -531,7 +517,7 @@ def _batch_findings(tdir: TrainingDir, batch: BatchCount, batch_size: int) -> li
     if batch_size > 1 and padded and (padded - used) / padded > 0.2:
         found.append(
             Finding(
-                "info",
+                "note",
                 "partial_batches",
                 None,
                 f"{padded - used} of {padded} batch slots per epoch are empty: small buckets give "
@@ -561,7 +547,7 @@ def _step_findings(steps: int | None, epochs: int | None, basis: str) -> list[Fi
     if basis == "default":
         found.append(
             Finding(
-                "info",
+                "note",
                 "default_steps",
                 None,
                 f"neither epochs nor max_train_steps set: sd-scripts stops at its default of "

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paramiko
 
 from kohyawrap.errors import HostKeyError
+from kohyawrap.fileio import atomic_write
 
 if TYPE_CHECKING:
     from paramiko.pkey import PKey
@@ -59,14 +58,7 @@ def record(path: Path, name: str, key: PKey) -> None:
     if old and not old.endswith("\n"):
         old += "\n"
     line = f"{name} {key.get_name()} {key.get_base64()}\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".known_hosts.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(old + line)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, old + line, mode=0o600)
 
 
 def load(client: paramiko.SSHClient, known_hosts: Path, trusted_hosts: Path) -> None:

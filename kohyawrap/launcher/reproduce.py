@@ -9,10 +9,11 @@ from typing import Any
 
 from kohyawrap import __version__
 from kohyawrap.errors import UsageError
+from kohyawrap.fileio import atomic_write
 from kohyawrap.launcher.request import TrainRequest
 from kohyawrap.launcher.runplan import SetupOptions, spec_from_json
 from kohyawrap.models import RenderedRun
-from kohyawrap.runstore import RunDir, atomic_write
+from kohyawrap.runstore import RunDir
 
 
 def rerender(run: RunDir, manifest: dict[str, Any], output: Path | None) -> RenderedRun:

@@ -53,7 +53,7 @@ def resolve_gpu(spec: RunSpec, facts: Any | None) -> RunSpec:
     """``--gpu auto``: the preset for the host's first GPU (by name, else by VRAM tier)."""
     if spec.gpu != "auto":
         return spec
-    from kohyawrap.plan import gpu_for
+    from kohyawrap.presets import match_gpu
 
     gpus = list(getattr(facts, "gpus", []) or [])
     if not gpus:
@@ -63,7 +63,7 @@ def resolve_gpu(spec: RunSpec, facts: Any | None) -> RunSpec:
         )
     first = gpus[0]
     memory_gb = first.memory_mib / 1024 if first.memory_mib else None
-    return replace(spec, gpu=gpu_for(first.name, memory_gb))
+    return replace(spec, gpu=match_gpu(first.name, memory_gb))
 
 
 def resolve_device(spec: RunSpec, facts: Any | None) -> RunSpec:
@@ -102,7 +102,7 @@ def build_run_plan(
 ) -> RunPlan:
     """The executable plan. Deterministic for the same request, host home, clock and facts."""
     from kohyawrap.dataset.scan import read_training_dir
-    from kohyawrap.plan import build_plan
+    from kohyawrap.forecast import build_forecast, require_fit
 
     files = dataset_files(request.dataset)
     digest = dataset_hash(files)
@@ -115,7 +115,7 @@ def build_run_plan(
         # `dataset build --reg` puts class images in <dataset>/reg/<repeats>_<class>/.
         host_spec = replace(host_spec, reg_data_dir="dataset/reg")
     tdir = read_training_dir(request.dataset, caption_extension=spec.caption_extension)
-    plan = build_plan(
+    plan = build_forecast(
         host_spec,
         tdir,
         price_per_hour=request.price_per_hour,
@@ -123,13 +123,8 @@ def build_run_plan(
         # A host that already holds an environment skips the install in the time estimate.
         setup="warm" if getattr(facts, "venvs", ()) else "cold",
     )
-    if not plan.estimate.fits and not request.force and not spec.smoke:
-        raise UsageError(
-            f"the run needs ~{plan.estimate.vram_needed_gb:.1f} GB of VRAM; {spec.gpu} has "
-            f"{plan.estimate.vram_available_gb:.0f} GB",
-            hint="lower train_batch_size / network_dim, enable gradient_checkpointing with --set, "
-            "or pass --force to try anyway",
-        )
+    if not request.force and not spec.smoke:
+        require_fit(plan, force_hint="--force to try anyway")
     run_id = make_run_id(spec.output_name, now, plan.rendered.inputs_hash + digest)
     return RunPlan(
         run_id=run_id,

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from kohyawrap.dataset.lint import LintReport
-    from kohyawrap.plan import Plan
+    from kohyawrap.forecast import Forecast
 
 
 def wide() -> Console:
@@ -33,7 +33,7 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def show_plan(plan: Plan) -> None:
+def show_forecast(plan: Forecast) -> None:
     """Steps, buckets, time per stage, VRAM and dollars."""
     from rich.markup import escape
     from rich.table import Table
@@ -92,13 +92,13 @@ def show_lint(report: LintReport, shown: int = 6) -> None:
     con.print(f"dataset: {len(report.errors)} error(s), {len(report.warnings)} warning(s):")
     for f in problems[:shown]:
         style = "bold red" if f.severity == "error" else "yellow"
-        where = f" {escape(f.path)}:" if f.path else ""
+        where = f" {escape(f.subject)}:" if f.subject else ""
         con.print(f"  [{style}]{f.severity}[/]{where} {escape(f.message)}")
     if len(problems) > shown:
         con.print(f"  ... and {len(problems) - shown} more: kohyawrap dataset lint <folder>")
 
 
-def show_compare(plans: Sequence[Plan], *, current: str) -> None:
+def show_compare(plans: Sequence[Forecast], *, current: str) -> None:
     """The same run on every GPU preset, side by side."""
     from rich import box
     from rich.table import Table

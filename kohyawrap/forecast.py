@@ -9,7 +9,6 @@ passed in already scanned, the clock is not read.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,7 +57,7 @@ class Steps:
 
 
 @dataclass(frozen=True)
-class Stage:
+class Part:
     """One part of the wall-clock estimate, with how it was worked out."""
 
     name: str
@@ -67,14 +66,14 @@ class Stage:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Forecast:
     """A rendered run with its step count, time/VRAM/dollar estimate and their breakdowns."""
 
     rendered: RenderedRun
     estimate: Estimate
     steps: Steps
-    stages: tuple[Stage, ...]
-    vram: tuple[Stage, ...]  # VRAM parts in GB (``seconds`` holds gigabytes here)
+    stages: tuple[Part, ...]
+    vram: tuple[Part, ...]  # VRAM parts in GB (``seconds`` holds gigabytes here)
     gpu_title: str
     seconds_per_step: float
     price_basis: str
@@ -195,12 +194,12 @@ def seconds_per_step(
     return seconds, basis + (", " + ", ".join(factors) if factors else "") + ")"
 
 
-def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Stage, ...]:
-    """The VRAM estimate in parts (GB in ``Stage.seconds``): weights, text encoders, activations."""
+def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Part, ...]:
+    """The VRAM estimate in parts (GB in ``Part.seconds``): weights, text encoders, activations."""
     v = model.vram
     full_precision = options.get("mixed_precision", "no") == "no"
     parts = [
-        Stage(
+        Part(
             "weights and optimizer",
             v.base_gb * (2 if full_precision else 1),
             "base_gb" + (" x2 (no mixed precision)" if full_precision else ""),
@@ -208,7 +207,7 @@ def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Stage, .
     ]
     if not options.get("cache_text_encoder_outputs"):
         parts.append(
-            Stage("text encoders", v.text_encoder_gb, "text_encoder_gb (outputs not cached)")
+            Part("text encoders", v.text_encoder_gb, "text_encoder_gb (outputs not cached)")
         )
     checkpointed = bool(options.get("gradient_checkpointing"))
     per_image = v.per_image_checkpointed_gb if checkpointed else v.per_image_gb
@@ -217,7 +216,7 @@ def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Stage, .
     basis = f"{batch} x {per_image:g} GB{' (checkpointed)' if checkpointed else ''}" + (
         f" x {scale:.2f} pixels" if scale != 1 else ""
     )
-    parts.append(Stage("activations", batch * per_image * scale, basis))
+    parts.append(Part("activations", batch * per_image * scale, basis))
     return tuple(parts)
 
 
@@ -236,7 +235,7 @@ def _checkpoints(settings: Mapping[str, Any], epochs: int) -> int:
 
 def _stages(
     plan_in: _Inputs, steps: Steps, per_step: tuple[float, str], bandwidth: float, setup: Setup
-) -> tuple[Stage, ...]:
+) -> tuple[Part, ...]:
     rules, model, gpu, options = plan_in.rules, plan_in.model, plan_in.gpu, plan_in.options
     n = rules.number
     host = n("host_download_mb_s")
@@ -259,37 +258,35 @@ def _stages(
     model_gb = model.vram.model_download_gb
     caching = len(plan_in.sizes) * per_image * n("latent_cache_fraction")
     return (
-        Stage("connect", n("ssh_connect_s"), "SSH connect and checks"),
-        Stage(
+        Part("connect", n("ssh_connect_s"), "SSH connect and checks"),
+        Part(
             "install",
             install,
             f"torch + sd-scripts requirements at {host:g} MB/s" if cold else "venv already there",
         ),
-        Stage(
+        Part(
             "model download",
             model_gb * 1000 / host if cold else 0.0,
             f"{model_gb:g} GB at {host:g} MB/s" if cold else "model already on the host",
         ),
-        Stage(
-            "dataset upload", upload_mb / bandwidth, f"~{upload_mb:.0f} MB at {bandwidth:g} MB/s"
-        ),
-        Stage("model load", n("model_load_s"), "sd-scripts start-up and model load"),
-        Stage(
+        Part("dataset upload", upload_mb / bandwidth, f"~{upload_mb:.0f} MB at {bandwidth:g} MB/s"),
+        Part("model load", n("model_load_s"), "sd-scripts start-up and model load"),
+        Part(
             "latent caching",
             caching if options.get("cache_latents") else 0.0,
             f"{len(plan_in.sizes)} images, one VAE encode each",
         ),
-        Stage(
+        Part(
             "training",
             steps.total_steps * per_step[0],
             f"{steps.total_steps} steps x {per_step[0]:.2f} s = {per_step[1]}",
         ),
-        Stage(
+        Part(
             "sampling",
             samples * n("sample_steps") * per_image * n("sampling_fraction"),
             f"{samples} sample images x {n('sample_steps'):g} steps",
         ),
-        Stage("pull results", pull_mb / bandwidth, f"~{pull_mb:.0f} MB of checkpoints"),
+        Part("pull results", pull_mb / bandwidth, f"~{pull_mb:.0f} MB of checkpoints"),
     )
 
 
@@ -306,7 +303,7 @@ class _Inputs:
 _TRAIN_STAGES = ("training", "sampling")
 
 
-def build_plan(
+def build_forecast(
     spec: RunSpec,
     tdir: TrainingDir,
     *,
@@ -314,7 +311,7 @@ def build_plan(
     bandwidth_mbps: float | None = None,
     setup: Setup = "cold",
     catalog: Catalog | None = None,
-) -> Plan:
+) -> Forecast:
     """Render the run and estimate it. ``bandwidth_mbps`` is the upload/download speed between
     this machine and the host in MB/s (default: presets/tiers.toml [plan] upload_mb_s)."""
     catalog = catalog if catalog is not None else load_catalog()
@@ -335,14 +332,14 @@ def build_plan(
     price = price_per_hour if price_per_hour is not None else gpu.price_per_hour
     estimate = _estimate(gpu, steps, stages, vram, price, catalog.rules)
     basis = "--price" if price_per_hour is not None else f"typical price in {gpu.path}"
-    return Plan(rendered, estimate, steps, stages, vram, gpu.title, per_step[0], basis, setup)
+    return Forecast(rendered, estimate, steps, stages, vram, gpu.title, per_step[0], basis, setup)
 
 
 def _estimate(
     gpu: GpuPreset,
     steps: Steps,
-    stages: Iterable[Stage],
-    vram: Iterable[Stage],
+    stages: Iterable[Part],
+    vram: Iterable[Part],
     price: float,
     rules: Rules,
 ) -> Estimate:
@@ -376,7 +373,7 @@ def _estimate(
     )
 
 
-def lint_plan(plan: Plan, tdir: TrainingDir, family: str) -> LintReport:
+def lint_forecast(plan: Forecast, tdir: TrainingDir, family: str) -> LintReport:
     """The dataset linter run with the plan's own options (batch, epochs, buckets, captions)."""
     options = dataset_options(plan.rendered)
     return lint(
@@ -391,19 +388,19 @@ def lint_plan(plan: Plan, tdir: TrainingDir, family: str) -> LintReport:
     )
 
 
-def compare(
+def compare_forecasts(
     spec: RunSpec,
     tdir: TrainingDir,
     *,
     bandwidth_mbps: float | None = None,
     setup: Setup = "cold",
     catalog: Catalog | None = None,
-) -> tuple[Plan, ...]:
+) -> tuple[Forecast, ...]:
     """The same run on every GPU preset (each at its typical price), smallest card first."""
     catalog = catalog if catalog is not None else load_catalog()
     gpus = sorted(catalog.gpus.values(), key=lambda g: (g.vram_gb, g.price_per_hour, g.name))
     return tuple(
-        build_plan(
+        build_forecast(
             replace(spec, gpu=g.name, vram_gb=None),
             tdir,
             bandwidth_mbps=bandwidth_mbps,
@@ -414,19 +411,18 @@ def compare(
     )
 
 
-def gpu_for(name: str | None, vram_gb: float | None, *, catalog: Catalog | None = None) -> str:
-    """The preset for a GPU as nvidia-smi names it ("NVIDIA GeForce RTX 4090"), else "vram-<N>"
-    from its memory. A named card whose preset has more memory than ``vram_gb`` is not matched
-    (the 8 GB RTX 4060 Ti is not the 16 GB preset)."""
-    catalog = catalog if catalog is not None else load_catalog()
-    if name:
-        for preset in sorted(catalog.gpus.values(), key=lambda g: g.name):
-            matches = any(re.search(p, name, re.IGNORECASE) for p in preset.match)
-            # nvidia-smi reports a little less than the label (an L4 shows ~22.5 GiB of 24 GB).
-            if matches and (vram_gb is None or preset.vram_gb <= vram_gb * 1.1):
-                return preset.name
-    if vram_gb is None:
-        raise UsageError(
-            f"cannot tell which GPU preset fits {name!r}", hint="pass --gpu NAME or --vram N"
-        )
-    return f"vram-{math.floor(vram_gb):d}"
+def require_fit(forecast: Forecast, *, force_hint: str = "--force to plan it anyway") -> None:
+    """Refuse a run that will not fit in the card's VRAM, with the parts that add up to it.
+
+    The one VRAM-fit refusal: ``plan`` and ``train`` both call it (``--force`` skips it there).
+    """
+    if forecast.estimate.fits:
+        return
+    est = forecast.estimate
+    raise UsageError(
+        f"this run needs ~{est.vram_needed_gb:.1f} GB of VRAM; "
+        f"{est.gpu} has {est.vram_available_gb:g} GB",
+        evidence=[f"{part.name}: {part.seconds:.1f} GB ({part.basis})" for part in forecast.vram],
+        hint="--set gradient_checkpointing=true, --set train_batch_size=1, a larger card "
+        f"(`kohyawrap plan --compare`), or {force_hint}",
+    )

@@ -12,9 +12,9 @@ import pytest
 
 from kohyawrap.dataset.scan import read_training_dir
 from kohyawrap.errors import DatasetError, UsageError
+from kohyawrap.forecast import build_forecast, compare_forecasts, count_steps
 from kohyawrap.models import RunSpec
-from kohyawrap.plan import build_plan, compare, count_steps, gpu_for
-from kohyawrap.presets import load_catalog
+from kohyawrap.presets import load_catalog, match_gpu
 from tests.fixtures.images import write_jpeg, write_png
 
 CATALOG = load_catalog(user_dir=Path("/nonexistent-kohyawrap-user-dir"))
@@ -49,7 +49,7 @@ def test_steps_are_counted_like_sd_scripts(tdir):
     #   512x512 bucket: 3 images x 10 = 30 -> ceil(30/4) = 8 batches
     #   768x512 (3:2) -> the 640x384 bucket (ratio 1.67 is nearest 1.5): 20 -> 5 batches
     #   512x768 (2:3) -> 384x640: 2 x 5 = 10 -> 3 batches
-    plan = build_plan(spec(), tdir, catalog=CATALOG)
+    plan = build_forecast(spec(), tdir, catalog=CATALOG)
     s = plan.steps
     assert (s.images, s.images_with_repeats, s.batch_size) == (7, 60, 4)
     assert dict(s.buckets) == {(384, 640): 10, (512, 512): 30, (640, 384): 20}
@@ -63,21 +63,23 @@ def test_steps_are_counted_like_sd_scripts(tdir):
 
 
 def test_gradient_accumulation_rounds_up_per_epoch(tdir):
-    plan = build_plan(spec(overrides=(("gradient_accumulation_steps", 2),)), tdir, catalog=CATALOG)
+    plan = build_forecast(
+        spec(overrides=(("gradient_accumulation_steps", 2),)), tdir, catalog=CATALOG
+    )
     assert plan.steps.total_steps == 10 * math.ceil(16 / 2)
 
 
 def test_reg_images_are_repeated_to_match_the_train_images(tmp_path):
     data = make_dataset(tmp_path / "data", reg=True)
     tdir = read_training_dir(data, reg_dir=data / "reg")
-    s = build_plan(spec(reg_data_dir="data/reg"), tdir, catalog=CATALOG).steps
+    s = build_forecast(spec(reg_data_dir="data/reg"), tdir, catalog=CATALOG).steps
     # 2 reg images fill up to the 60 train images x repeats, all in the 512x512 bucket:
     # (30 + 60) / 4 -> 23, plus 5 + 3 as before.
     assert (s.reg_images, s.reg_images_with_repeats, s.batches_per_epoch) == (2, 2, 31)
 
 
 def test_without_epochs_sd_scripts_trains_its_default_1600_steps(tdir):
-    rendered = build_plan(spec(), tdir, catalog=CATALOG).rendered
+    rendered = build_forecast(spec(), tdir, catalog=CATALOG).rendered
     settings = {k: v for k, v in rendered.settings.items() if k != "max_train_epochs"}
     s = count_steps(replace(rendered, settings=settings), tdir, "sd15")
     assert (s.total_steps, s.epochs) == (1600, math.ceil(1600 / 16))
@@ -85,13 +87,13 @@ def test_without_epochs_sd_scripts_trains_its_default_1600_steps(tdir):
 
 
 def test_smoke_plan_uses_steps_not_epochs(tdir):
-    s = build_plan(spec(smoke=True), tdir, catalog=CATALOG).steps
+    s = build_forecast(spec(smoke=True), tdir, catalog=CATALOG).steps
     # enable_bucket off: every image is one 128x128 bucket; batch 1 -> 60 batches; 4 steps.
     assert (s.batches_per_epoch, s.total_steps, s.epochs, s.basis) == (60, 4, 1, "max_train_steps")
 
 
 def test_time_and_money_follow_the_preset_numbers(tdir):
-    plan = build_plan(spec(), tdir, price_per_hour=0.70, catalog=CATALOG)
+    plan = build_forecast(spec(), tdir, price_per_hour=0.70, catalog=CATALOG)
     speed = CATALOG.gpus["rtx4090"].speed["sd15"]
     te = CATALOG.rules.number("text_encoder_training_slowdown")  # SD1.5 trains the text encoder
     per_step = speed.step_overhead_s + 4 * speed.s_per_image * te
@@ -105,35 +107,35 @@ def test_time_and_money_follow_the_preset_numbers(tdir):
     assert plan.price_basis == "--price"
     host = CATALOG.rules.number("host_download_mb_s")
     assert stages["model download"] == pytest.approx(4.27 * 1000 / host)  # v1-5 4.27 GB
-    warm = build_plan(spec(), tdir, setup="warm", catalog=CATALOG)
+    warm = build_forecast(spec(), tdir, setup="warm", catalog=CATALOG)
     warm_stages = {s.name: s.seconds for s in warm.stages}
     assert warm_stages["model download"] == 0 and warm_stages["install"] < stages["install"]
-    assert warm.estimate.dollars < build_plan(spec(), tdir, catalog=CATALOG).estimate.dollars
+    assert warm.estimate.dollars < build_forecast(spec(), tdir, catalog=CATALOG).estimate.dollars
 
 
 def test_bandwidth_changes_upload_and_pull(tdir):
     slow = {
         s.name: s.seconds
-        for s in build_plan(spec(), tdir, bandwidth_mbps=1, catalog=CATALOG).stages
+        for s in build_forecast(spec(), tdir, bandwidth_mbps=1, catalog=CATALOG).stages
     }
     fast = {
         s.name: s.seconds
-        for s in build_plan(spec(), tdir, bandwidth_mbps=100, catalog=CATALOG).stages
+        for s in build_forecast(spec(), tdir, bandwidth_mbps=100, catalog=CATALOG).stages
     }
     assert slow["dataset upload"] == pytest.approx(fast["dataset upload"] * 100)
     assert slow["pull results"] == pytest.approx(fast["pull results"] * 100)
     with pytest.raises(UsageError):
-        build_plan(spec(), tdir, bandwidth_mbps=0, catalog=CATALOG)
+        build_forecast(spec(), tdir, bandwidth_mbps=0, catalog=CATALOG)
 
 
 def test_vram_estimate_and_fit(tdir):
-    plan = build_plan(spec(), tdir, catalog=CATALOG)
+    plan = build_forecast(spec(), tdir, catalog=CATALOG)
     v = CATALOG.models["sd15"].vram
     assert plan.estimate.vram_needed_gb == pytest.approx(
         v.base_gb + v.text_encoder_gb + 4 * v.per_image_gb
     )
     assert plan.estimate.fits
-    big = build_plan(
+    big = build_forecast(
         spec(
             "rtx3060-12gb",
             "sdxl",
@@ -147,7 +149,7 @@ def test_vram_estimate_and_fit(tdir):
 
 
 def test_compare_runs_every_gpu_preset(tdir):
-    plans = compare(spec(), tdir, catalog=CATALOG)
+    plans = compare_forecasts(spec(), tdir, catalog=CATALOG)
     assert sorted(p.estimate.gpu for p in plans) == sorted(CATALOG.gpus)
     assert [p.estimate.vram_available_gb for p in plans] == sorted(
         p.estimate.vram_available_gb for p in plans
@@ -161,7 +163,7 @@ def test_compare_runs_every_gpu_preset(tdir):
 
 
 def test_plan_json_is_data(tdir):
-    data = json.loads(json.dumps(build_plan(spec(), tdir, catalog=CATALOG).to_json()))
+    data = json.loads(json.dumps(build_forecast(spec(), tdir, catalog=CATALOG).to_json()))
     assert data["steps"]["total_steps"] == 160 and data["steps"]["buckets"]["512x512"] == 30
     assert data["estimate"]["gpu"] == "rtx4090" and data["settings"]["train_batch_size"] == 4
     assert data["stages"][0]["name"] == "connect"
@@ -171,7 +173,7 @@ def test_a_folder_without_images_is_a_dataset_error(tmp_path):
     (tmp_path / "data" / "10_empty").mkdir(parents=True)
     (tmp_path / "data" / "10_empty" / "note.txt").write_text("no images here")
     with pytest.raises(DatasetError):
-        build_plan(spec(), read_training_dir(tmp_path / "data"), catalog=CATALOG)
+        build_forecast(spec(), read_training_dir(tmp_path / "data"), catalog=CATALOG)
 
 
 @pytest.mark.parametrize(
@@ -196,10 +198,10 @@ def test_a_folder_without_images_is_a_dataset_error(tmp_path):
         ("NVIDIA GeForce RTX 4080 SUPER", None, "rtx4080-16gb"),
     ],
 )
-def test_gpu_for_maps_nvidia_smi_names(name, vram, expected):
-    assert gpu_for(name, vram, catalog=CATALOG) == expected
+def test_match_gpu_maps_nvidia_smi_names(name, vram, expected):
+    assert match_gpu(name, vram, catalog=CATALOG) == expected
 
 
-def test_gpu_for_needs_something_to_go_on():
+def test_match_gpu_needs_something_to_go_on():
     with pytest.raises(UsageError):
-        gpu_for("Mystery GPU", None, catalog=CATALOG)
+        match_gpu("Mystery GPU", None, catalog=CATALOG)
