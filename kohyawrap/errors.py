@@ -64,6 +64,10 @@ class HostError(KohyawrapError):
     exit_code = EXIT_HOST
 
 
+class ConnectionLost(HostError):
+    """The connection dropped or stopped answering mid-command; reconnecting may help."""
+
+
 class HostKeyError(HostError):
     """The host's key is unknown (and not trusted) or has changed."""
 
@@ -81,7 +85,7 @@ class RemoteCommandError(HostError):
     ) -> None:
         tail = output.splitlines()[-20:]
         super().__init__(
-            f"command failed with exit code {exit_code}: {command}",
+            f"command failed with exit code {exit_code}: {short_command(command)}",
             hint=hint,
             evidence=tail,
         )
@@ -96,10 +100,24 @@ class TrainingFailed(KohyawrapError):
     exit_code = EXIT_RUN
 
 
+class IncompleteRun(KohyawrapError):
+    """The job ended but checkpoints its log announced are not verified on the laptop."""
+
+    exit_code = EXIT_RUN
+
+
 class BudgetExceeded(KohyawrapError):
     """A run was stopped because it went over its time or dollar budget."""
 
     exit_code = EXIT_STOPPED
+
+
+def short_command(command: str, limit: int = 120) -> str:
+    """A command as a message shows it: its first line, cut (set-up scripts are dozens of lines)."""
+    text = command.strip()
+    first = text.splitlines()[0] if text else ""
+    cut = first[:limit]
+    return cut if cut == text else cut + " ..."
 
 
 def suggest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:

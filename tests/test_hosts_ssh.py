@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kohyawrap.errors import HostError, HostKeyError, UsageError
-from kohyawrap.hosts.connect import open_host
+from kohyawrap.hosts.connect import ConnectOptions, open_host
 from kohyawrap.hosts.sshconfig import parse_target, resolve
 from tests.fixtures.sshd import Sshd, TcpRelay, free_port, generate_key, known_hosts_line
 
@@ -89,7 +89,7 @@ def test_refused_port_and_unresolvable_name(sshd: Sshd) -> None:
     with pytest.raises(HostError, match="refused the connection"):
         sshd.connect(port=free_port())
     with pytest.raises(HostError, match="cannot resolve host name"):
-        open_host("root@no-such-host.invalid", connect_timeout=5)
+        open_host("root@no-such-host.invalid", ConnectOptions(connect_timeout=5))
 
 
 def test_silent_port_times_out(tmp_path: Path) -> None:
@@ -104,9 +104,7 @@ def test_silent_port_times_out(tmp_path: Path) -> None:
         with pytest.raises(HostError, match="handshake failed"):
             open_host(
                 f"root@127.0.0.1:{quiet.getsockname()[1]}",
-                connect_timeout=1,
-                ssh_config=config,
-                use_agent=False,
+                ConnectOptions(connect_timeout=1, ssh_config=str(config), use_agent=False),
             )
         assert time.monotonic() - started < 10
 
@@ -120,13 +118,13 @@ def test_ssh_config_alias_is_resolved(sshd: Sshd, tmp_path: Path) -> None:
     target = resolve("gpu-box", config_path=config)
     assert (target.hostname, target.port, target.user) == ("127.0.0.1", sshd.port, sshd.user)
     assert target.identity_files == (sshd.key_path,)
-    with open_host(
-        "gpu-box",
-        ssh_config=config,
-        known_hosts=sshd.known_hosts,
-        trusted_hosts=tmp_path / "t",
+    options = ConnectOptions(
+        ssh_config=str(config),
+        known_hosts=str(sshd.known_hosts),
+        trusted_hosts=str(tmp_path / "t"),
         use_agent=False,
-    ) as host:
+    )
+    with open_host("gpu-box", options) as host:
         assert host.label == f"{sshd.user}@127.0.0.1:{sshd.port}"
         assert host.run("echo via alias").stdout == "via alias\n"
     # What the user types wins over the config file.
@@ -149,13 +147,13 @@ def test_proxy_jump_through_a_second_hop(sshd: Sshd, ssh_relay: TcpRelay, tmp_pa
     known.write_text(
         sshd.known_hosts.read_text() + sshd.known_hosts_for(ssh_relay.port).read_text()
     )
-    with open_host(
-        "inside",
-        ssh_config=config,
-        known_hosts=known,
-        trusted_hosts=tmp_path / "t",
+    options = ConnectOptions(
+        ssh_config=str(config),
+        known_hosts=str(known),
+        trusted_hosts=str(tmp_path / "t"),
         use_agent=False,
-    ) as host:
+    )
+    with open_host("inside", options) as host:
         assert host.label == f"{sshd.user}@127.0.0.1:{sshd.port}"
         ssh_relay.reset_counters()
         assert len(host.run("head -c 1000000 /dev/zero").stdout) == 1_000_000

@@ -10,15 +10,14 @@ import pytest
 from kohyawrap.errors import UsageError
 from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.layout import RUN_ID, RemoteLayout, make_run_id, slug, venv_fingerprint
-from kohyawrap.launcher.request import expand_work_dir
-from kohyawrap.launcher.runplan import (
+from kohyawrap.launcher.request import (
     dataset_files,
     dataset_hash,
+    expand_work_dir,
     model_source,
-    spec_from_json,
-    spec_to_json,
     with_host_paths,
 )
+from kohyawrap.launcher.runplan import spec_from_json, spec_to_json
 from kohyawrap.models import RunSpec
 
 NOW = datetime(2026, 11, 28, 10, 15, 0, tzinfo=timezone.utc)
@@ -143,7 +142,7 @@ def test_preflight_refuses_a_small_disk_with_numbers(tmp_path: Path) -> None:
     from kohyawrap.hosts.local import LocalHost
     from kohyawrap.launcher.report import SilentReporter
     from kohyawrap.launcher.request import TrainRequest, build_run_plan, disk_needed_gb
-    from kohyawrap.launcher.stages import preflight
+    from kohyawrap.launcher.setup import preflight
 
     concept = tmp_path / "data" / "5_sks dog"
     concept.mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,9 +82,8 @@ def test_sdscripts_unknown_ref_fails_clearly(tmp_path: Path, origin: Path) -> No
     assert not list((tmp_path / "w" / "sd-scripts").glob(".clone-*")), "temporary clone left behind"
 
 
-def test_venv_is_built_once_and_fingerprinted(tmp_path: Path, origin: Path) -> None:
-    venv = tmp_path / "venvs" / "abc"
-    script = render_script(
+def _venv_script(origin: Path, venv: Path, installer: str) -> str:
+    return render_script(
         "venv",
         sds=str(origin),
         venv=str(venv),
@@ -91,14 +91,90 @@ def test_venv_is_built_once_and_fingerprinted(tmp_path: Path, origin: Path) -> N
         torch_spec="skip",
         xformers="no",
         fingerprint="abc",
+        installer=installer,
     )
+
+
+def test_venv_is_built_once_and_fingerprinted(tmp_path: Path, origin: Path) -> None:
+    venv = tmp_path / "venvs" / "abc"
+    script = _venv_script(origin, venv, "pip")
     first = bash(script)
     assert first.returncode == 0, first.stderr
     info = parse_kv(first.stdout)
     assert info["venv"] == "fresh"
+    assert info["installer"] == "pip"
     assert (venv / ".kohyawrap-ready").is_file()
     assert info["python_version"] == ".".join(map(str, sys.version_info[:3]))
-    assert parse_kv(bash(script).stdout)["venv"] == "cached"
+    again = parse_kv(bash(script).stdout)
+    assert again["venv"] == "cached" and again["installer"] == "pip"
+
+
+def _local_only_package(tmp_path: Path) -> Path:
+    """A wheel that exists only in a local folder: pip finds it through PIP_FIND_LINKS (pip's
+    own configuration), uv does not read that and fails, as it does on hosts whose pip is set up
+    for a private index. The wheel is written by hand (it is a zip with three metadata files)."""
+    import base64
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    files = {
+        "kw_local_only/__init__.py": b"VALUE = 1\n",
+        "kw_local_only-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: kw-local-only\nVersion: 1.0\n",
+        "kw_local_only-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("kw_local_only-1.0.dist-info/RECORD,,")
+    with zipfile.ZipFile(wheels / "kw_local_only-1.0-py3-none-any.whl", "w") as whl:
+        for name, data in files.items():
+            whl.writestr(name, data)
+        whl.writestr("kw_local_only-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheels
+
+
+# uv comes with the dev tools (pyproject's dev extra), beside this interpreter.
+UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+needs_uv = pytest.mark.skipif(UV is None, reason="uv is not installed")
+
+
+def _with_uv(env: dict[str, str]) -> dict[str, str]:
+    assert UV is not None
+    return {**env, "PATH": f"{Path(UV).parent}{os.pathsep}{env.get('PATH', '')}"}
+
+
+@needs_uv
+def test_uv_failure_falls_back_to_pip_and_says_so(tmp_path: Path, origin: Path) -> None:
+    wheels = _local_only_package(tmp_path)
+    (origin / "requirements.txt").write_text("kw-local-only==1.0\n")
+    env = _with_uv(
+        {**os.environ, "PIP_FIND_LINKS": str(wheels), "PIP_NO_INDEX": "1", "UV_OFFLINE": "1"}
+    )
+    venv = tmp_path / "venvs" / "auto"
+    result = bash(_venv_script(origin, venv, "auto"), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = parse_kv(result.stdout)
+    assert info["fallback"].startswith("uv failed")
+    assert info["installer"] == "pip"
+    check = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import kw_local_only"], check=False
+    )
+    assert check.returncode == 0
+    forced = bash(_venv_script(origin, tmp_path / "venvs" / "uv", "uv"), env=env)
+    assert forced.returncode != 0, "--installer uv does not fall back"
+
+
+@needs_uv
+def test_uv_builds_the_venv_when_it_can(tmp_path: Path, origin: Path) -> None:
+    venv = tmp_path / "venvs" / "uv"
+    result = bash(_venv_script(origin, venv, "auto"), env=_with_uv(dict(os.environ)))
+    assert result.returncode == 0, result.stderr
+    assert parse_kv(result.stdout)["installer"] == "uv"
+    assert not (venv / "bin" / "pip").exists(), (
+        "a uv venv has no pip: packages are read another way"
+    )
 
 
 def _fake_launcher(root: Path, body: str) -> tuple[Path, Path]:
@@ -175,16 +251,17 @@ def test_run_wrapper_stop_kills_trainer_and_records(tmp_path: Path) -> None:
         os.kill(trainer, 0)
 
 
-def test_model_script_downloads_with_token_from_file_only(tmp_path: Path, fake_hub: object) -> None:
+def test_model_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: object) -> None:
     from tests.fixtures.hub import FakeHub
 
     assert isinstance(fake_hub, FakeHub)
     token = "hf_" + "S3cr3tT0k3n" * 3
     fake_hub.files["acme/tiny-sd/model.safetensors"] = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
-    token_file = tmp_path / ".hf-token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    dest = tmp_path / "models" / "hf-files" / "acme--tiny-sd--model.safetensors"
+    work = tmp_path / "work"
+    work.mkdir()
+    stale = work / ".hf-token-20261128-101500-old-123456"
+    stale.write_text(token + "\n")  # what kohyawrap 0.1.0 could leave after a dropped connection
+    dest = work / "models" / "hf-files" / "acme--tiny-sd--model.safetensors"
     script = render_script(
         "model",
         python=sys.executable,
@@ -192,19 +269,29 @@ def test_model_script_downloads_with_token_from_file_only(tmp_path: Path, fake_h
         source="acme/tiny-sd",
         filename="model.safetensors",
         dest=str(dest),
-        token_file=str(token_file),
-        hf_home=str(tmp_path / "models" / "hf"),
+        hf_home=str(work / "models" / "hf"),
+        work=str(work),
     )
     assert token not in script
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_TOKEN", None)
-    result = bash(script, env=env)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        input=token + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert parse_kv(result.stdout)["model"] == "downloaded"
     assert dest.read_bytes() == fake_hub.files["acme/tiny-sd/model.safetensors"]
-    assert not token_file.exists(), "the token file must be removed after the download"
     assert f"Bearer {token}" in fake_hub.auth_seen
     assert token not in result.stdout + result.stderr
+    assert not stale.exists(), "token files of earlier versions are swept"
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert token.encode() not in path.read_bytes(), path
     again = bash(script, env=env)
     assert parse_kv(again.stdout)["model"] == "cached"
 

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from kohyawrap.hosts.transfer import file_sha256
+from kohyawrap.launcher.manifest import RunManifest, RunStatus, StopReason
+from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.safetensors_header import read_header
 from kohyawrap.tensorboard import read_scalars
 from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
@@ -131,20 +133,21 @@ def only_run(env: Env) -> Path:
     return runs[-1]
 
 
-def manifest_of(run: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((run / "manifest.json").read_text())
-    return data
+def manifest_of(run: Path) -> RunManifest:
+    return RunDir(run).load()
 
 
-def assert_finished_run(run: Path, name: str = "demo") -> dict[str, Any]:
+def assert_finished_run(run: Path, name: str = "demo") -> RunManifest:
     m = manifest_of(run)
-    assert m["status"] == "finished", m.get("failure")
-    assert m["exit_code"] == 0
+    assert m.status is RunStatus.FINISHED, m.failure
+    assert m.exit_code == 0
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == [f"{name}-000001.safetensors", f"{name}.safetensors"]
-    for rel, info in m["checkpoints"].items():
-        local = run / info["path"]
-        assert file_sha256(local) == info["sha256"], rel
+    for rel, info in m.pulled.items():
+        local = run / info.path
+        assert file_sha256(local) == info.sha256, rel
+    assert set(m.follow.announced) == {f"output/{n}" for n in names}
+    assert not m.missing()
     _, meta = read_header(run / "checkpoints" / f"{name}.safetensors")
     assert meta["ss_output_name"] == name
     assert meta["ss_network_module"] == "networks.lora"
@@ -153,8 +156,8 @@ def assert_finished_run(run: Path, name: str = "demo") -> dict[str, Any]:
     assert "loss/current" in read_scalars(events[0])
     assert (run / "run.log").read_bytes().count(b"saving checkpoint:") == 2
     for key in ("connect", "setup", "model", "upload", "train", "pull"):
-        assert key in m["timings"]
-    assert m["sd_scripts"]["commit"] == m["plan"]["setup"]["ref"]
+        assert key in m.timings
+    assert m.sd_scripts is not None and m.sd_scripts.commit == m.plan.setup.ref
     assert not any(p.name == "pwned" for p in run.parents[2].rglob("pwned"))
     return m
 
@@ -163,18 +166,19 @@ def test_local_run_then_second_run_skips_setup(world: Env, fake_sdscripts: FakeS
     first = kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head))
     assert first.returncode == 0, first.stderr
     m1 = assert_finished_run(only_run(world))
-    assert m1["environment"]["reused"] is False
-    assert m1["upload"]["files_sent"] == 8
+    assert m1.environment is not None and m1.environment.reused is False
+    assert m1.environment.packages, "the environment's packages are recorded"
+    assert m1.upload is not None and m1.upload.files_sent == 8
     assert not (world.root / "pwned").exists()
     assert "pulled demo.safetensors" in first.stderr
 
     second = kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head))
     assert second.returncode == 0, second.stderr
     m2 = assert_finished_run(only_run(world))
-    assert m2["run_id"] != m1["run_id"]
-    assert m2["environment"]["reused"] is True
-    assert m2["upload"]["files_sent"] == 0
-    assert m2["model"]["how"] == "cached"
+    assert m2.run_id != m1.run_id
+    assert m2.environment is not None and m2.environment.reused is True
+    assert m2.upload is not None and m2.upload.files_sent == 0
+    assert m2.model_how == "in place"
     assert "(cached)" in second.stderr
 
 
@@ -187,8 +191,8 @@ def test_ssh_run_with_hostile_names(world: Env, fake_sdscripts: FakeSdScripts, s
     assert result.returncode == 0, result.stderr
     run = only_run(world)
     m = assert_finished_run(run, name="my lora")
-    assert m["host"]["facts"]["python_version"], m["host"]["facts"]
-    remote_dataset = Path(m["remote_run_dir"]) / "dataset" / HOSTILE
+    assert m.host.facts["python_version"], m.host.facts
+    remote_dataset = Path(m.remote_run_dir) / "dataset" / HOSTILE
     assert sorted(p.name for p in remote_dataset.iterdir()) == sorted(
         p.name for p in (world.dataset / HOSTILE).iterdir()
     )
@@ -205,7 +209,7 @@ def test_reproduce_is_byte_identical_and_detects_tampering(
     assert result.returncode == 0, result.stderr
     for name in ("training_config.toml", "sample_prompts.txt", "launch.sh"):
         assert (out / name).read_bytes() == (run / "config" / name).read_bytes()
-    remote = Path(manifest_of(run)["remote_run_dir"])
+    remote = Path(manifest_of(run).remote_run_dir)
     assert (remote / "training_config.toml").read_bytes() == (
         run / "config" / "training_config.toml"
     ).read_bytes()
@@ -213,10 +217,12 @@ def test_reproduce_is_byte_identical_and_detects_tampering(
         kohyawrap(world, "runs", "list", "--runs-dir", str(world.runs), "--json").stdout
     )
     assert [(r["run_id"], r["status"], r["checkpoints"]) for r in listed] == [
-        (run.name, "finished", 3)
+        (run.name, "finished", 2)
     ]
     shown = json.loads(
-        kohyawrap(world, "runs", "show", run.name[:20], "--runs-dir", str(world.runs)).stdout
+        kohyawrap(
+            world, "runs", "show", run.name[:20], "--runs-dir", str(world.runs), "--json"
+        ).stdout
     )
     assert shown["run_id"] == run.name
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
@@ -232,8 +238,11 @@ def test_reproduce_is_byte_identical_and_detects_tampering(
     second = only_run(world)
     assert second != run
     m2 = assert_finished_run(second)
-    assert m2["plan"]["files"] == manifest_of(run)["plan"]["files"], "same configs, byte for byte"
-    assert m2["sd_scripts"]["commit"] == manifest_of(run)["sd_scripts"]["commit"]
+    first = manifest_of(run)
+    assert m2.plan.rendered.files == first.plan.rendered.files, "same configs, byte for byte"
+    assert m2.sd_scripts is not None and first.sd_scripts is not None
+    assert m2.sd_scripts.commit == first.sd_scripts.commit
+    assert m2.plan.money.price_per_hour == first.plan.money.price_per_hour
     config = run / "config" / "training_config.toml"
     config.write_text(config.read_text().replace("networks.lora", "networks.other"))
     tampered = kohyawrap(world, "reproduce", str(run))
@@ -251,8 +260,8 @@ def test_failing_run_is_diagnosed_and_partial_checkpoints_pulled(
     assert "train_batch_size" in result.stderr or "gradient_checkpointing" in result.stderr
     run = only_run(world)
     m = manifest_of(run)
-    assert m["status"] == "failed"
-    assert m["failure"]["kind"] == "oom"
+    assert m.status is RunStatus.FAILED
+    assert m.failure is not None and m.failure.kind == "oom"
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["demo-000001.safetensors"]
 
 
@@ -282,9 +291,9 @@ def test_budget_stops_the_run_and_pulls(world: Env, fake_sdscripts: FakeSdScript
     assert result.returncode == 5, result.stderr
     assert "budget" in result.stderr
     m = manifest_of(only_run(world))
-    assert m["status"] == "stopped"
-    assert m["exit_code"] is not None and m["exit_code"] != 0
-    assert m["cost"]["actual"] >= 3.0
+    assert m.status is RunStatus.STOPPED and m.stop_reason is StopReason.BUDGET
+    assert m.exit_code is not None and m.exit_code != 0
+    assert m.cost is not None and m.cost.actual >= 3.0
 
 
 def test_unknown_host_key_is_refused_through_the_cli(
@@ -337,10 +346,10 @@ def _start_over_relay(
 
 def assert_each_checkpoint_once(run: Path) -> None:
     m = manifest_of(run)
-    assert m["status"] == "finished"
+    assert m.status is RunStatus.FINISHED
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["demo-000001.safetensors", "demo-000002.safetensors", "demo.safetensors"]
-    remote_log = Path(m["remote_run_dir"]) / "run.log"
+    remote_log = Path(m.remote_run_dir) / "run.log"
     assert (run / "run.log").read_bytes() == remote_log.read_bytes()
 
 
@@ -366,7 +375,7 @@ def test_host_gone_then_attach_pulls_each_checkpoint_once(
     assert proc.returncode == 3, err
     assert "kohyawrap attach" in err
     run = only_run(world)
-    assert manifest_of(run)["status"] == "running"
+    assert manifest_of(run).status is RunStatus.RUNNING
 
     result = kohyawrap(
         world, "attach", run.name, "--runs-dir", str(world.runs), "--poll", "0.2", *ssh_args(sshd)
@@ -386,19 +395,17 @@ def test_stop_after_the_laptop_went_away(world: Env, fake_sdscripts: FakeSdScrip
         stderr=subprocess.DEVNULL,
     )
     _wait_for(lambda: _started_steps(world), 60, "training to start")
-    _wait_for(
-        lambda: manifest_of(only_run(world)).get("checkpoints"), 60, "a first checkpoint pull"
-    )
+    _wait_for(lambda: manifest_of(only_run(world)).pulled, 60, "a first checkpoint pull")
     proc.kill()
     proc.wait()
     run = only_run(world)
     result = kohyawrap(world, "stop", run.name, "--runs-dir", str(world.runs))
     assert result.returncode == 0, result.stderr
     m = manifest_of(run)
-    assert m["status"] == "stopped"
-    assert m["exit_code"] == 143
+    assert m.status is RunStatus.STOPPED and m.stop_reason is StopReason.MANUAL
+    assert m.exit_code == 143
     assert (run / "checkpoints" / "demo-000001.safetensors").is_file()
-    remote = Path(m["remote_run_dir"])
+    remote = Path(m.remote_run_dir)
     assert (remote / "exit_code").read_text().strip() == "143"
 
 
@@ -452,7 +459,7 @@ def test_hf_token_reaches_the_hub_and_nowhere_else(
     assert f"Bearer {token}" in fake_hub.auth_seen
     run = only_run(world)
     m = assert_finished_run(run)
-    assert m["model"]["kind"] == "hf"
+    assert m.plan.model.kind == "hf"
     assert token not in result.stdout + result.stderr
     assert not [line for line in token_watch if token in line], "token seen in a process's argv"
     for path in [*run.rglob("*"), *world.work.rglob("*")]:
@@ -466,13 +473,13 @@ def test_full_disk_on_the_host_is_diagnosed(world: Env, fake_sdscripts: FakeSdSc
     result = kohyawrap(world, *train_args(world, fake_sdscripts, commit))
     assert result.returncode == 4, result.stderr
     m = manifest_of(only_run(world))
-    assert m["failure"]["kind"] == "disk"
+    assert m.failure is not None and m.failure.kind == "disk"
     assert "space" in result.stderr.lower()
     pulled = sorted(p.name for p in (only_run(world) / "checkpoints").iterdir())
     assert pulled == ["demo-000001.safetensors"], (
         "the complete checkpoint is kept, the broken one is not"
     )
-    assert list(m["rejected"]) == ["output/demo.safetensors"]
+    assert list(m.follow.rejected) == ["output/demo.safetensors"]
     assert "not kept: demo.safetensors is incomplete" in result.stderr
 
 
@@ -487,8 +494,8 @@ def test_host_without_gpu_is_refused_unless_forced_or_smoke(
     smoke = kohyawrap(world, *args, "--smoke")
     assert smoke.returncode == 0, smoke.stderr
     m = manifest_of(only_run(world))
-    assert "--cpu" in m["plan"]["accelerate_args"]
-    assert m["status"] == "finished"
+    assert "--cpu" in m.plan.rendered.accelerate_args
+    assert m.status is RunStatus.FINISHED
 
 
 def test_unknown_sd_scripts_ref_fails_setup_clearly(
@@ -499,8 +506,8 @@ def test_unknown_sd_scripts_ref_fails_setup_clearly(
     assert "no-such-branch" in result.stderr
     assert "--sd-scripts-ref" in result.stderr
     m = manifest_of(only_run(world))
-    assert m["status"] == "failed"
-    assert "sdscripts.sh" in m["error"]
+    assert m.status is RunStatus.FAILED
+    assert m.error is not None and "sdscripts.sh" in m.error
 
 
 def test_max_hours_holds_on_the_host_without_the_laptop(
@@ -518,7 +525,7 @@ def test_max_hours_holds_on_the_host_without_the_laptop(
     _wait_for(lambda: _started_steps(world), 60, "training to start")
     proc.kill()  # the laptop is gone; nobody watches the budget but the host
     proc.wait()
-    remote = Path(manifest_of(only_run(world))["remote_run_dir"])
+    remote = Path(manifest_of(only_run(world)).remote_run_dir)
     _wait_for(lambda: (remote / "exit_code").exists(), 30, "the host-side deadline")
     assert (remote / "exit_code").read_text().strip() == "143"
     assert (remote / "deadline").read_text().strip() == "7"
@@ -526,4 +533,5 @@ def test_max_hours_holds_on_the_host_without_the_laptop(
     result = kohyawrap(world, "attach", run.name, "--runs-dir", str(world.runs))
     assert result.returncode == 5, result.stderr
     assert "deadline" in result.stderr
-    assert manifest_of(run)["status"] == "stopped"
+    m = manifest_of(run)
+    assert m.status is RunStatus.STOPPED and m.stop_reason is StopReason.DEADLINE

@@ -97,7 +97,13 @@ class LazyGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="kohyawrap")
-def cli() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also show the log messages of the libraries underneath (SSH, HTTP).",
+)
+def cli(verbose: bool) -> None:
     """Train a Stable Diffusion LoRA with kohya-ss/sd-scripts on a rented GPU, for a few dollars.
 
     \b
@@ -110,12 +116,29 @@ def cli() -> None:
     """
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Library log output (paramiko's tracebacks during a normal reconnect, say) reaches the
+    terminal only with ``--verbose``."""
+    import logging
+
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        return
+    for name in ("paramiko", "urllib3", "huggingface_hub", "filelock", "git"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; turn our errors into a message and an exit code."""
     from kohyawrap.errors import KohyawrapError
 
+    args = sys.argv[1:] if argv is None else argv
+    quiet_libraries("-v" in args or "--verbose" in args)
+
     try:
-        code = cli.main(args=argv, prog_name="kohyawrap", standalone_mode=False)
+        code = cli.main(args=args, prog_name="kohyawrap", standalone_mode=False)
     except KohyawrapError as err:
         from kohyawrap.console import print_error
 

@@ -1,71 +1,15 @@
-"""``kohyawrap hosts``: inspect a GPU host before renting time on it.
-
-Also home of :func:`host_options` / :func:`open_from_options`, the connection options every
-command that reaches a host shares (``train``, ``attach``, ...), so they read the same everywhere.
-"""
+"""``kohyawrap hosts``: inspect a GPU host before renting time on it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
+from kohyawrap.cli.options import GroupedCommand, connect_options
+
 if TYPE_CHECKING:
-    from kohyawrap.hosts.base import Host
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def host_options(func: F) -> F:
-    """Add the connection options: ``-p -i --trust-new-host --known-hosts --ssh-config``."""
-    options = [
-        click.option(
-            "-p",
-            "--port",
-            type=click.IntRange(1, 65535),
-            help="SSH port (rented hosts often use a high one).",
-        ),
-        click.option(
-            "-i",
-            "--identity",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Private key file to try first (the ssh agent and ~/.ssh/id_* are tried too).",
-        ),
-        click.option(
-            "--trust-new-host",
-            is_flag=True,
-            help="Accept and record the key of a host seen for the first time (check it first).",
-        ),
-        click.option(
-            "--known-hosts",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="known_hosts file to check host keys against (default ~/.ssh/known_hosts).",
-        ),
-        click.option(
-            "--ssh-config",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="OpenSSH client config to read instead of ~/.ssh/config.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def open_from_options(target: str, **options: Any) -> Host:
-    """Open ``target`` with the values of :func:`host_options` (other keys are ignored)."""
-    from kohyawrap.hosts.connect import open_host
-
-    return open_host(
-        target,
-        port=options.get("port"),
-        identity=options.get("identity"),
-        trust_new_host=bool(options.get("trust_new_host")),
-        known_hosts=options.get("known_hosts"),
-        ssh_config=options.get("ssh_config"),
-    )
+    from kohyawrap.hosts.connect import ConnectOptions
 
 
 @click.group()
@@ -78,9 +22,9 @@ def hosts() -> None:
     """
 
 
-@hosts.command()
+@hosts.command(cls=GroupedCommand)
 @click.argument("target")
-@host_options
+@connect_options
 @click.option(
     "--work-dir", default="~/kohyawrap", show_default=True, help="Where runs will live on the host."
 )
@@ -88,7 +32,9 @@ def hosts() -> None:
     "--no-torch", is_flag=True, help="Skip importing torch on the host (it can take seconds)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
-def check(target: str, work_dir: str, no_torch: bool, as_json: bool, **options: Any) -> None:
+def check(
+    target: str, connect: ConnectOptions, work_dir: str, no_torch: bool, as_json: bool
+) -> None:
     """Connect to TARGET and report its GPUs, VRAM, driver, CUDA, disk, python, git and torch.
 
     TARGET is user@host (or a Host alias from ~/.ssh/config), or "local" for this machine.
@@ -100,9 +46,10 @@ def check(target: str, work_dir: str, no_torch: bool, as_json: bool, **options: 
       kohyawrap hosts check my-gpu-box --json
       kohyawrap hosts check local
     """
+    from kohyawrap.hosts.connect import open_host
     from kohyawrap.hosts.facts import read_facts
 
-    host = open_from_options(target, **options)
+    host = open_host(target, connect)
     try:
         facts = read_facts(host, work_dir, probe_torch=not no_torch)
     finally:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kohyawrap.cli.hosts import host_options
+from kohyawrap.cli.options import GroupedCommand, connect_options, follow_options
+
+if TYPE_CHECKING:
+    from kohyawrap.launcher.runstore import RunDir
+    from kohyawrap.launcher.verbs import Launcher
 
 _RUNS_DIR = click.option(
     "--runs-dir",
@@ -18,26 +20,42 @@ _RUNS_DIR = click.option(
     show_default=True,
     help="Folder holding the run records.",
 )
-_POLL = click.option(
-    "--poll", type=float, default=2.0, show_default=True, help="Seconds between log polls."
-)
+_JSON = click.option("--json", "as_json", is_flag=True, help="The run's record as JSON.")
 
 
-def _find(runs_dir: Path, ref: str) -> Any:
-    from kohyawrap.runstore import RunStore
+def find_run(runs_dir: Path, ref: str) -> RunDir:
+    """The run ``ref`` names; when it names several, the newest, and a note saying so."""
+    from kohyawrap.launcher.runstore import RunStore
 
-    return RunStore(runs_dir).find(ref)
+    found = RunStore(runs_dir).find(ref)
+    if found.others:
+        older = ", ".join(r.run_id for r in found.others[:5])
+        click.echo(
+            f"note: '{ref}' matches {len(found.others) + 1} runs; using the newest, "
+            f"{found.run.run_id} (also: {older})",
+            err=True,
+        )
+    return found.run
 
 
-def _reconnect(manifest: dict[str, Any], **given: Any) -> Any:
-    """Open the run's host again: the recorded connection options, unless given anew."""
-    from kohyawrap.cli.train import conn_options, open_target
+def _launcher(runs_dir: Path, follow: Any = None) -> Launcher:
+    from kohyawrap.console.train import ConsoleReporter
+    from kohyawrap.launcher.runstore import RunStore
+    from kohyawrap.launcher.stages import FollowOptions
+    from kohyawrap.launcher.verbs import Launcher
 
-    recorded = manifest["host"]
-    fresh = conn_options(**given)
-    conn = {key: fresh[key] or recorded.get(key) for key in fresh}
-    conn["trust_new_host"] = bool(given["trust_new_host"])  # never inherited: an explicit opt-in
-    return open_target(recorded["target"], conn)
+    return Launcher(RunStore(runs_dir), ConsoleReporter(), options=follow or FollowOptions())
+
+
+def _present(manifest: Any, run: RunDir, as_json: bool) -> None:
+    if as_json:
+        from kohyawrap.cli import echo_json
+
+        echo_json(manifest.to_json())
+    else:
+        from kohyawrap.console.train import show_outcome
+
+        show_outcome(manifest, run.path)
 
 
 @click.group()
@@ -55,27 +73,18 @@ def runs() -> None:
 @_RUNS_DIR
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 def runs_list(runs_dir: Path, as_json: bool) -> None:
-    """One line per run: id, status, host, steps, cost.
+    """One line per run: date, id, status (and why), host, steps, files, cost.
+
+    A run whose record cannot be read is listed as broken; the others are listed as usual.
 
     \b
     Example:
       kohyawrap runs list --json
     """
-    from kohyawrap.runstore import RunStore
+    from kohyawrap.console.runs import run_row, show_run_rows
+    from kohyawrap.launcher.runstore import RunStore
 
-    rows = []
-    for run in RunStore(runs_dir).all():
-        m = run.load_manifest()
-        rows.append(
-            {
-                "run_id": run.run_id,
-                "status": m.get("status"),
-                "target": m.get("host", {}).get("target"),
-                "steps": m.get("plan", {}).get("estimate", {}).get("steps"),
-                "cost": m.get("cost", {}).get("actual"),
-                "checkpoints": len(m.get("checkpoints", {})),
-            }
-        )
+    rows = [run_row(entry) for entry in RunStore(runs_dir).entries()]
     if as_json:
         from kohyawrap.cli import echo_json
 
@@ -83,142 +92,121 @@ def runs_list(runs_dir: Path, as_json: bool) -> None:
         return
     if not rows:
         click.echo(f"no runs in {runs_dir}")
-    for r in rows:
-        cost = f"${r['cost']:.2f}" if isinstance(r["cost"], (int, float)) else "-"
-        click.echo(
-            f"{r['run_id']}  {r['status']:<9} {r['target']}  steps={r['steps']}  "
-            f"files={r['checkpoints']}  {cost}"
-        )
+        return
+    show_run_rows(rows)
 
 
 @runs.command("show")
 @click.argument("run_ref", metavar="RUN")
 @_RUNS_DIR
-def runs_show(run_ref: str, runs_dir: Path) -> None:
-    """The run's manifest (plan, host, environment, timings, cost, checkpoints) as JSON.
+@_JSON
+def runs_show(run_ref: str, runs_dir: Path, as_json: bool) -> None:
+    """A run at a glance: status and why, host, GPU, steps, last loss, cost, files, timings.
+
+    RUN is a run id, a unique part of one, the LoRA's name (the newest run of that name), or the
+    run's folder. `--json` prints the whole record (plan, environment, packages, ...).
 
     \b
-    Example:
+    Examples:
       kohyawrap runs show my_lora
+      kohyawrap runs show 20261128-101500-my_lora --json
     """
-    from kohyawrap.cli import echo_json
+    run = find_run(runs_dir, run_ref)
+    manifest = run.load()
+    if as_json:
+        from kohyawrap.cli import echo_json
 
-    echo_json(_find(runs_dir, run_ref).load_manifest())
+        echo_json(manifest.to_json())
+        return
+    from kohyawrap.console.runs import show_run
 
-
-@contextmanager
-def _on_host(manifest: dict[str, Any], conn: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
-    """The run's host (reconnected) and a console reporter, both closed at the end."""
-    from kohyawrap.console.train import ConsoleReporter
-
-    reporter = ConsoleReporter()
-    host = _reconnect(manifest, **conn)
-    try:
-        yield host, reporter
-    finally:
-        reporter.close()
-        host.close()
+    show_run(manifest, run.path)
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("run_ref", metavar="RUN")
-@host_options
+@connect_options
+@follow_options
 @_RUNS_DIR
-@_POLL
-@click.option(
-    "--reconnect",
-    type=click.IntRange(0, 50),
-    default=5,
-    show_default=True,
-    help="Reconnect this many times when the connection drops again.",
-)
-def attach(run_ref: str, runs_dir: Path, poll: float, reconnect: int, **conn: Any) -> None:
-    """Reconnect to a run and follow it to the end, continuing from the log already seen.
+@_JSON
+def attach(run_ref: str, connect: Any, follow: Any, runs_dir: Path, as_json: bool) -> None:
+    """Reconnect to a running job and follow it to the end, continuing from the log already seen.
 
-    Checkpoints already pulled are not pulled again; the rest arrive verified as usual.
+    Checkpoints already pulled are not pulled again; the rest arrive verified as usual. The
+    connection options recorded with the run are used unless given again.
 
     \b
     Example:
       kohyawrap attach 20261128-101500-my_lora
     """
-    from kohyawrap.launcher.run import Clock, follow_to_end
-
-    run = _find(runs_dir, run_ref)
-    manifest = run.load_manifest()
-    if manifest.get("status") not in ("running", "uploaded"):
-        click.echo(
-            f"run {run.run_id} is {manifest.get('status')}: nothing to follow "
-            "(`kohyawrap pull` fetches its files)",
-            err=True,
-        )
-        return
-    with _on_host(manifest, conn) as (host, reporter):
-        follow_to_end(
-            host,
-            run,
-            reporter,
-            manifest=manifest,
-            clock=Clock(),
-            poll_seconds=poll,
-            reconnect_tries=reconnect,
-        )
-    count = len(manifest.get("checkpoints", {}))
-    click.echo(f"{run.run_id}: {manifest['status']}, {count} files in {run.path}", err=True)
+    run = find_run(runs_dir, run_ref)
+    launcher = _launcher(runs_dir, follow)
+    try:
+        manifest = launcher.attach(run, connect)
+    finally:
+        launcher.reporter.close()  # type: ignore[attr-defined]
+    if not manifest.status.active and manifest.exit_code is None and not as_json:
+        click.echo(f"run {run.run_id} is {manifest.status.value}: nothing to follow "
+                   "(`kohyawrap pull` fetches its files)", err=True)  # fmt: skip
+    _present(manifest, run, as_json)
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("run_ref", metavar="RUN")
-@host_options
+@connect_options
 @_RUNS_DIR
-def stop(run_ref: str, runs_dir: Path, **conn: Any) -> None:
+@_JSON
+def stop(run_ref: str, connect: Any, runs_dir: Path, as_json: bool) -> None:
     """Stop a running job cleanly (SIGTERM to the trainer) and pull what it saved.
+
+    A run that has already ended is left as it was recorded.
 
     \b
     Example:
       kohyawrap stop 20261128-101500-my_lora
     """
-    from kohyawrap.launcher.run import Clock, follow_to_end, stop_job
+    run = find_run(runs_dir, run_ref)
+    before = run.load()
+    if not before.status.active:
+        click.echo(
+            f"run {run.run_id} has already ended ({before.status.value}); nothing was changed",
+            err=True,
+        )
+        _present(before, run, as_json)
+        return
+    launcher = _launcher(runs_dir)
+    try:
+        manifest = launcher.stop(run, connect)
+    finally:
+        launcher.reporter.close()  # type: ignore[attr-defined]
+    _present(manifest, run, as_json)
 
-    run = _find(runs_dir, run_ref)
-    manifest = run.load_manifest()
-    with _on_host(manifest, conn) as (host, reporter):
-        code = stop_job(host, manifest["remote_run_dir"])
-        reporter.info(f"the job exited with code {code}")
-        manifest["plan"]["on_finish"] = "none"  # a stop is not a finish: leave the host alone
-        follow_to_end(host, run, reporter, manifest=manifest, clock=Clock(), poll_seconds=0.5)
 
-
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("run_ref", metavar="RUN")
-@host_options
+@connect_options
 @_RUNS_DIR
-def pull(run_ref: str, runs_dir: Path, **conn: Any) -> None:
+@_JSON
+def pull(run_ref: str, connect: Any, runs_dir: Path, as_json: bool) -> None:
     """Fetch a run's checkpoints, TensorBoard files and log (sha256-verified, never overwriting).
+
+    Works while the job runs (what is complete so far) and after it ended; files already on the
+    laptop are not fetched again.
 
     \b
     Example:
       kohyawrap pull 20261128-101500-my_lora
     """
-    from kohyawrap.launcher.follow import RunStatus
-    from kohyawrap.launcher.run import fetch_outputs
-
-    run = _find(runs_dir, run_ref)
-    manifest = run.load_manifest()
-    status = RunStatus(
-        log_offset=int(manifest.get("log_offset", 0)),
-        pulled=dict(manifest.get("checkpoints", {})),
-        rejected=dict(manifest.get("rejected", {})),
-    )
-    pull_state = bool(manifest["plan"].get("pull_state"))
-    with _on_host(manifest, conn) as (host, reporter):
-        fetch_outputs(
-            host, run, manifest["remote_run_dir"], reporter, status, pull_state=pull_state
-        )
-    manifest["checkpoints"] = status.pulled
-    run.save_manifest(manifest)
+    run = find_run(runs_dir, run_ref)
+    launcher = _launcher(runs_dir)
+    try:
+        manifest = launcher.pull(run, connect)
+    finally:
+        launcher.reporter.close()  # type: ignore[attr-defined]
+    _present(manifest, run, as_json)
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("run_ref", metavar="RUN")
 @_RUNS_DIR
 @click.option(
@@ -233,53 +221,59 @@ def pull(run_ref: str, runs_dir: Path, **conn: Any) -> None:
     "rerun_target",
     default=None,
     metavar="HOST",
-    help="Re-run it on HOST ('local' or [user@]host) with the same configs and sd-scripts commit.",
+    help="Re-run it on HOST ('local' or [user@]host) with the same configs, sd-scripts commit and price.",
 )
-@host_options
+@connect_options
+@follow_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before re-running.")
+@click.option("--json", "as_json", is_flag=True, help="What was re-rendered, as JSON.")
 def reproduce(
     run_ref: str,
     runs_dir: Path,
     output: Path | None,
     rerun_target: str | None,
-    port: int | None,
-    identity: Path | None,
-    trust_new_host: bool,
-    known_hosts: Path | None,
-    ssh_config: Path | None,
+    connect: Any,
+    follow: Any,
     yes: bool,
+    as_json: bool,
 ) -> None:
     """Re-render a recorded run's configs and prove they are byte-identical; optionally re-run it.
 
     \b
     Examples:
       kohyawrap reproduce runs/20261128-101500-my_lora -o ./again
-      kohyawrap reproduce my_lora --run root@1.2.3.4 -p 22022
+      kohyawrap reproduce my_lora --run root@1.2.3.4 -p 22022 --yes
     """
     from kohyawrap.launcher.reproduce import request_from_manifest, rerender
 
-    run = _find(runs_dir, run_ref)
-    manifest = run.load_manifest()
+    run = find_run(runs_dir, run_ref)
+    manifest = run.load()
     rendered = rerender(run, manifest, output)
+    if as_json:
+        from kohyawrap.cli import echo_json
+        from kohyawrap.launcher.runplan import sha256_text
+
+        echo_json(
+            {
+                "run_id": run.run_id,
+                "identical": True,
+                "files": {n: sha256_text(t) for n, t in sorted(rendered.files.items())},
+                "written_to": str(output) if output else None,
+            }
+        )
     click.echo(
         f"{len(rendered.files)} files re-rendered byte-identical to {run.path / 'config'}", err=True
     )
     if rerun_target is None:
         return
-    from datetime import datetime, timezone
+    from kohyawrap.cli.options import launch, read_token
 
-    from kohyawrap.cli.train import conn_options, read_token, run_with_host
-
-    request = request_from_manifest(manifest)
-    run_with_host(
-        request,
+    launch(
+        request_from_manifest(manifest),
         rerun_target,
-        datetime.now(timezone.utc),
-        conn_options(port, identity, trust_new_host, known_hosts, ssh_config),
+        connect,
+        follow=follow,
         runs_dir=runs_dir,
         token=read_token(None),
         yes=yes,
-        dry_run=False,
-        as_json=False,
-        poll=2.0,
     )

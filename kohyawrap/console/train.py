@@ -7,7 +7,8 @@ stage, per epoch, per pulled file, and a progress line at most every few seconds
 from __future__ import annotations
 
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kohyawrap.models import (
     CheckpointSaved,
@@ -19,6 +20,10 @@ from kohyawrap.models import (
     Progress,
     TrainingStarted,
 )
+
+if TYPE_CHECKING:
+    from kohyawrap.launcher.manifest import RunManifest
+    from kohyawrap.launcher.runplan import RunPlan
 
 
 def _eta(seconds: float | None) -> str:
@@ -104,7 +109,9 @@ class ConsoleReporter:
             )
 
     def _progress(self, p: Progress, spent: float, projected: float | None) -> None:
-        money = f"${spent:.2f}" + (f" of ~${projected:.2f}" if projected is not None else "")
+        from kohyawrap.launcher.budget import dollars
+
+        money = dollars(spent) + (f" of ~{dollars(projected)}" if projected is not None else "")
         loss = f"{p.avr_loss:.4g}" if p.avr_loss is not None else "-"
         if self.plain:
             now = time.monotonic()
@@ -143,37 +150,64 @@ class ConsoleReporter:
         self._stop_bar()
 
 
-def show_run_plan(plan_json: dict[str, Any]) -> None:
+def show_run_plan(plan: RunPlan) -> None:
     """A short summary of what `train` is about to do."""
+    from rich.markup import escape
     from rich.table import Table
 
     from kohyawrap.console import stderr
+    from kohyawrap.launcher.budget import dollars
 
-    est = plan_json["estimate"]
+    est = plan.estimate
+    setup = plan.setup
+    where = f"the checkout {setup.sd_scripts_path}" if setup.sd_scripts_path else setup.repo
+    fit = "fits" if est.fits else "DOES NOT FIT"
+    rows = [
+        ("run", plan.run_id),
+        ("host", f"{plan.target}  ({plan.layout.run_dir})"),
+        ("model", f"{plan.spec.model} via {plan.rendered.script}; base {plan.model.source}"),
+        ("gpu preset", f"{plan.spec.gpu}  (VRAM need ~{est.vram_needed_gb:.1f} of "
+                       f"{est.vram_available_gb:.0f} GB: {fit})"),
+        ("steps", str(est.steps)),
+        ("time", f"~{est.train_seconds / 60:.0f} min training + ~{est.setup_seconds / 60:.0f} min "
+                 "set-up and transfers"),
+        ("cost", f"~{dollars(est.dollars)} at {dollars(est.price_per_hour)}/h"),
+        ("sd-scripts", f"{where} @ {setup.ref[:12]}"),
+    ]  # fmt: skip
+    if plan.money.max_dollars is not None or plan.money.max_hours is not None:
+        limits = [
+            f"{dollars(plan.money.max_dollars)}" if plan.money.max_dollars is not None else "",
+            f"{plan.money.max_hours:g} h from the launch" if plan.money.max_hours else "",
+        ]
+        rows.append(("limits", ", ".join(x for x in limits if x)))
+    if plan.money.on_finish not in ("", "none"):
+        rows.append(
+            ("on finish", f"{plan.money.on_finish} (once every checkpoint is verified here)")
+        )
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    spec = plan_json["spec"]
-    rows = [
-        ("run", plan_json["run_id"]),
-        ("host", f"{plan_json['target']}  ({plan_json['remote_run_dir']})"),
-        (
-            "model",
-            f"{spec['model']} via {plan_json['script']}; base {plan_json['model']['source']}",
-        ),
-        (
-            "gpu preset",
-            f"{spec['gpu']}  (VRAM need ~{est['vram_needed_gb']:.1f} of {est['vram_available_gb']:.0f} GB: "
-            f"{'fits' if est['fits'] else 'DOES NOT FIT'})",
-        ),
-        ("steps", str(est["steps"])),
-        (
-            "time",
-            f"~{est['train_seconds'] / 60:.0f} min training + ~{est['setup_seconds'] / 60:.0f} min setup",
-        ),
-        ("cost", f"~${est['dollars']:.2f} at ${est['price_per_hour']:.2f}/h"),
-        ("sd-scripts", f"{plan_json['setup']['repo']} @ {plan_json['setup']['ref'][:12]}"),
-    ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, escape(value))
     stderr().print(table)
+
+
+def show_outcome(manifest: RunManifest, path: Path) -> None:
+    """How a run ended (or stands), what it cost, and where its files are."""
+    from rich.markup import escape
+
+    from kohyawrap.console import stderr
+    from kohyawrap.launcher.budget import dollars
+
+    con = stderr()
+    m = manifest
+    colour = {"finished": "green", "stopped": "yellow"}.get(m.status.value, "red")
+    why = f", {m.stop_reason.value}" if m.stop_reason else ""
+    code = f" (exit {m.exit_code})" if m.exit_code is not None else ""
+    cost = ""
+    if m.cost is not None:
+        cost = f", {dollars(m.cost.actual)} (estimated {dollars(m.cost.estimated)})"
+    con.print(f"[{colour}]{m.status.value}[/]{escape(why + code + cost)}: {escape(m.run_id)}")
+    for info in sorted(m.pulled.values(), key=lambda f: f.path):
+        if info.path.startswith("checkpoints/"):
+            con.print(f"    {escape(str(path / info.path))}")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from kohyawrap.dataset.lint import has_trigger
 from kohyawrap.errors import UsageError
 from kohyawrap.models import Finding
+from kohyawrap.names import WINDOWS_RESERVED
 
 if TYPE_CHECKING:
     from kohyawrap.dataset.imaging import Header
@@ -43,14 +44,6 @@ PER_EPOCH_TARGET = {
     "sdxl": (100, "≈100 images × repeats per epoch for SDXL, ~10 epochs (Kohya Colab XL)"),
 }
 SUGGESTED_EPOCHS = 10
-_WINDOWS_RESERVED = {
-    "CON",
-    "PRN",
-    "AUX",
-    "NUL",
-    *(f"COM{i}" for i in range(1, 10)),
-    *(f"LPT{i}" for i in range(1, 10)),
-}
 
 
 @dataclass(frozen=True)
@@ -404,7 +397,7 @@ def safe_stem(stem: str) -> str:
     )  # no hidden files: sd-scripts skips them
     if not text:
         return "image"
-    return f"_{text}" if text.upper() in _WINDOWS_RESERVED else text
+    return f"_{text}" if text.upper() in WINDOWS_RESERVED else text
 
 
 def unique_stem(stem: str, taken: set[str]) -> str:

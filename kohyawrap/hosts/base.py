@@ -88,8 +88,13 @@ class Host(Protocol):
         """
         ...
 
-    def stream(self, command: str, *, timeout: float | None = None) -> Iterator[bytes]:
-        """Run ``command`` and yield its stdout+stderr bytes as they arrive (for setup logs)."""
+    def stream(
+        self, command: str, *, timeout: float | None = None, check: bool = True
+    ) -> Iterator[bytes]:
+        """Run ``command`` and yield its stdout+stderr bytes as they arrive (set-up progress).
+
+        With ``check`` a non-zero exit raises RemoteCommandError once the output is exhausted.
+        """
         ...
 
     def home(self) -> str:
@@ -140,6 +145,13 @@ class Host(Protocol):
         Written to ``local_path.part`` first, its sha256 checked against ``expected_sha256``
         (computed on the host), then renamed into place. Never overwrites an existing
         ``local_path`` (raises instead). A mismatch deletes the .part file and raises HostError.
+        """
+        ...
+
+    def reconnect(self) -> None:
+        """Drop the connection and open a new one (after a drop); a no-op for this machine.
+
+        Raises HostError when the host cannot be reached again.
         """
         ...
 

@@ -122,6 +122,18 @@ class HostFacts:
         data["notes"] = self.notes()
         return data
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HostFacts:
+        """Facts recorded by :meth:`to_json` (derived values are dropped, missing ones empty)."""
+        fields: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
+        fields["gpus"] = tuple(Gpu(**g) for g in data.get("gpus") or ())
+        fields["sdscripts_checkouts"] = tuple(data.get("sdscripts_checkouts") or ())
+        fields["venvs"] = tuple(data.get("venvs") or ())
+        fields["nvidia_smi"] = bool(data.get("nvidia_smi"))
+        for key in ("label", "os", "kernel", "arch", "work_dir", "disk_path"):
+            fields[key] = str(fields[key] or "")
+        return cls(**fields)
+
 
 def facts_script(work_dir: str, *, probe_torch: bool = True) -> str:
     """The bash script that prints the facts as ``KEY=VALUE`` lines."""

@@ -99,6 +99,9 @@ class LocalHost(PosixHost):
         if check and code != 0:
             raise RemoteCommandError(command, code, tail.decode("utf-8", "replace"))
 
+    def reconnect(self) -> None:
+        """This machine is always there: nothing to reopen."""
+
     def close(self) -> None:
         """Nothing to release for this machine."""
 

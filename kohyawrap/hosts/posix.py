@@ -76,6 +76,10 @@ class PosixHost(ABC):
         """
 
     @abstractmethod
+    def reconnect(self) -> None:
+        """Open the connection again after a drop (a no-op where there is none)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the connection (idempotent)."""
 

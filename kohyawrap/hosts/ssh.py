@@ -21,7 +21,13 @@ from typing import Any
 import paramiko
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey
 
-from kohyawrap.errors import HostError, HostKeyError, RemoteCommandError
+from kohyawrap.errors import (
+    ConnectionLost,
+    HostError,
+    HostKeyError,
+    RemoteCommandError,
+    short_command,
+)
 from kohyawrap.hosts import hostkeys, sshconfig, transfer
 from kohyawrap.hosts.base import quote
 from kohyawrap.hosts.posix import PosixHost, RawResult, bash_line
@@ -161,11 +167,8 @@ class SshHost(PosixHost):
         return transport
 
     def _lost(self, doing: str | None = None) -> HostError:
-        what = f" while running: {doing}" if doing else ""
-        return HostError(
-            f"the connection to {self.label} was lost{what}",
-            hint="a detached job keeps running; connect again (kohyawrap attach) to follow it",
-        )
+        what = f" while running: {short_command(doing)}" if doing else ""
+        return ConnectionLost(f"the connection to {self.label} was lost{what}")
 
     def close(self) -> None:
         """Close the connection and any jump host (idempotent)."""
@@ -209,8 +212,8 @@ class SshHost(PosixHost):
         return chan
 
     def _timed_out(self, command: str, seconds: float) -> HostError:
-        return HostError(
-            f"{self.label}: command timed out after {seconds:g}s: {command}",
+        return ConnectionLost(
+            f"{self.label}: command timed out after {seconds:g}s: {short_command(command)}",
             hint="the host or the network may be hanging; try again, or reconnect",
         )
 

@@ -22,13 +22,13 @@ from typing import BinaryIO, Protocol
 
 from kohyawrap.errors import HostError, UsageError
 from kohyawrap.hosts.base import ProgressFn, TransferStats, quote
+from kohyawrap.names import remote_name_problem
 
 CHUNK = 1 << 20  # 1 MiB: large enough that per-write overhead vanishes, small enough for progress
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar's default record; GNU tar is happiest when the stream ends on one
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Names we accept for files fetched back from a host: no separators, no control characters.
-_SAFE_NAME_RE = re.compile(r"^[^/\\\x00-\x1f\x7f]+$")
 
 
 class ExecPipe(Protocol):
@@ -84,9 +84,10 @@ def local_target(target_dir: Path, remote_name: str) -> Path:
     Host names are untrusted (a hostile host could answer ``../../.ssh/authorized_keys``): only a
     plain file name is accepted.
     """
-    if not _SAFE_NAME_RE.match(remote_name) or remote_name in (".", "..") or len(remote_name) > 255:
+    problem = remote_name_problem(remote_name)
+    if problem is not None:
         raise HostError(
-            f"the host returned an unsafe file name: {remote_name!r}",
+            f"the host returned an unsafe file name ({problem}): {remote_name!r}",
             hint="only plain file names are fetched; nothing was written",
         )
     return target_dir / remote_name

@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
-RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[A-Za-z0-9._-]{1,40}-[0-9a-f]{6}$")
+_SLUG = re.compile(r"[^\w.-]+")  # letters and digits of any script stay
+RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[\w.-]{1,40}-[0-9a-f]{6}$")
 
 
 def slug(text: str, limit: int = 40) -> str:

@@ -1,32 +1,32 @@
-"""``kohyawrap reproduce``: a recorded run's configs, rendered again from its manifest alone."""
+"""``kohyawrap reproduce``: a recorded run's configs, rendered again from its manifest alone, and
+the request that runs it again."""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from kohyawrap import __version__
 from kohyawrap.errors import UsageError
 from kohyawrap.fileio import atomic_write
+from kohyawrap.launcher.manifest import RunManifest
 from kohyawrap.launcher.request import TrainRequest
-from kohyawrap.launcher.runplan import SetupOptions, spec_from_json
+from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.models import RenderedRun
-from kohyawrap.runstore import RunDir
 
 
-def rerender(run: RunDir, manifest: dict[str, Any], output: Path | None) -> RenderedRun:
+def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> RenderedRun:
     """Render the manifest's spec again and compare with the recorded files, byte for byte."""
     from kohyawrap.render import render_run
 
-    plan = manifest["plan"]
-    if plan.get("kohyawrap_version") != __version__:
+    plan = manifest.plan
+    if plan.kohyawrap_version != __version__:
         raise UsageError(
-            f"run {run.run_id} was rendered by kohyawrap {plan.get('kohyawrap_version')}, this is {__version__}",
-            hint=f"install that version to reproduce it exactly: pip install kohyawrap=={plan.get('kohyawrap_version')}",
+            f"run {run.run_id} was rendered by kohyawrap {plan.kohyawrap_version}, this is {__version__}",
+            hint=f"install that version to reproduce it exactly: pip install kohyawrap=={plan.kohyawrap_version}",
         )
-    rendered = render_run(spec_from_json(plan["spec"]))
+    rendered = render_run(plan.spec)
     problems: list[str] = []
     for name, text in sorted(rendered.files.items()):
         recorded = run.config / name
@@ -43,37 +43,32 @@ def rerender(run: RunDir, manifest: dict[str, Any], output: Path | None) -> Rend
         )
     if output is not None:
         for name, text in sorted(rendered.files.items()):
-            atomic_write(output / name, text.encode())
+            atomic_write(output / name, text)
     return rendered
 
 
-def request_from_manifest(manifest: dict[str, Any]) -> TrainRequest:
-    """The TrainRequest that re-runs a recorded run (same spec, base model, dataset, sd-scripts)."""
-    plan = manifest["plan"]
-    spec = spec_from_json(plan["spec"])
+def request_from_manifest(manifest: RunManifest) -> TrainRequest:
+    """The TrainRequest that re-runs a recorded run: same spec, base model, dataset, sd-scripts
+    commit, price and limits."""
+    plan = manifest.plan
     original = replace(
-        spec,
-        base_model=plan["model"]["source"],
+        plan.spec,
+        base_model=plan.model.source,
         train_data_dir="dataset",
         output_dir="output",
         logging_dir="logs",
         tokenizer_cache_dir=None,
+        reg_data_dir=None,
     )
+    commit = manifest.sd_scripts.commit if manifest.sd_scripts else ""
     return TrainRequest(
         spec=original,
-        dataset=Path(plan["dataset"]["root"]),
-        base_model_file=plan["model"]["filename"] if plan["model"]["kind"] == "hf" else None,
-        work_dir=plan["work_dir"],
+        dataset=Path(plan.dataset_root),
+        base_model_file=plan.model.filename if plan.model.kind == "hf" else None,
+        work_dir=plan.layout.work,
         # The exact commit that ran, even when the original asked for a branch.
-        setup=SetupOptions(
-            **{
-                **plan["setup"],
-                "ref": manifest.get("sd_scripts", {}).get("commit") or plan["setup"]["ref"],
-            }
-        ),
-        on_finish=plan.get("on_finish", "none"),
-        pull_state=bool(plan.get("pull_state")),
-        max_dollars=plan.get("max_dollars"),
-        max_hours=plan.get("max_hours"),
+        setup=replace(plan.setup, ref=commit or plan.setup.ref),
+        money=plan.money,
+        pull_state=plan.pull_state,
         force=True,
     )

@@ -1,25 +1,57 @@
-"""From what the user typed to a RunPlan: the one place that combines the dataset, the preset
-plan, the host's facts and the remote layout."""
+"""From what the user typed to a RunPlan: the one place that combines the dataset, the forecast,
+the host's facts and the remote layout.
+
+:func:`check_request` refuses what can never work before anything is contacted;
+:func:`build_run_plan` is deterministic for the same request, host home, clock and facts.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from kohyawrap.errors import UsageError
-from kohyawrap.launcher.layout import RemoteLayout, make_run_id
+from kohyawrap.errors import HostError, UsageError
+from kohyawrap.hosts.facts import HostFacts
+from kohyawrap.hosts.transfer import file_sha256
+from kohyawrap.launcher.layout import RemoteLayout, make_run_id, slug
 from kohyawrap.launcher.runplan import (
+    ModelSource,
+    MoneyOptions,
     RunPlan,
     SetupOptions,
-    dataset_files,
-    dataset_hash,
-    model_source,
-    with_host_paths,
 )
 from kohyawrap.models import RunSpec
+from kohyawrap.names import check_output_name
+
+# The single-file checkpoints people mean when they name these repos.
+KNOWN_FILES = {
+    "runwayml/stable-diffusion-v1-5": "v1-5-pruned-emaonly.safetensors",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "v1-5-pruned-emaonly.safetensors",
+    "stabilityai/stable-diffusion-2-1": "v2-1_768-ema-pruned.safetensors",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sd_xl_base_1.0.safetensors",
+}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# Options a run manages itself: where files go and what data is read. Set through --set they
+# would send the LoRA where nothing pulls it (or train on the wrong data); each names its option.
+RUN_MANAGED = {
+    "output_dir": "the run writes into its own output/ folder, which is what gets pulled back",
+    "output_name": "use --name",
+    "logging_dir": "the run logs into its own logs/ folder (TensorBoard files are pulled from there)",
+    "train_data_dir": "use --dataset",
+    "reg_data_dir": "put class images in <dataset>/reg (`kohyawrap dataset build --reg`)",
+    "dataset_config": "the run renders its own from --dataset",
+    "pretrained_model_name_or_path": "use --base-model",
+    "config_file": "the run renders its own training_config.toml",
+    "output_config": "the run renders its own training_config.toml",
+    "resume": "resuming is the run's to manage",
+    "tokenizer_cache_dir": "the run keeps tokenizers in the host's shared model cache",
+}
+LOCAL_TARGETS = {"local", "localhost", "127.0.0.1", "::1"}
 
 
 @dataclass(frozen=True)
@@ -31,13 +63,35 @@ class TrainRequest:
     base_model_file: str | None = None
     work_dir: str = "~/kohyawrap"
     setup: SetupOptions = field(default_factory=SetupOptions)
-    price_per_hour: float | None = None
+    money: MoneyOptions = field(default_factory=MoneyOptions)
     bandwidth_mbps: float | None = None  # MB/s; None = the preset default
-    on_finish: str = "none"
     pull_state: bool = False
-    max_dollars: float | None = None
-    max_hours: float | None = None
     force: bool = False
+
+
+def looks_local(target: str) -> bool:
+    """The target is this machine (``local``, or an SSH address on loopback)."""
+    host = target.rsplit("@", 1)[-1]
+    host = host.split(":", 1)[0] if host.count(":") == 1 else host
+    return target == "local" or host in LOCAL_TARGETS or host.startswith("127.")
+
+
+def check_request(request: TrainRequest) -> TrainRequest:
+    """Refuse what can never work, before anything is contacted; the request with the name
+    normalised."""
+    name = check_output_name(request.spec.output_name)
+    for key, _ in request.spec.overrides:
+        if key in RUN_MANAGED:
+            raise UsageError(
+                f"--set {key}=... is managed by the run: {RUN_MANAGED[key]}",
+                hint="kohyawrap sets it so that every file is pulled back and the right data is read",
+            )
+    if not request.dataset.is_dir():
+        raise UsageError(
+            f"dataset folder {request.dataset} does not exist",
+            hint="build one with `kohyawrap dataset build`",
+        )
+    return replace(request, spec=replace(request.spec, output_name=name))
 
 
 def expand_work_dir(work_dir: str, home: str) -> str:
@@ -49,33 +103,42 @@ def expand_work_dir(work_dir: str, home: str) -> str:
     return work_dir
 
 
-def resolve_gpu(spec: RunSpec, facts: Any | None) -> RunSpec:
-    """``--gpu auto``: the preset for the host's first GPU (by name, else by VRAM tier)."""
+def resolve_gpu(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
+    """``--gpu auto``: the preset for the host's first GPU (by name, else by VRAM tier).
+
+    A smoke run on a host without a GPU trains on the CPU with the smallest preset's settings.
+    """
     if spec.gpu != "auto":
         return spec
-    from kohyawrap.presets import match_gpu
+    from kohyawrap.presets import load_catalog, match_gpu
 
-    gpus = list(getattr(facts, "gpus", []) or [])
+    gpus = list(facts.gpus) if facts is not None else []
     if not gpus:
-        raise UsageError(
+        if spec.smoke:
+            catalog = load_catalog()
+            smallest = min(catalog.gpus.values(), key=lambda g: (g.vram_gb, g.name))
+            return replace(spec, gpu=smallest.name, cpu=True)
+        raise HostError(
             "--gpu auto found no NVIDIA GPU on the host",
-            hint="name the preset with --gpu (see `kohyawrap presets list`), or use --smoke to test on CPU",
+            hint="check the driver; name a preset with --gpu (`kohyawrap presets list`) and "
+            "--force to start anyway, or --smoke to test the chain on the CPU",
         )
     first = gpus[0]
     memory_gb = first.memory_mib / 1024 if first.memory_mib else None
     return replace(spec, gpu=match_gpu(first.name, memory_gb))
 
 
-def resolve_device(spec: RunSpec, facts: Any | None) -> RunSpec:
+def resolve_device(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
     """A smoke run uses the host's GPU when it has one, else the CPU (accelerate --cpu)."""
     if not spec.smoke or facts is None or spec.cpu is not None:
         return spec
-    return replace(spec, cpu=not getattr(facts, "gpus", ()))
+    return replace(spec, cpu=not facts.gpus)
 
 
-# Typical single-file checkpoint sizes (field_notes §8: SDXL 6.94 GB, SD1.5 4.27 GB; SD2.1 ~5.2 GB).
+# Typical single-file checkpoint sizes (SDXL 6.94 GB, SD1.5 4.27 GB per their Hugging Face file
+# listings; SD2.1 ~5.2 GB).
 MODEL_GB = {"sd15": 4.3, "sd2": 5.3, "sdxl": 7.0}
-VENV_GB = 6.0  # torch + CUDA wheels unpacked (~5 GB, field_notes §8) plus requirements
+VENV_GB = 6.0  # torch + CUDA wheels unpacked (~5 GB) plus sd-scripts' requirements
 OUTPUT_GB = 1.0  # checkpoints, states and logs of one LoRA run
 
 
@@ -92,56 +155,133 @@ def disk_needed_gb(plan: RunPlan, *, model_present: bool, venv_present: bool) ->
     return need
 
 
+def dataset_files(root: Path) -> dict[str, str]:
+    """Every file sd-scripts may read under the dataset folder, by relative POSIX path."""
+    if not root.is_dir():
+        raise UsageError(
+            f"dataset folder {root} does not exist", hint="build one with `kohyawrap dataset build`"
+        )
+    files: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not any(
+            part.startswith(".") for part in path.relative_to(root).parts
+        ):
+            rel = path.relative_to(root).as_posix()
+            if "\n" in rel or "\r" in rel:
+                raise UsageError(f"file name with a line break in the dataset: {rel!r}")
+            files[rel] = str(path)
+    if not files:
+        raise UsageError(f"dataset folder {root} is empty")
+    return files
+
+
+def dataset_hash(files: dict[str, str]) -> str:
+    """A content hash of the whole dataset: names and bytes."""
+    digest = hashlib.sha256()
+    for rel, local in sorted(files.items()):
+        digest.update(rel.encode() + b"\0" + file_sha256(Path(local)).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def model_source(
+    base_model: str, filename: str | None, models_dir: str, *, in_place: bool = False
+) -> ModelSource:
+    """Classify ``--base-model`` (local file, URL, or Hugging Face repo id) and place it on the
+    host. ``in_place``: the host is this machine, so a local file is used where it is."""
+    local = Path(base_model).expanduser()
+    if local.is_file():
+        if in_place:
+            path = str(local.resolve())
+            return ModelSource("upload", path, local.name, path, "", in_place=True)
+        digest = file_sha256(local)
+        name = f"{digest[:16]}-{slug(local.name, 80)}"
+        return ModelSource(
+            "upload",
+            str(local.resolve()),
+            local.name,
+            posixpath.join(models_dir, "uploads", name),
+            digest,
+        )
+    if base_model.startswith(("http://", "https://")):
+        tail = slug(base_model.rsplit("/", 1)[-1].split("?")[0], 80) or "model.safetensors"
+        key = hashlib.sha256(base_model.encode()).hexdigest()[:12]
+        return ModelSource(
+            "url", base_model, tail, posixpath.join(models_dir, "urls", f"{key}-{tail}")
+        )
+    if _REPO_ID.match(base_model):
+        file = filename if filename is not None else KNOWN_FILES.get(base_model, "")
+        name = slug(base_model.replace("/", "--"), 120) + (f"--{slug(file, 120)}" if file else "")
+        return ModelSource("hf", base_model, file, posixpath.join(models_dir, "hf-files", name))
+    raise UsageError(
+        f"--base-model {base_model!r} is not a file, a URL or a Hugging Face repo id",
+        hint="e.g. stabilityai/stable-diffusion-xl-base-1.0, ./models/v1-5.safetensors or https://...",
+    )
+
+
+def with_host_paths(spec: RunSpec, model: ModelSource, layout: RemoteLayout) -> RunSpec:
+    """The spec as the host will see it: model and tokenizer cache at absolute host paths,
+    dataset/output/logs relative to the run folder (sd-scripts' working directory)."""
+    return replace(
+        spec,
+        base_model=model.remote_path,
+        train_data_dir="dataset",
+        output_dir="output",
+        logging_dir="logs",
+        tokenizer_cache_dir=layout.tokenizers,
+    )
+
+
 def build_run_plan(
     request: TrainRequest,
     *,
     target: str,
     home: str,
     now: datetime,
-    facts: Any | None = None,
+    facts: HostFacts | None = None,
 ) -> RunPlan:
     """The executable plan. Deterministic for the same request, host home, clock and facts."""
     from kohyawrap.dataset.scan import read_training_dir
     from kohyawrap.forecast import build_forecast, require_fit
 
+    request = check_request(request)
     files = dataset_files(request.dataset)
     digest = dataset_hash(files)
     spec = resolve_device(resolve_gpu(request.spec, facts), facts)
     work = expand_work_dir(request.work_dir, home)
     provisional = RemoteLayout(work, "pending")
-    model = model_source(spec.base_model, request.base_model_file, provisional.models)
+    model = model_source(
+        spec.base_model, request.base_model_file, provisional.models, in_place=target == "local"
+    )
     host_spec = with_host_paths(spec, model, provisional)
     if (request.dataset / "reg").is_dir():
         # `dataset build --reg` puts class images in <dataset>/reg/<repeats>_<class>/.
         host_spec = replace(host_spec, reg_data_dir="dataset/reg")
     tdir = read_training_dir(request.dataset, caption_extension=spec.caption_extension)
-    plan = build_forecast(
+    forecast = build_forecast(
         host_spec,
         tdir,
-        price_per_hour=request.price_per_hour,
+        price_per_hour=request.money.price_per_hour,
         bandwidth_mbps=request.bandwidth_mbps,
         # A host that already holds an environment skips the install in the time estimate.
-        setup="warm" if getattr(facts, "venvs", ()) else "cold",
+        setup="warm" if facts is not None and facts.venvs else "cold",
     )
     if not request.force and not spec.smoke:
-        require_fit(plan, force_hint="--force to try anyway")
-    run_id = make_run_id(spec.output_name, now, plan.rendered.inputs_hash + digest)
+        require_fit(forecast, force_hint="--force to try anyway")
+    run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
     return RunPlan(
         run_id=run_id,
         created_at=now.isoformat(timespec="seconds"),
         target=target,
         layout=RemoteLayout(work, run_id),
         spec=host_spec,
-        rendered=plan.rendered,
-        estimate=plan.estimate,
+        rendered=forecast.rendered,
+        estimate=forecast.estimate,
         model=model,
         setup=request.setup,
         dataset_root=str(request.dataset.resolve()),
         dataset_files=files,
         dataset_sha256=digest,
+        money=replace(request.money, price_per_hour=forecast.estimate.price_per_hour),
         smoke=spec.smoke,
-        on_finish=request.on_finish,
         pull_state=request.pull_state,
-        max_dollars=request.max_dollars,
-        max_hours=request.max_hours,
     )

@@ -1,40 +1,30 @@
 """A run as data: everything ``train`` will do, computed before anything is spent.
 
-``build_run_plan`` is deterministic for given inputs (clock, run id, host home and facts are
-parameters), so ``train --dry-run`` prints exactly what ``train`` then executes.
+A :class:`RunPlan` is built by :func:`kohyawrap.launcher.request.build_run_plan` (deterministic for
+the same inputs, clock and host facts), printed by ``train --dry-run``, executed by the stages, and
+kept whole in the run's manifest: ``RunPlan.from_json(plan.to_json()) == plan``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import posixpath
-import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from kohyawrap import __version__
-from kohyawrap.errors import UsageError
-from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.layout import RemoteLayout, slug
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
 from kohyawrap.sdscripts import DEFAULT_REPO, PINNED_COMMIT
 
-# sd-scripts README: torch 2.6.0 is tested; CUDA 12.4 wheels (install_notes.md step 3).
+# sd-scripts' README names torch 2.6.0 as tested, with CUDA 12.4 wheels:
+# https://github.com/kohya-ss/sd-scripts/blob/48d368fa557731ad0488c07304dfeba8c07910eb/README.md
 DEFAULT_TORCH = (
     "torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124"
 )
 
-# The single-file checkpoints people mean when they name these repos (field_notes §8 sizes).
-KNOWN_FILES = {
-    "runwayml/stable-diffusion-v1-5": "v1-5-pruned-emaonly.safetensors",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "v1-5-pruned-emaonly.safetensors",
-    "stabilityai/stable-diffusion-2-1": "v2-1_768-ema-pruned.safetensors",
-    "stabilityai/stable-diffusion-xl-base-1.0": "sd_xl_base_1.0.safetensors",
-}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
 ModelKind = Literal["hf", "url", "upload"]
+Installer = Literal["auto", "uv", "pip"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +36,7 @@ class ModelSource:
     filename: str  # file inside the repo ("" = whole diffusers repo), or the file's name
     remote_path: str  # absolute host path written into the config
     local_sha256: str = ""  # for uploads: content hash (the remote name is derived from it)
+    in_place: bool = False  # a local file used where it is (``--host local``): nothing copied
 
 
 @dataclass(frozen=True)
@@ -58,6 +49,17 @@ class SetupOptions:
     python: str = "python3"
     torch_spec: str = DEFAULT_TORCH  # "skip" = never install torch
     xformers: bool = False
+    installer: Installer = "auto"  # auto: uv when the host has it (pip if uv fails), else pip
+
+
+@dataclass(frozen=True)
+class MoneyOptions:
+    """What the run may cost and what happens when it ends."""
+
+    price_per_hour: float | None = None  # None = the GPU preset's typical price
+    max_dollars: float | None = None
+    max_hours: float | None = None  # counted from the launch, on the host and on the laptop
+    on_finish: str = "none"  # none | shutdown | a shell command, after every file is verified
 
 
 @dataclass(frozen=True)
@@ -76,12 +78,11 @@ class RunPlan:
     dataset_root: str
     dataset_files: dict[str, str]  # relative POSIX path -> local path
     dataset_sha256: str
+    money: MoneyOptions = field(default_factory=MoneyOptions)
     smoke: bool = False
-    on_finish: str = "none"
     pull_state: bool = False
-    max_dollars: float | None = None
-    max_hours: float | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
+    kohyawrap_version: str = __version__
 
     @property
     def dataset_cache(self) -> str:
@@ -89,37 +90,75 @@ class RunPlan:
             f"{slug(Path(self.dataset_root).name)}-{self.dataset_sha256[:8]}"
         )
 
+    @property
+    def output_name(self) -> str:
+        """The LoRA's name: sd-scripts' ``output_name``, the stem of every checkpoint."""
+        return self.spec.output_name
+
     def to_json(self) -> dict[str, Any]:
-        """The plan as data (``train --dry-run --json``, and the manifest's ``plan``)."""
+        """The whole plan as JSON data (``train --dry-run --json``, the manifest's ``plan``)."""
         return {
-            "kohyawrap_version": __version__,
+            "kohyawrap_version": self.kohyawrap_version,
             "run_id": self.run_id,
             "created_at": self.created_at,
             "target": self.target,
-            "remote_run_dir": self.layout.run_dir,
             "work_dir": self.layout.work,
+            "remote_run_dir": self.layout.run_dir,
             "spec": spec_to_json(self.spec),
             "script": self.rendered.script,
             "accelerate_args": list(self.rendered.accelerate_args),
             "settings": self.rendered.settings,
-            "files": {
+            "files": dict(sorted(self.rendered.files.items())),
+            "files_sha256": {
                 name: sha256_text(text) for name, text in sorted(self.rendered.files.items())
             },
             "inputs_hash": self.rendered.inputs_hash,
-            "estimate": asdict(self.estimate),
+            "estimate": {**asdict(self.estimate), "notes": list(self.estimate.notes)},
             "model": asdict(self.model),
             "setup": asdict(self.setup),
             "dataset": {
                 "root": self.dataset_root,
-                "files": len(self.dataset_files),
                 "sha256": self.dataset_sha256,
+                "files": dict(sorted(self.dataset_files.items())),
             },
-            "on_finish": self.on_finish,
+            "money": asdict(self.money),
+            "smoke": self.smoke,
             "pull_state": self.pull_state,
-            "max_dollars": self.max_dollars,
-            "max_hours": self.max_hours,
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunPlan:
+        """The inverse of :meth:`to_json` (raises KeyError/TypeError/ValueError on bad data)."""
+        spec = spec_from_json(data["spec"])
+        estimate = dict(data["estimate"])
+        estimate["notes"] = tuple(estimate.get("notes") or ())
+        return cls(
+            run_id=str(data["run_id"]),
+            created_at=str(data["created_at"]),
+            target=str(data["target"]),
+            layout=RemoteLayout(str(data["work_dir"]), str(data["run_id"])),
+            spec=spec,
+            rendered=RenderedRun(
+                spec=spec,
+                script=str(data["script"]),
+                files={str(k): str(v) for k, v in data["files"].items()},
+                accelerate_args=tuple(str(a) for a in data["accelerate_args"]),
+                settings=dict(data["settings"]),
+                inputs_hash=str(data["inputs_hash"]),
+            ),
+            estimate=Estimate(**estimate),
+            model=ModelSource(**data["model"]),
+            setup=SetupOptions(**data["setup"]),
+            dataset_root=str(data["dataset"]["root"]),
+            dataset_files={str(k): str(v) for k, v in data["dataset"]["files"].items()},
+            dataset_sha256=str(data["dataset"]["sha256"]),
+            money=MoneyOptions(**data["money"]),
+            smoke=bool(data["smoke"]),
+            pull_state=bool(data["pull_state"]),
+            notes=tuple(str(n) for n in data.get("notes") or ()),
+            kohyawrap_version=str(data["kohyawrap_version"]),
+        )
 
 
 def sha256_text(text: str) -> str:
@@ -138,73 +177,3 @@ def spec_from_json(data: dict[str, Any]) -> RunSpec:
     fields = dict(data)
     fields["overrides"] = tuple((str(k), v) for k, v in fields.get("overrides", []))
     return RunSpec(**fields)
-
-
-def dataset_files(root: Path) -> dict[str, str]:
-    """Every file sd-scripts may read under the dataset folder, by relative POSIX path."""
-    if not root.is_dir():
-        raise UsageError(
-            f"dataset folder {root} does not exist", hint="build one with `kohyawrap dataset build`"
-        )
-    files: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not any(
-            part.startswith(".") for part in path.relative_to(root).parts
-        ):
-            rel = path.relative_to(root).as_posix()
-            if "\n" in rel or "\r" in rel:
-                raise UsageError(f"file name with a line break in the dataset: {rel!r}")
-            files[rel] = str(path)
-    if not files:
-        raise UsageError(f"dataset folder {root} is empty")
-    return files
-
-
-def dataset_hash(files: dict[str, str]) -> str:
-    """A content hash of the whole dataset: names and bytes."""
-    digest = hashlib.sha256()
-    for rel, local in sorted(files.items()):
-        digest.update(rel.encode() + b"\0" + file_sha256(Path(local)).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def model_source(base_model: str, filename: str | None, models_dir: str) -> ModelSource:
-    """Classify ``--base-model`` (local file, URL, or Hugging Face repo id) and place it on the host."""
-    local = Path(base_model).expanduser()
-    if local.is_file():
-        digest = file_sha256(local)
-        name = f"{digest[:16]}-{slug(local.name, 80)}"
-        return ModelSource(
-            "upload",
-            str(local.resolve()),
-            local.name,
-            posixpath.join(models_dir, "uploads", name),
-            digest,
-        )
-    if base_model.startswith(("http://", "https://")):
-        tail = slug(base_model.rsplit("/", 1)[-1].split("?")[0], 80) or "model.safetensors"
-        key = hashlib.sha256(base_model.encode()).hexdigest()[:12]
-        return ModelSource(
-            "url", base_model, tail, posixpath.join(models_dir, "urls", f"{key}-{tail}")
-        )
-    if _REPO_ID.match(base_model):
-        file = filename if filename is not None else KNOWN_FILES.get(base_model, "")
-        name = slug(base_model.replace("/", "--"), 120) + (f"--{slug(file, 120)}" if file else "")
-        return ModelSource("hf", base_model, file, posixpath.join(models_dir, "hf-files", name))
-    raise UsageError(
-        f"--base-model {base_model!r} is not a file, a URL or a Hugging Face repo id",
-        hint="e.g. stabilityai/stable-diffusion-xl-base-1.0, ./models/v1-5.safetensors or https://...",
-    )
-
-
-def with_host_paths(spec: RunSpec, model: ModelSource, layout: RemoteLayout) -> RunSpec:
-    """The spec as the host will see it: model and tokenizer cache at absolute host paths,
-    dataset/output/logs relative to the run folder (sd-scripts' working directory)."""
-    return replace(
-        spec,
-        base_model=model.remote_path,
-        train_data_dir="dataset",
-        output_dir="output",
-        logging_dir="logs",
-        tokenizer_cache_dir=layout.tokenizers,
-    )

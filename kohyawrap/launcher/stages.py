@@ -1,222 +1,308 @@
-"""The stages of a run on a host: SETUP -> MODEL -> UPLOAD -> TRAIN (detached).
+"""The stages of a run and the one executor that runs a selection of them.
 
-Each stage is idempotent: run again on the same host it finds its work done and skips it
-(fingerprinted venv, cached clone and model, incremental upload).
+``train`` runs them all; ``attach``, ``stop`` and ``pull`` are selections over a loaded run:
+
+    SETUP -> MODEL -> UPLOAD -> TRAIN (detached) -> FOLLOW -> PULL -> FINISH
+
+Each stage reads what it needs from the run's record and writes what it did back, so a later
+process can carry on from any point. SETUP, MODEL and UPLOAD are idempotent and are retried after
+a dropped connection; FOLLOW reconnects by itself; FINISH runs only for a run whose every
+announced checkpoint is verified on the laptop.
 """
 
 from __future__ import annotations
 
-import posixpath
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
 
-from kohyawrap.errors import HostError, RemoteCommandError
-from kohyawrap.hosts.base import Host, TransferStats, sh
-from kohyawrap.hosts.facts import HostFacts
-from kohyawrap.launcher.layout import venv_fingerprint
+from kohyawrap.clock import Clock, Timings
+from kohyawrap.hosts.base import Host
+from kohyawrap.launcher import job, setup
+from kohyawrap.launcher.budget import Budget
+from kohyawrap.launcher.fetch import Puller
+from kohyawrap.launcher.finish import on_finish
+from kohyawrap.launcher.follow import Follower
+from kohyawrap.launcher.manifest import (
+    Cost,
+    EnvironmentRecord,
+    RunManifest,
+    RunStatus,
+    SdScriptsRecord,
+    StopReason,
+)
+from kohyawrap.launcher.reconnect import Reconnector
 from kohyawrap.launcher.report import Reporter
-from kohyawrap.launcher.runplan import RunPlan
-from kohyawrap.launcher.scripts import parse_kv, render_script
+from kohyawrap.launcher.runstore import RunDir
+
+
+class Stage(str, Enum):
+    SETUP = "setup"
+    MODEL = "model"
+    UPLOAD = "upload"
+    TRAIN = "train"
+    FOLLOW = "follow"
+    PULL = "pull"
+    FINISH = "finish"
+
+
+FULL = (Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.FINISH)
+ATTACH = (Stage.FOLLOW, Stage.PULL, Stage.FINISH)
+AFTER_STOP = (Stage.FOLLOW, Stage.PULL)
+PULL_ONLY = (Stage.PULL,)
 
 
 @dataclass(frozen=True)
-class Environment:
-    """The sd-scripts checkout and Python that will run the training."""
+class FollowOptions:
+    """How a client follows a job: poll interval and how many failed reconnects in a row."""
 
-    sd_scripts: str
-    commit: str
-    python: str
-    fingerprint: str
-    torch_version: str
-    cached: bool
+    poll_seconds: float = 2.0
+    reconnect_tries: int = 5
 
 
-def _run_script(host: Host, name: str, hint: str, **values: object) -> dict[str, str]:
-    script = render_script(name, **values)
-    try:
-        result = host.run(script, check=True)
-    except RemoteCommandError as err:
-        raise RemoteCommandError(
-            f"{name}.sh (host setup)", err.returncode, err.output, hint=hint
-        ) from err
-    return parse_kv(result.stdout)
+class RunSession:
+    """One run being advanced on one connected host: its record, and how to report and wait."""
+
+    def __init__(
+        self,
+        run: RunDir,
+        manifest: RunManifest,
+        host: Host,
+        reporter: Reporter,
+        clock: Clock,
+        options: FollowOptions,
+        *,
+        timings: Timings | None = None,
+        hf_token: str | None = None,
+    ) -> None:
+        self.run = run
+        self.manifest = manifest
+        self.host = host
+        self.reporter = reporter
+        self.clock = clock
+        self.options = options
+        self.timings = timings or Timings(clock, manifest.timings)
+        self.hf_token = hf_token
+        self.reconnector = Reconnector(host, reporter, clock, options.reconnect_tries)
+        self.follower: Follower | None = None
+
+    def update(self, **changes: object) -> RunManifest:
+        """Record ``changes`` (and the phase timings so far) in the manifest, on disk at once."""
+        self.manifest = self.manifest.with_changes(**changes, timings=dict(self.timings.phases))
+        self.run.save(self.manifest)
+        return self.manifest
 
 
-def prepare_environment(host: Host, plan: RunPlan, reporter: Reporter) -> Environment:
-    """Clone sd-scripts at the pinned commit and build (or reuse) its venv."""
-    opts = plan.setup
-    reporter.stage("setup", f"sd-scripts {opts.ref[:12]} from {opts.repo}")
-    found = _run_script(
-        host,
-        "sdscripts",
-        "check --sd-scripts-repo / --sd-scripts-ref, and that git works on the host",
-        work=plan.layout.work,
-        repo=opts.repo,
-        ref=opts.ref,
-        sds_path=opts.sd_scripts_path,
+def run_stages(session: RunSession, stages: Sequence[Stage]) -> RunManifest:
+    """Run ``stages`` in order over the session's run; returns the final record."""
+    for stage in stages:
+        STAGES[stage](session)
+    return session.manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# SETUP, MODEL, UPLOAD
+
+
+def _setup(s: RunSession) -> None:
+    plan = s.manifest.plan
+    env = s.reconnector.call(
+        lambda: setup.prepare_environment(s.host, plan, s.reporter), "setting up again"
     )
-    sds, commit = found["sds"], found["commit"]
-    reporter.info(f"sd-scripts {commit[:12]} ({found.get('clone', '?')}) at {sds}")
-    if opts.sd_scripts_path:
-        # A provider template: its environment is used as it is, nothing installed.
-        return Environment(sds, commit, opts.python, "preinstalled", "unknown", True)
-    fingerprint = venv_fingerprint(
-        commit, found["requirements_sha256"], opts.torch_spec, opts.python
-    )
-    venv = plan.layout.venv(fingerprint)
-    info = _run_script(
-        host,
-        "venv",
-        "the install failed: see the output above; --torch-spec chooses the torch wheels",
-        sds=sds,
-        venv=venv,
-        python=opts.python,
-        torch_spec=opts.torch_spec,
-        xformers="yes" if opts.xformers else "no",
-        fingerprint=fingerprint,
-    )
-    cached = info.get("venv") == "cached"
-    reporter.info(
-        f"environment {fingerprint} ({'reused' if cached else 'installed'}), torch {info.get('torch_version')}"
-    )
-    return Environment(
-        sds,
-        commit,
-        posixpath.join(venv, "bin", "python"),
-        fingerprint,
-        info.get("torch_version", "none"),
-        cached,
+    s.timings.lap("setup")
+    s.update(
+        status=RunStatus.SETUP,
+        sd_scripts=SdScriptsRecord(
+            plan.setup.repo,
+            plan.setup.ref,
+            env.commit,
+            env.sd_scripts,
+            s.manifest.sd_scripts.git_dirty if s.manifest.sd_scripts else None,
+        ),
+        environment=EnvironmentRecord(
+            env.python, env.fingerprint, env.torch_version, env.cached, env.installer
+        ),
     )
 
 
-def ensure_model(
-    host: Host, plan: RunPlan, env: Environment, reporter: Reporter, hf_token: str | None
-) -> str:
-    """Make the base model exist at its planned host path; returns how ("cached", ...)."""
-    model = plan.model
-    reporter.stage("model", f"{model.kind}: {model.source}")
-    if model.kind == "upload":
-        folder, name = posixpath.split(model.remote_path)
-        stats = host.upload_tree(
-            {name: Path(model.source)},
-            folder,
-            progress=lambda d, t: reporter.transfer("base model", d, t),
+def _environment(s: RunSession) -> tuple[str, str]:
+    """The sd-scripts path and Python the SETUP stage recorded."""
+    if s.manifest.sd_scripts is None or s.manifest.environment is None:
+        raise RuntimeError("the SETUP stage has not run for this run")  # a bug, not user input
+    return s.manifest.sd_scripts.path, s.manifest.environment.python
+
+
+def _model(s: RunSession) -> None:
+    sds, python = _environment(s)
+    plan = s.manifest.plan
+    env = setup.Environment(sds, "", python, "", "", True, "")
+    how = s.reconnector.call(
+        lambda: setup.ensure_model(s.host, plan, env, s.reporter, s.hf_token),
+        "fetching the base model again",
+    )
+    s.timings.lap("model")
+    s.update(model_how=how)
+
+
+def _upload(s: RunSession) -> None:
+    sds, python = _environment(s)
+    plan = s.manifest.plan
+    record = s.reconnector.call(
+        lambda: setup.upload_dataset(s.host, plan, s.reporter), "uploading the rest"
+    )
+    s.reconnector.call(
+        lambda: setup.upload_run_files(s.host, plan, sds, python), "uploading the configs"
+    )
+    s.timings.lap("upload")
+    s.update(status=RunStatus.UPLOADED, upload=record)
+
+
+# ---------------------------------------------------------------------------------------------
+# TRAIN (launch the detached job), FOLLOW
+
+
+def _train(s: RunSession) -> None:
+    plan = s.manifest.plan
+    s.reporter.stage("train", f"{plan.rendered.script} on {s.host.label}")
+    pid = s.reconnector.call(
+        lambda: job.launch(s.host, plan.layout.run_dir, s.clock), "checking the launch"
+    )
+    s.timings.restart()
+    s.update(status=RunStatus.RUNNING, pid=pid, launched_at=s.clock.now())
+    _, python = _environment(s)
+    names = s.reconnector.call(lambda: setup.packages(s.host, python), "reading the packages")
+    if s.manifest.environment is not None:
+        s.update(environment=replace(s.manifest.environment, packages=names))
+
+
+def budget_of(m: RunManifest, clock: Clock) -> Budget:
+    """The limits of a recorded run (a run launched before money was recorded counts from now)."""
+    now = clock.now()
+    launched = m.launched_at if m.launched_at is not None else now
+    money = m.plan.money
+    return Budget(
+        price_per_hour=m.plan.estimate.price_per_hour,
+        started_at=m.started_at if m.started_at is not None else launched,
+        launched_at=launched,
+        max_dollars=money.max_dollars,
+        max_hours=money.max_hours,
+    )
+
+
+def puller_of(s: RunSession) -> Puller:
+    m = s.manifest
+    return Puller(
+        s.host, s.run, m.remote_run_dir, s.reporter, dict(m.pulled), dict(m.follow.rejected)
+    )
+
+
+def _follow(s: RunSession) -> None:
+    m = s.manifest
+    if m.exit_code is not None or not m.status.active:
+        return
+    puller = puller_of(s)
+    follower = Follower(
+        host=s.host,
+        run=s.run,
+        run_dir=m.remote_run_dir,
+        reporter=s.reporter,
+        clock=s.clock,
+        settings=dict(m.plan.rendered.settings),
+        budget=budget_of(m, s.clock),
+        puller=puller,
+        reconnector=s.reconnector,
+        state=m.follow,
+        poll_seconds=s.options.poll_seconds,
+    )
+    s.follower = follower
+    s.reporter.stage("follow", m.remote_run_dir)
+
+    def save() -> None:
+        s.update(follow=follower.state(), pulled=dict(puller.pulled))
+
+    ended = follower.run_until_exit(save)
+    s.timings.lap("train")
+    _record_end(s, ended, follower)
+
+
+def _record_end(s: RunSession, ended: job.JobExit, follower: Follower) -> None:
+    """Exit code, when it ended, what it cost, and why it stopped: written once."""
+    from kohyawrap.logparse import diagnose
+
+    m = s.manifest
+    launched = m.launched_at if m.launched_at is not None else s.clock.now()
+    finished = launched + ended.seconds if ended.seconds is not None else s.clock.now()
+    reason = follower.stop_reason
+    if reason is None and ended.deadline:
+        reason = StopReason.DEADLINE
+    elif reason is None and ended.stop_requested:
+        reason = StopReason.MANUAL
+    failure = follower.failure
+    if failure is None and ended.code != 0 and reason is None:
+        failure = diagnose(follower.log_tail, m.plan.rendered.settings)
+    budget = budget_of(m, s.clock)
+    s.update(
+        exit_code=ended.code,
+        finished_at=finished,
+        stop_reason=reason,
+        failure=failure,
+        error=follower.stop_message or m.error,
+        cost=Cost(
+            estimated=m.plan.estimate.dollars,
+            actual=round(budget.spent(finished), 4),
+            price_per_hour=budget.price_per_hour,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# PULL, FINISH
+
+
+def _pull(s: RunSession) -> None:
+    m = s.manifest
+    puller = puller_of(s)
+    s.reconnector.call(
+        lambda: puller.pull_outputs(pull_state=m.plan.pull_state), "pulling the rest"
+    )
+    s.timings.lap("pull")
+    follow = replace(m.follow, pending={}, rejected=dict(puller.rejected))
+    s.update(pulled=dict(puller.pulled), follow=follow)
+    if m.exit_code is not None:
+        s.update(status=verdict(s.manifest))
+
+
+def verdict(m: RunManifest) -> RunStatus:
+    """What an ended job amounts to, from its exit, why it stopped, and what is on the laptop."""
+    if m.stop_reason in (StopReason.BUDGET, StopReason.DEADLINE, StopReason.MANUAL):
+        return RunStatus.STOPPED
+    if m.exit_code != 0 or m.failure is not None or m.stop_reason is StopReason.NAN:
+        return RunStatus.FAILED
+    if m.missing():
+        return RunStatus.INCOMPLETE
+    return RunStatus.FINISHED
+
+
+def _finish(s: RunSession) -> None:
+    m = s.manifest
+    action = m.plan.money.on_finish
+    if action in ("", "none"):
+        return
+    if m.status is not RunStatus.FINISHED or m.missing():
+        s.reporter.info(
+            f"--on-finish {action!r} not carried out: the run is {m.status.value}"
+            + (f", {len(m.missing())} checkpoint(s) not on the laptop" if m.missing() else "")
         )
-        return "uploaded" if stats.files_sent else "cached"
-    token_file = ""
-    if hf_token and model.kind == "hf":
-        # The token travels over the SFTP/stdin channel into a 0600 file; the script deletes it.
-        token_file = posixpath.join(plan.layout.work, f".hf-token-{plan.run_id}")
-        host.put_bytes(hf_token.encode() + b"\n", token_file, mode=0o600)
-    found = _run_script(
-        host,
-        "model",
-        "check the repo id / URL, the token (HF_TOKEN) and the host's disk space",
-        python=env.python,
-        kind=model.kind,
-        source=model.source,
-        filename=model.filename,
-        dest=model.remote_path,
-        token_file=token_file,
-        hf_home=posixpath.join(plan.layout.models, "hf"),
-    )
-    return found.get("model", "?")
+        return
+    on_finish(s.host, action, s.reporter)
 
 
-_PRUNE = r"""
-import os, sys
-root = sys.argv[1]
-keep = set(p for p in sys.stdin.buffer.read().decode("utf-8").split("\0") if p)
-for base, dirs, files in os.walk(root, topdown=False):
-    for name in files:
-        rel = os.path.relpath(os.path.join(base, name), root).replace(os.sep, "/")
-        if rel not in keep:
-            os.remove(os.path.join(base, name))
-    for name in dirs:
-        path = os.path.join(base, name)
-        if not os.listdir(path):
-            os.rmdir(path)
-"""
-
-
-def upload_dataset(host: Host, plan: RunPlan, reporter: Reporter) -> TransferStats:
-    """Sync the dataset into the host's dataset cache, then snapshot it into the run folder.
-
-    The cache makes a re-upload of an unchanged dataset free; the hard-link snapshot keeps the
-    run's own copy fixed even if a later upload changes the cache.
-    """
-    reporter.stage("upload", f"{len(plan.dataset_files)} files")
-    files = {rel: Path(local) for rel, local in plan.dataset_files.items()}
-    cache = plan.dataset_cache
-    stats = host.upload_tree(files, cache, progress=lambda d, t: reporter.transfer("dataset", d, t))
-    keep = "\0".join(sorted(files)).encode()
-    host.run(sh("python3", "-c", _PRUNE, cache), stdin=keep)
-    target = plan.layout.in_run("dataset")
-    host.run(
-        f"mkdir -p {sh(plan.layout.run_dir)} && rm -rf {sh(target)} && cp -al {sh(cache)} {sh(target)}"
-    )
-    return stats
-
-
-def upload_run_files(host: Host, plan: RunPlan, env: Environment) -> None:
-    """The rendered configs and the run wrapper, into the run folder."""
-    for name, text in sorted(plan.rendered.files.items()):
-        # Beside each other in the working directory: the training config names the sample prompts
-        # and dataset config by bare file name, which sd-scripts resolves against its cwd.
-        host.put_bytes(text.encode(), plan.layout.in_run(name))
-    wrapper = render_script(
-        "run",
-        run_dir=plan.layout.run_dir,
-        sds=env.sd_scripts,
-        python=env.python,
-        hf_home=posixpath.join(plan.layout.models, "hf"),
-        accelerate_args=list(plan.rendered.accelerate_args),
-        max_seconds=int(plan.max_hours * 3600) if plan.max_hours else 0,
-        script=posixpath.join(env.sd_scripts, plan.rendered.script),
-    )
-    host.put_bytes(wrapper.encode(), plan.layout.in_run("run.sh"), mode=0o755)
-    host.run(f"mkdir -p {sh(plan.layout.in_run('output'))} {sh(plan.layout.in_run('logs'))}")
-
-
-def launch(host: Host, run_dir: str, *, wait_seconds: float = 20.0) -> int:
-    """Start the run wrapper detached (own session, no terminal) and return its pid."""
-    pid_file = posixpath.join(run_dir, "run.pid")
-    if host.stat(pid_file) is not None:
-        raise HostError(
-            f"{run_dir} was already launched", hint="use `kohyawrap attach` to follow it"
-        )
-    host.run(f"cd {sh(run_dir)} && setsid -f nohup bash run.sh >/dev/null 2>&1 </dev/null")
-    deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        text = host.run(f"cat {sh(pid_file)} 2>/dev/null || true").stdout.strip()
-        if text.isdigit():
-            return int(text)
-        time.sleep(0.1)
-    raise HostError(f"the run did not start within {wait_seconds:.0f} s (no {pid_file})")
-
-
-def preflight(
-    host: Host, plan: RunPlan, facts: HostFacts, reporter: Reporter, *, force: bool
-) -> None:
-    """Refuse a host that cannot run the plan, with the numbers: before anything is installed."""
-    from kohyawrap.hosts.facts import check_disk
-    from kohyawrap.launcher.request import disk_needed_gb
-
-    for note in facts.notes():
-        reporter.info(note)
-    if not facts.python_version:
-        raise HostError(
-            f"no python3 on {host.label}", hint="install python3 (3.10+) or pass --python"
-        )
-    if not facts.git_version and not plan.setup.sd_scripts_path:
-        raise HostError(f"no git on {host.label}", hint="install git, or use --sd-scripts-path")
-    if not facts.gpus and not plan.spec.cpu and not force:
-        raise HostError(
-            f"{host.label} has no NVIDIA GPU that nvidia-smi can see",
-            hint="check the driver, use --smoke to test the chain on the CPU, or --force to start anyway",
-        )
-    model_present = host.stat(plan.model.remote_path) is not None
-    check_disk(
-        facts, disk_needed_gb(plan, model_present=model_present, venv_present=bool(facts.venvs))
-    )
+STAGES: dict[Stage, Callable[[RunSession], None]] = {
+    Stage.SETUP: _setup,
+    Stage.MODEL: _model,
+    Stage.UPLOAD: _upload,
+    Stage.TRAIN: _train,
+    Stage.FOLLOW: _follow,
+    Stage.PULL: _pull,
+    Stage.FINISH: _finish,
+}

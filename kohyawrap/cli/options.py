@@ -1,0 +1,297 @@
+"""The options several commands share, in groups that each build one value, and the helpers
+that turn them into launcher calls (``train`` and ``reproduce --run`` both launch runs).
+
+``@connect_options`` adds ``-p -i --trust-new-host --known-hosts --ssh-config`` and hands the
+command one ``connect: ConnectOptions``; ``@follow_options`` hands ``follow: FollowOptions``.
+A command made with ``cls=GroupedCommand`` shows each group under its own heading in ``--help``.
+CLI modules import shared options from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from kohyawrap.hosts.connect import ConnectOptions
+    from kohyawrap.launcher.request import TrainRequest
+    from kohyawrap.launcher.runplan import RunPlan
+    from kohyawrap.launcher.stages import FollowOptions
+    from kohyawrap.launcher.verbs import Questions
+
+F = TypeVar("F", bound=Callable[..., Any])
+Spec = tuple[Sequence[str], dict[str, Any]]  # (declarations, click.Option keyword arguments)
+
+
+class GroupedOption(click.Option):
+    """An option that belongs to a named group (its heading in ``--help``)."""
+
+    def __init__(self, *args: Any, group: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GroupedCommand(click.Command):
+    """A command whose ``--help`` lists options under their groups' headings."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            title = getattr(param, "group", None) or "Other options"
+            sections.setdefault(title, []).append(record)
+        for title, rows in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+def option_group(
+    title: str, dest: str, build: Callable[..., Any], specs: Sequence[Spec]
+) -> Callable[[F], F]:
+    """A decorator adding ``specs`` as options under ``title``; the command receives
+    ``dest=build(**their values)`` instead of the separate values."""
+
+    def decorate(func: F) -> F:
+        params = [GroupedOption(list(decls), group=title, **attrs) for decls, attrs in specs]
+        names = [p.name for p in params]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names if name is not None}
+            kwargs[dest] = build(**values)
+            return func(*args, **kwargs)
+
+        # click collects decorator options in reverse; these keep their order in --help.
+        existing = list(getattr(func, "__click_params__", []))
+        wrapper.__click_params__ = existing + list(reversed(params))  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def grouped(title: str, *decls: str, **attrs: Any) -> Callable[[F], F]:
+    """One option under a group heading (it reaches the command as itself)."""
+    return click.option(*decls, cls=GroupedOption, group=title, **attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection
+
+
+def _connect(
+    port: int | None,
+    identity: Path | None,
+    trust_new_host: bool,
+    known_hosts: Path | None,
+    ssh_config: Path | None,
+) -> ConnectOptions:
+    from kohyawrap.hosts.connect import ConnectOptions
+
+    return ConnectOptions(
+        port=port,
+        identity=str(identity) if identity else None,
+        trust_new_host=trust_new_host,
+        known_hosts=str(known_hosts) if known_hosts else None,
+        ssh_config=str(ssh_config) if ssh_config else None,
+    )
+
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+connect_options = option_group(
+    "Connection",
+    "connect",
+    _connect,
+    [
+        (
+            ("-p", "--port"),
+            {
+                "type": click.IntRange(1, 65535),
+                "help": "SSH port (rented hosts often use a high one).",
+            },
+        ),
+        (
+            ("-i", "--identity"),
+            {
+                "type": _FILE,
+                "help": "Private key file to try first (the ssh agent and ~/.ssh/id_* are tried too).",
+            },
+        ),
+        (
+            ("--trust-new-host",),
+            {
+                "is_flag": True,
+                "help": "Accept and record the key of a host seen for the first time (check it first).",
+            },
+        ),
+        (
+            ("--known-hosts",),
+            {
+                "type": _FILE,
+                "help": "known_hosts file to check host keys against (default ~/.ssh/known_hosts).",
+            },
+        ),
+        (
+            ("--ssh-config",),
+            {"type": _FILE, "help": "OpenSSH client config to read instead of ~/.ssh/config."},
+        ),
+    ],
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Following a run
+
+
+def _follow(poll: float, reconnect: int) -> FollowOptions:
+    from kohyawrap.launcher.stages import FollowOptions
+
+    return FollowOptions(poll_seconds=poll, reconnect_tries=reconnect)
+
+
+follow_options = option_group(
+    "Following",
+    "follow",
+    _follow,
+    [
+        (
+            ("--poll",),
+            {
+                "type": click.FloatRange(min=0.05),
+                "default": 2.0,
+                "show_default": True,
+                "help": "Seconds between looks at the log.",
+            },
+        ),
+        (
+            ("--reconnect",),
+            {
+                "type": click.IntRange(0, 50),
+                "default": 5,
+                "show_default": True,
+                "help": "Failed reconnects in a row (1, 2, 4 ... 30 s apart) before giving up "
+                "when the connection drops; a successful one starts the count afresh.",
+            },
+        ),
+    ],
+)
+
+runs_dir_option = grouped(
+    "Following",
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Local folder for run records and pulled checkpoints.",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# From options to launcher calls
+
+
+def parse_sets(values: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """``--set key=value`` pairs, values parsed like `config render --set`."""
+    from kohyawrap.render import parse_override
+
+    return tuple(parse_override(v) for v in values)
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The Hugging Face token: from --hf-token-file, else $HF_TOKEN. Never from argv."""
+    if token_file is None:
+        return os.environ.get("HF_TOKEN") or None
+    from kohyawrap.errors import UsageError
+
+    try:
+        if not token_file.expanduser().is_file():
+            raise UsageError(f"--hf-token-file {token_file}: no such file")
+        if token_file.expanduser().stat().st_size > 4096:
+            raise UsageError(f"--hf-token-file {token_file}: too large to hold a token")
+        text = token_file.expanduser().read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise UsageError(f"--hf-token-file {token_file}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--hf-token-file {token_file}: not a text file") from err
+    return text or None
+
+
+def questions(yes: bool) -> Questions:
+    """How the launcher's questions are answered: --yes, or a person at a terminal."""
+    from kohyawrap.errors import UsageError
+    from kohyawrap.launcher.verbs import Questions
+
+    def start(plan: RunPlan) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "there is no terminal to confirm the run on",
+                hint="pass --yes to start it without asking (scripts, CI, nohup)",
+            )
+        return click.confirm("Start this run?", default=True, err=True)
+
+    def shutdown_this_machine(target: str) -> bool:
+        if not sys.stdin.isatty():
+            return False
+        return click.confirm(
+            f"--on-finish shutdown will power off {target}, which looks like THIS machine. Really?",
+            default=False,
+            err=True,
+        )
+
+    return Questions(start=start, shutdown_this_machine=shutdown_this_machine)
+
+
+def launch(
+    request: TrainRequest,
+    target: str,
+    connect: Any,
+    *,
+    follow: Any,
+    runs_dir: Path,
+    token: str | None,
+    yes: bool,
+    dry_run: bool = False,
+    as_json: bool = False,
+) -> None:
+    """Plan, confirm and run ``request`` on ``target`` through the launcher; show the outcome.
+    (``reproduce --run`` uses it too.)"""
+    from kohyawrap.console.train import ConsoleReporter, show_outcome, show_run_plan
+    from kohyawrap.launcher.runstore import RunStore
+    from kohyawrap.launcher.verbs import Launcher
+
+    def on_plan(plan: RunPlan) -> None:
+        if as_json and dry_run:
+            from kohyawrap.cli import echo_json
+
+            echo_json(plan.to_json())
+        else:
+            show_run_plan(plan)
+
+    reporter = ConsoleReporter()
+    launcher = Launcher(RunStore(runs_dir), reporter, options=follow)
+    try:
+        result = launcher.train(
+            request,
+            target,
+            connect,
+            questions=questions(yes),
+            hf_token=token,
+            dry_run=dry_run,
+            on_plan=on_plan,
+        )
+    finally:
+        reporter.close()
+    if result.declined:
+        click.echo("not started", err=True)
+        sys.exit(1)
+    if result.manifest is not None and result.run is not None:
+        show_outcome(result.manifest, result.run.path)
