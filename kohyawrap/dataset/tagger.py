@@ -258,6 +258,14 @@ class WdTagger:
                 yield RawCaption(tags=select_tags(next(taken), self.vocab, self.options))
 
 
+def open_tagger(
+    repo: str = DEFAULT_REPO, options: TagOptions | None = None, batch_size: int = DEFAULT_BATCH
+) -> WdTagger:
+    """The WD14 tagger from ``repo``, ready to run: onnxruntime checked before the download."""
+    require_onnxruntime()
+    return WdTagger(fetch_tagger(repo), options or TagOptions(), batch_size=batch_size)
+
+
 def _read_vocab(path: Path) -> TagVocabulary:
     try:
         text = path.read_text(encoding="utf-8")
