@@ -20,12 +20,13 @@ from kohyawrap.launcher.caption import (
     CAPTIONERS,
     HostCaptioner,
     HostCaptionOptions,
+    SilentCaptionReporter,
     caption_on_host,
     prepare_uploads,
 )
 from kohyawrap.launcher.scripts import render_script
 from tests.fixtures.images import write_rotated_jpeg, write_zero_bytes
-from tests.fixtures.sshd import Sshd
+from tests.fixtures.sshd import Sshd, TcpRelay
 
 # Deterministic captions derived from the picture: its size, shape and strongest colour. It
 # also records (as a sha256) the token it was given, beside itself on the host.
@@ -68,7 +69,7 @@ def ssh_host(sshd: Sshd) -> Iterator[Host]:
     host.close()
 
 
-def test_captions_come_back_verified_with_the_trigger_first(ssh_host: Host, tmp_path: Path) -> None:
+def test_captions_come_back_verified_with_the_trigger_first(any_host: Host, tmp_path: Path) -> None:
     images = {
         "00000.jpg": _solid(tmp_path / "红.jpg", (120, 80), (230, 20, 20)),
         "00001.jpg": _solid(tmp_path / "blue.jpg", (60, 90), (10, 10, 240)),
@@ -93,7 +94,7 @@ def test_captions_come_back_verified_with_the_trigger_first(ssh_host: Host, tmp_
             seen.append((done, total))
 
     token = "hf_" + "SecretTokenValue" * 3
-    result = caption_on_host(ssh_host, sys.executable, images, options, Watch(), hf_token=token)
+    result = caption_on_host(any_host, sys.executable, images, options, Watch(), hf_token=token)
     florence = CAPTIONERS["florence2"]
     assert result.raw["00000.jpg"] == (
         f"A landscape picture, mostly red, 120x80. [{florence.prompt}] by {florence.model}"
@@ -114,7 +115,7 @@ def test_captions_come_back_verified_with_the_trigger_first(ssh_host: Host, tmp_
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
 
-    again = caption_on_host(ssh_host, sys.executable, images, options)
+    again = caption_on_host(any_host, sys.executable, images, options)
     assert again.cached and again.captions == result.captions
 
 
@@ -198,3 +199,39 @@ def test_rendered_script_is_valid_bash_and_quotes_everything() -> None:
     subprocess.run(["bash", "-n"], input=script.encode(), check=True)
     assert f"WORK={shlex.quote(hostile)}\n" in script
     assert "NEEDS='timm einops'" in script
+
+
+def test_a_dropped_connection_is_reported_and_a_rerun_finishes(sshd: Sshd, tmp_path: Path) -> None:
+    slow = tmp_path / "slow.py"
+    slow.write_text(
+        "import time\n"
+        "def load(model_id, token, prompt):\n"
+        "    def caption(image):\n"
+        "        time.sleep(0.4)\n"
+        "        return f'{image.width} px wide'\n"
+        "    return caption\n"
+    )
+    images = {
+        f"{i:05d}.jpg": _solid(tmp_path / f"{i}.jpg", (40 + i, 30), (9, 9, 9)) for i in range(4)
+    }
+    options = HostCaptionOptions(work_dir=str(tmp_path / "w"), model_script=slow)
+
+    with TcpRelay(sshd.port) as relay:
+        host = sshd.connect(port=relay.port)
+
+        class CutAfterOne(SilentCaptionReporter):
+            def progress(self, done: int, total: int) -> None:
+                if done == 1:
+                    relay.cut()
+
+        with pytest.raises(HostError) as caught:
+            caption_on_host(host, sys.executable, images, options, CutAfterOne())
+        host.close()
+    assert "broke while captioning" in caught.value.message
+    assert "#" not in caught.value.message  # not the script's text
+    again = sshd.connect()
+    try:
+        result = caption_on_host(again, sys.executable, images, options)
+    finally:
+        again.close()
+    assert result.raw == {f"{i:05d}.jpg": f"{40 + i} px wide" for i in range(4)}

@@ -234,6 +234,12 @@ def _run(
             hint=f"{spec.name} needs a GPU with {spec.vram} free, torch and transformers in the "
             "host's Python (--host-python), and network access to the Hugging Face Hub",
         ) from err
+    except HostError as err:
+        # The host's message would quote the whole script; say what was happening instead.
+        raise HostError(
+            f"the connection to {host.label} broke while captioning",
+            hint="run the same command again: the upload is re-used and finished captions kept",
+        ) from err
     return facts
 
 
