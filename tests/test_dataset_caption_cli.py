@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from kohyawrap.dataset.example import make_example_photos
 from tests.fixtures.hub import FakeHub
@@ -52,6 +53,7 @@ def hub(fake_hub: FakeHub) -> FakeHub:
 def photos(tmp_path: Path) -> Path:
     folder = make_example_photos(tmp_path / "照片 $(touch pwned)")
     write_jpeg(folder / "小狗 在家.jpg", size=(120, 90), seed=11)
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(folder / "anim.gif")  # not a training format
     return folder
 
 
@@ -68,6 +70,7 @@ def test_the_example_photos_are_captioned_on_the_laptop(
     report = json.loads(result.stdout)
     assert report["counts"] == {"images": 9, "written": 5, "kept": 4, "skipped": 0, "failed": 0}
     assert report["captioner"] == f"wd14 {REPO}"
+    assert report["not_captioned"] == [{"name": "anim.gif", "what": "unsupported image"}]
     after = tree_digest(photos)
     new = {name for name in after if name not in before}
     assert new == {Path(n).stem + ".txt" for n in [*UNCAPTIONED, "小狗 在家.jpg"]}
@@ -124,6 +127,7 @@ def test_dry_run_overwrite_and_review(tmp_path: Path, hub: FakeHub, photos: Path
     )  # fmt: skip
     assert written.returncode == 0, written.stderr
     assert "9 caption(s) written" in written.stdout
+    assert "not captioned (format not supported, convert them first): anim.gif" in written.stdout
     assert (photos / "studio.txt").read_text(encoding="utf-8").startswith("sks robot, ")
     coverage = json.loads(
         kohyawrap(home, "dataset", "caption", "--review", str(photos), "--trigger", "sks robot",

@@ -184,6 +184,13 @@ def print_caption(result: CaptionResult) -> None:
         f"{head}, {result.count('keep')} kept (yours; --overwrite replaces them), "
         f"{result.count('skip')} skipped, {len(result.failed)} failed"
     )
+    unsupported = [name for name, what in result.others if what == "unsupported image"]
+    if unsupported:
+        con.print(
+            f"[yellow]not captioned (format not supported, convert them first):[/] "
+            f"{escape(', '.join(unsupported[:10]))}"
+            + (f" and {len(unsupported) - 10} more" if len(unsupported) > 10 else "")
+        )
     if not result.dry_run and result.written:
         con.print(
             "[dim]review them: kohyawrap dataset caption --review "

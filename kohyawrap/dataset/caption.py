@@ -302,7 +302,7 @@ class CaptionResult:
     trigger: str | None
     dry_run: bool
     outcomes: tuple[CaptionOutcome, ...]
-    others: tuple[tuple[str, str], ...] = field(default=())  # files that are not photos
+    others: tuple[tuple[str, str], ...] = field(default=())  # (name, what): not photos we read
 
     def count(self, action: Action) -> int:
         """How many photos had ``action`` planned."""
@@ -342,6 +342,7 @@ class CaptionResult:
                 }
                 for o in self.outcomes
             ],
+            "not_captioned": [{"name": n, "what": w} for n, w in self.others],
         }
 
 

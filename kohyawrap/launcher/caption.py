@@ -20,7 +20,7 @@ import json
 import posixpath
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -361,15 +361,7 @@ class HostCaptioner:
         self.host = host
         self.python = python
         # The trigger is put first by the caller, like for the tagger's tags.
-        self.options = HostCaptionOptions(
-            spec.name,
-            options.model,
-            options.prompt,
-            None,
-            options.work_dir,
-            options.model_script,
-            options.timeout,
-        )
+        self.options = replace(options, trigger=None)
         self.reporter = reporter or SilentCaptionReporter()
         self.hf_token = hf_token
         self.label = f"{spec.name} {options.model or spec.model} on {host.label}"
