@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dataset": (
         "kohyawrap.cli.dataset",
         "dataset",
-        "Build an sd-scripts dataset from a folder of images, or lint one.",
+        "Build an sd-scripts dataset from a folder of images, caption photos, or lint a dataset.",
     ),
     "presets": (
         "kohyawrap.cli.presets",

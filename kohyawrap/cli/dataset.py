@@ -1,22 +1,31 @@
-"""``kohyawrap dataset build`` and ``kohyawrap dataset lint``."""
+"""``kohyawrap dataset build``, ``lint`` and ``caption``."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kohyawrap.cli import echo_json
+
+# The connection options every host command shares (moving to kohyawrap.cli.options).
+from kohyawrap.cli.options import connect_options, read_token
+
+if TYPE_CHECKING:
+    from kohyawrap.dataset.caption import Captioner
+    from kohyawrap.hosts.base import Host
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 
 
 @click.group()
 def dataset() -> None:
-    """Build an sd-scripts dataset from folders of photos, or lint an existing one.
+    """Build an sd-scripts dataset from folders of photos, caption photos, or lint a dataset.
 
     \b
+      kohyawrap dataset caption ./photos --trigger "sks dog"
       kohyawrap dataset build ./photos --trigger "sks dog" --class-word dog --model sdxl -o ./data
       kohyawrap dataset lint ./data --model sdxl
     """
@@ -263,3 +272,223 @@ def lint_command(
         # sys.exit, not ctx.exit: main() runs click with standalone_mode=False, which turns
         # ctx.exit(1) into a return value that is dropped.
         sys.exit(1)
+
+
+_TAGGER_REPO = "SmilingWolf/wd-swinv2-tagger-v3"  # = kohyawrap.dataset.tagger.DEFAULT_REPO
+
+
+@dataset.command(name="caption")
+@click.argument("folder", type=_DIR)
+@click.option("--trigger", default=None, help='Put first in every caption, e.g. "sks dog".')
+@click.option(
+    "--tagger",
+    type=click.Choice(["wd14"]),
+    default=None,
+    help="Tag the photos on this machine (the default): the WD14 tagger on the CPU.",
+)
+@click.option(
+    "--tagger-repo",
+    default=None,
+    help=f"Hugging Face repo of the WD14 tagger (model.onnx + selected_tags.csv) [default: {_TAGGER_REPO}].",
+)
+@click.option(
+    "--general-threshold", type=float, default=None, help="Lowest score of a general tag [0.35]."
+)
+@click.option(
+    "--character-threshold",
+    type=float,
+    default=None,
+    help="Lowest score of a character tag [0.85].",
+)
+@click.option("--exclude-tags", default=None, help='Tags never written: "watermark, text".')
+@click.option("--keep-underscores", is_flag=True, help="Write long_hair, not long hair.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Photos per tagger run [8].",
+)
+@click.option(
+    "--captioner",
+    type=click.Choice(["florence2", "joycaption"]),
+    default=None,
+    help="Write sentences with this captioner on the GPU host (needs --host).",
+)
+@click.option(
+    "--host", "host_target", default=None, help='The GPU host: user@host, an alias, "local".'
+)
+@connect_options
+@click.option(
+    "--host-python",
+    default="",
+    help="Python on the host with torch and transformers (default: kohyawrap's venv there).",
+)
+@click.option(
+    "--work-dir", default="~/kohyawrap", show_default=True, help="kohyawrap's folder on the host."
+)
+@click.option(
+    "--captioner-model", default=None, help="Another Hugging Face repo for the captioner."
+)
+@click.option(
+    "--prompt",
+    default=None,
+    help="JoyCaption: the instruction; Florence-2: the task, e.g. <DETAILED_CAPTION>.",
+)
+@click.option(
+    "--captioner-script",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Your own captioner: a Python file with load(model, token, prompt) (docs/dataset.md).",
+)
+@click.option(
+    "--hf-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding a Hugging Face token (else $HF_TOKEN).",
+)
+@click.option(
+    "--caption-extension",
+    default=".txt",
+    show_default=True,
+    help="Caption file extension; must equal caption_extension in the training config.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace captions that already exist.")
+@click.option(
+    "--dry-run", is_flag=True, help="Show which photos would be captioned; write nothing."
+)
+@click.option(
+    "--review",
+    is_flag=True,
+    help="Write nothing: show tag frequencies and the captions without --trigger.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def caption_command(
+    folder: Path,
+    trigger: str | None,
+    caption_extension: str,
+    overwrite: bool,
+    dry_run: bool,
+    review: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Write a caption beside each photo of FOLDER that has none, the trigger first.
+
+    By default the WD14 tagger runs here on the CPU (pip install 'kohyawrap[caption]'; the
+    model is downloaded once from the Hugging Face Hub). --captioner florence2|joycaption writes
+    sentences instead (what FLUX needs) on the GPU host. Photos are never modified and a
+    caption you wrote is kept unless --overwrite. Review the captions before training.
+
+    \b
+    Examples:
+      kohyawrap dataset caption ./photos --trigger "sks dog"
+      kohyawrap dataset caption ./photos --trigger "sks dog" --exclude-tags "watermark, text" --dry-run
+      kohyawrap dataset caption ./photos --trigger "sks dog" --captioner florence2 --host root@1.2.3.4 -p 22022
+      kohyawrap dataset caption --review ./photos --trigger "sks dog"
+    """
+    from kohyawrap.dataset.captioning import CaptionRequest, caption_folder, review_folder
+
+    if review:
+        report = review_folder(folder, trigger, caption_extension)
+        _show(report, as_json, "print_review")
+        return
+    from kohyawrap.console.dataset import progress
+
+    request = CaptionRequest(folder, trigger, caption_extension, overwrite, dry_run)
+    opened: list[Host] = []
+    try:
+        with progress("captioning", enabled=not as_json) as update:
+            result = caption_folder(
+                request, lambda: _make_captioner(options, opened), update, label=_label(options)
+            )
+    finally:
+        for host in opened:
+            host.close()
+    _show(result, as_json, "print_caption")
+
+
+def _show(data: Any, as_json: bool, printer: str) -> None:
+    if as_json:
+        echo_json(data.to_json())
+        return
+    from kohyawrap.console import dataset as console
+
+    getattr(console, printer)(data)
+
+
+def _check_caption_options(options: dict[str, Any]) -> None:
+    from kohyawrap.errors import UsageError
+
+    tagger_only = ("tagger_repo", "general_threshold", "character_threshold", "exclude_tags",
+                   "batch_size")  # fmt: skip
+    if options["captioner"]:
+        used = [f"--{k.replace('_', '-')}" for k in tagger_only if options[k] is not None]
+        if options["tagger"] or used:
+            raise UsageError(
+                f"{' '.join(used) or '--tagger'} applies to the WD14 tagger, not --captioner",
+                hint="choose one: --tagger wd14 (tags, on this machine) or --captioner (sentences)",
+            )
+        if not options["host_target"]:
+            raise UsageError(
+                f"--captioner {options['captioner']} runs on a GPU host: give --host TARGET",
+                hint="e.g. --host root@1.2.3.4 -p 22022, or --host local on a machine with a GPU",
+            )
+    elif options["host_target"] or options["captioner_script"]:
+        raise UsageError(
+            "--host and --captioner-script go with --captioner florence2|joycaption",
+            hint="the WD14 tagger (the default) runs on this machine",
+        )
+
+
+def _label(options: dict[str, Any]) -> str:
+    _check_caption_options(options)
+    if options["captioner"]:
+        model = options["captioner_model"] or "its default model"
+        return f"{options['captioner']} ({model}) on {options['host_target']}"
+    return f"wd14 {options['tagger_repo'] or _TAGGER_REPO}"
+
+
+def _make_captioner(options: dict[str, Any], opened: list[Host]) -> Captioner:
+    """The WD14 tagger here, or the captioner on the host (added to ``opened``)."""
+    if options["captioner"]:
+        from kohyawrap.console.dataset import CaptionStages
+        from kohyawrap.hosts.connect import open_host
+        from kohyawrap.launcher.caption import HostCaptioner, HostCaptionOptions
+
+        host = open_host(options["host_target"], options["connect"])
+        opened.append(host)
+        return HostCaptioner(
+            host,
+            options["host_python"],
+            HostCaptionOptions(
+                options["captioner"],
+                model=options["captioner_model"],
+                prompt=options["prompt"],
+                work_dir=options["work_dir"],
+                model_script=options["captioner_script"],
+            ),
+            CaptionStages(),
+            hf_token=read_token(options["hf_token_file"]),
+        )
+    from kohyawrap.console.dataset import note
+    from kohyawrap.dataset.caption import (
+        DEFAULT_CHARACTER_THRESHOLD,
+        DEFAULT_GENERAL_THRESHOLD,
+        TagOptions,
+        parse_tag_list,
+    )
+    from kohyawrap.dataset.tagger import DEFAULT_BATCH, open_tagger
+
+    tag_options = TagOptions(
+        general_threshold=_or(options["general_threshold"], DEFAULT_GENERAL_THRESHOLD),
+        character_threshold=_or(options["character_threshold"], DEFAULT_CHARACTER_THRESHOLD),
+        exclude=parse_tag_list(options["exclude_tags"]),
+        keep_underscores=options["keep_underscores"],
+    )
+    repo = options["tagger_repo"] or _TAGGER_REPO
+    note(f"WD14 tagger {repo} (downloaded once into the Hugging Face cache)")
+    return open_tagger(repo, tag_options, options["batch_size"] or DEFAULT_BATCH)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

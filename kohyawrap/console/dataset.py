@@ -1,4 +1,5 @@
-"""Show dataset builds and lint reports: findings tables, a bucket histogram, the step count."""
+"""Show dataset builds and lint reports (findings tables, a bucket histogram, the step count),
+and what ``dataset caption`` wrote or found (captions, tag frequencies)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from kohyawrap.dataset.build import BuildResult
+    from kohyawrap.dataset.caption import CaptionResult, CaptionReview
     from kohyawrap.dataset.lint import LintReport
     from kohyawrap.models import Finding
 
@@ -143,3 +145,116 @@ def _print_summary(con: Console, report: LintReport) -> None:
     errors, warnings = len(report.errors), len(report.warnings)
     verdict = "[bold red]not ready[/]" if errors else "[green]ready[/]"
     con.print(f"{verdict}: {errors} error(s), {warnings} warning(s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset caption
+
+_CAPTION_ROWS = 50  # photos listed before "... and N more"
+_REVIEW_TAGS = 40
+_ACTION_STYLE = {"write": "green", "replace": "yellow", "keep": "dim", "skip": "red"}
+
+
+def print_caption(result: CaptionResult) -> None:
+    """Each photo with what was done and the caption, then the counts."""
+    con = stdout()
+    verb = "would caption" if result.dry_run else "captioned"
+    table = Table(
+        title=f"{verb.capitalize()} {escape(str(result.folder))} with {escape(result.captioner)}",
+        title_justify="left",
+    )
+    table.add_column("photo", overflow="fold")
+    table.add_column("", no_wrap=True)
+    table.add_column("caption", overflow="fold")
+    for outcome in result.outcomes[:_CAPTION_ROWS]:
+        task = outcome.task
+        action = task.action if not outcome.error else "failed"
+        style = _ACTION_STYLE.get(action, "bold red")
+        text = outcome.error or outcome.caption or f"[dim]{escape(task.reason)}[/]"
+        if outcome.error or outcome.caption:
+            text = escape(text)
+        table.add_row(escape(task.image.name), f"[{style}]{action}[/]", text)
+    if len(result.outcomes) > _CAPTION_ROWS:
+        table.add_row(
+            "", "", f"[dim]... and {len(result.outcomes) - _CAPTION_ROWS} more (--json)[/]"
+        )
+    con.print(table)
+    todo = result.count("write") + result.count("replace")
+    head = f"{todo} to caption" if result.dry_run else f"{result.written} caption(s) written"
+    con.print(
+        f"{head}, {result.count('keep')} kept (yours; --overwrite replaces them), "
+        f"{result.count('skip')} skipped, {len(result.failed)} failed"
+    )
+    unsupported = [name for name, what in result.others if what == "unsupported image"]
+    if unsupported:
+        con.print(
+            f"[yellow]not captioned (format not supported, convert them first):[/] "
+            f"{escape(', '.join(unsupported[:10]))}"
+            + (f" and {len(unsupported) - 10} more" if len(unsupported) > 10 else "")
+        )
+    if not result.dry_run and result.written:
+        con.print(
+            "[dim]review them: kohyawrap dataset caption --review "
+            f"{escape(str(result.folder))}"
+            + (f' --trigger "{escape(result.trigger)}"' if result.trigger else "")
+            + "[/]"
+        )
+
+
+def print_review(review: CaptionReview) -> None:
+    """The tag-frequency table, the captions without the trigger, photos without captions."""
+    con = stdout()
+    counted = max(1, review.captioned)
+    table = Table(
+        title=f"Tags in {review.captioned} caption(s) of {escape(str(review.folder))}",
+        title_justify="left",
+    )
+    table.add_column("tag", overflow="fold")
+    table.add_column("captions", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("")
+    for tag, count in review.tag_counts[:_REVIEW_TAGS]:
+        bar = "█" * max(1, round(20 * count / counted))
+        table.add_row(escape(tag), str(count), f"{100 * count / counted:.0f}%", f"[cyan]{bar}[/]")
+    if len(review.tag_counts) > _REVIEW_TAGS:
+        rest = len(review.tag_counts) - _REVIEW_TAGS
+        table.add_row(f"[dim]... and {rest} more (--json)[/]", "", "", "")
+    if review.tag_counts:
+        con.print(table)
+    if review.trigger and review.without_trigger:
+        missing = Table(
+            title=f"Captions without the trigger '{escape(review.trigger)}'",
+            title_justify="left",
+        )
+        missing.add_column("photo", overflow="fold")
+        missing.add_column("caption", overflow="fold")
+        for name, caption in review.without_trigger:
+            missing.add_row(escape(name), escape(caption))
+        con.print(missing)
+        con.print("[dim]dataset build puts the trigger in front of these; or edit them[/]")
+    for label, names in (("no caption file", review.missing), ("empty caption", review.empty)):
+        if names:
+            shown = ", ".join(names[:10]) + (
+                f" and {len(names) - 10} more" if len(names) > 10 else ""
+            )
+            con.print(f"[yellow]{label}:[/] {escape(shown)}")
+    trigger = f"; {len(review.without_trigger)} without the trigger" if review.trigger else ""
+    con.print(f"{review.captioned} of {review.images} photos captioned{trigger}")
+
+
+class CaptionStages:
+    """Shows the steps of a caption job on a host (``launcher.caption.CaptionReporter``)."""
+
+    def stage(self, name: str, detail: str = "") -> None:
+        stderr().print(f"[bold]{escape(name)}[/] {escape(detail)}")
+
+    def transfer(self, label: str, done: int, total: int) -> None:
+        pass  # small resized copies: over in seconds
+
+    def progress(self, done: int, total: int) -> None:
+        pass  # the progress bar shows it
+
+
+def note(message: str) -> None:
+    """A line on stderr (a step the user waits for)."""
+    stderr().print(f"[dim]{escape(message)}[/]")

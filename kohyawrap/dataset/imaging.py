@@ -211,6 +211,23 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def upright_rgb(path: Path, at_least: int) -> Image.Image:
+    """An image as a model should see it: upright (EXIF), 8-bit RGB, alpha put on white.
+
+    JPEGs are decoded at the smallest DCT scale that keeps both sides at least ``at_least``
+    pixels (a 4000 px photo for a 448 px tagger decodes at 1/4 scale). Raises ImageProblem.
+    """
+    with _open(path) as image:
+        orientation = _orientation(image)
+        if image.format in JPEG_FORMATS:
+            image.draft("RGB", (at_least, at_least))
+        image.load()
+        out = to_8bit(image).convert("RGB")
+    if orientation in _TRANSPOSE:
+        out = out.transpose(_TRANSPOSE[orientation])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Fingerprints
 

@@ -35,6 +35,7 @@ _MIN_DETAIL_BITS = 8  # a hash with fewer set (or unset) bits is a nearly flat p
 _SD_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _CAPTION_EXTENSIONS = (".txt", ".caption")
 _SHOWN = 5  # names listed in one aggregated finding
+_WORD = re.compile(r"[^\W_]")  # a letter or digit, in any script
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,16 @@ def _caption_findings(
     if not image.caption:
         found.append(
             Finding("warning", "empty_caption", path, f"{image.caption_file}: the caption is empty")
+        )
+    elif not _WORD.search(image.caption):
+        found.append(
+            Finding(
+                "warning",
+                "empty_caption",
+                path,
+                f"{image.caption_file}: the caption {image.caption[:40]!r} has no words "
+                "(a tagger that found nothing?): it describes nothing",
+            )
         )
     if image.caption_lines > 1:
         found.append(
