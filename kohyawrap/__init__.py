@@ -1,3 +1,3 @@
 """kohyawrap: a thin, exact wrapper over kohya-ss/sd-scripts for LoRA training on rented GPUs."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

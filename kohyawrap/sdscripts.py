@@ -1,7 +1,7 @@
 """Facts about kohya-ss/sd-scripts, as data.
 
 Which script trains which model family, every argument each script accepts (extracted from the real
-parsers at the pinned commit and shipped in ``kohyawrap/data``), and how checkpoints are named. A new
+parsers at the pinned commit and shipped in ``kohyawrap/data``). A new
 model family (FLUX.1, SD3) is a new row in ``FAMILIES``, not new code.
 """
 
@@ -100,18 +100,3 @@ def dataset_config_schema() -> dict[str, Any]:
         (data_dir() / "dataset_config_schema.json").read_text(encoding="utf-8")
     )
     return data
-
-
-def epoch_checkpoint_name(output_name: str | None, epoch: int, ext: str = "safetensors") -> str:
-    """``<name>-000002.safetensors``: what ``save_every_n_epochs`` writes after epoch ``epoch``."""
-    return f"{output_name or 'epoch'}-{epoch:06d}.{ext}"
-
-
-def step_checkpoint_name(output_name: str | None, step: int, ext: str = "safetensors") -> str:
-    """``<name>-step00000200.safetensors``: what ``save_every_n_steps`` writes at ``step``."""
-    return f"{output_name or 'at'}-step{step:08d}.{ext}"
-
-
-def final_checkpoint_name(output_name: str | None, ext: str = "safetensors") -> str:
-    """The file written at the end of training (``last`` without ``output_name``)."""
-    return f"{output_name or 'last'}.{ext}"

@@ -17,6 +17,15 @@ def stdout() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
+def wide(min_width: int = 110) -> Console:
+    """stdout, at least ``min_width`` columns wide when it is not a terminal (pipes, logs, CI):
+    tables there are read whole, never cut at 80 columns."""
+    con = stdout()
+    if not con.is_terminal:
+        con.width = max(con.width, min_width)
+    return con
+
+
 def stderr() -> Console:
     """A rich console on stderr (progress, warnings, errors)."""
     from rich.console import Console

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kohyawrap.console.forecast import wide
+from kohyawrap.console import wide
 
 if TYPE_CHECKING:
     from kohyawrap.models import Finding, RenderedRun

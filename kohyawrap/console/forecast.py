@@ -6,21 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kohyawrap.console import stdout
+from kohyawrap.console import wide
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from kohyawrap.dataset.lint import LintReport
     from kohyawrap.forecast import Forecast
-
-
-def wide() -> Console:
-    """stdout, at least 110 columns wide when it is not a terminal (pipes, logs, CI)."""
-    con = stdout()
-    if not con.is_terminal:
-        con.width = max(con.width, 110)
-    return con
 
 
 def duration(seconds: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kohyawrap.console.forecast import wide
+from kohyawrap.console import wide
 
 if TYPE_CHECKING:
     from kohyawrap.presets import Catalog, Resolved

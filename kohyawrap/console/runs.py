@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from kohyawrap.console import stdout
+from kohyawrap.console import wide
 
 if TYPE_CHECKING:
     from kohyawrap.launcher.manifest import RunManifest
@@ -77,7 +77,7 @@ def show_run_rows(rows: list[dict[str, Any]]) -> None:
             str(r.get("checkpoints", "-")),
             cost,
         )
-    stdout().print(table)
+    wide(200).print(table)
 
 
 def _when(epoch: float | None) -> str:
@@ -130,7 +130,7 @@ def show_run(m: RunManifest, path: Path) -> None:
     table.add_column()
     for key, value in rows:
         table.add_row(key, escape(value))
-    con = stdout()
+    con = wide(200)
     con.print(table)
     files = sorted(m.pulled.values(), key=lambda p: p.path)
     if files:

@@ -70,7 +70,7 @@ class Follower:
         self.tail = bytearray()
         self.stop_reason: StopReason | None = None
         self.stop_message = ""
-        self._stop_asked_at: float | None = None
+        self.stop_asked_at: float | None = None  # monotonic, when the stop was last asked
 
     def state(self) -> FollowState:
         """What to save: enough to continue from here after a drop."""
@@ -155,9 +155,9 @@ class Follower:
         if self.stop_reason is None:
             self.stop_reason, self.stop_message = reason, message
             self.reporter.info(f"stopping the training: {message}")
-        elif self._stop_asked_at is not None and now - self._stop_asked_at < RESTOP_SECONDS:
+        elif self.stop_asked_at is not None and now - self.stop_asked_at < RESTOP_SECONDS:
             return
-        self._stop_asked_at = now
+        self.stop_asked_at = now
         job.request_stop(self.host, self.run_dir)
 
     def _limits(self) -> None:

@@ -209,12 +209,15 @@ class RunManifest:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> RunManifest:
-        """A record from its JSON data; raises UsageError (never a traceback) on bad data."""
+    def from_json(cls, data: Any, config_files: dict[str, str] | None = None) -> RunManifest:
+        """A record from its JSON data; raises UsageError (never a traceback) on bad data.
+
+        ``config_files`` (name -> text) fill in the rendered files of a schema-1 record.
+        """
         if not isinstance(data, dict):
             raise UsageError(f"the manifest is a JSON {type(data).__name__}, not an object")
         try:
-            return _from_current(upgrade(data))
+            return _from_current(upgrade(data, config_files))
         except UsageError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kohyawrap.errors import UsageError
 from kohyawrap.fileio import LockHeld, atomic_write, dump_json, exclusive_lock
-from kohyawrap.launcher.manifest import RunManifest, upgrade
+from kohyawrap.launcher.manifest import RunManifest
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest is kilobytes; its dataset list at most a few MB
@@ -61,10 +61,9 @@ class RunDir:
             raise UsageError(f"cannot read the manifest: {err.strerror}", where=where) from err
         except ValueError as err:
             raise UsageError(f"the manifest is not valid JSON: {err}", where=where) from err
-        if isinstance(data, dict) and "schema" not in data:
-            data = upgrade(data, self._config_texts())
+        legacy = isinstance(data, dict) and "schema" not in data
         try:
-            return RunManifest.from_json(data)
+            return RunManifest.from_json(data, self._config_texts() if legacy else None)
         except UsageError as err:
             raise UsageError(
                 err.message,
