@@ -309,12 +309,12 @@ class Trainer:
                 ' message: "No space left on device" })'
             )
         Path(path).write_bytes(data)  # sd-scripts writes in place, not atomically
-        if behaviour["fail"] == "vanish" and self.step >= behaviour["fail_at_step"]:
+        vanish = behaviour["fail"] == "vanish" and self.step >= behaviour["fail_at_step"]
+        if vanish and not getattr(self, "_vanished", False):
             # Announced, written, then gone (a cleaner, a full disk's victim): the one missing file
             # a run must not call finished without.
-            if not getattr(self, "_vanished", False):
-                self._vanished = True
-                Path(path).unlink()
+            self._vanished = True
+            Path(path).unlink()
         if self.run.commit is None:
             self.con.warning(
                 "Failed to get git commit hash, using fallback", "sai_model_spec.py:288"
