@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from kohyawrap.cli.complete import gpu_names, model_names
+
 if TYPE_CHECKING:
     from kohyawrap.dataset.scan import TrainingDir
     from kohyawrap.models import RunSpec
@@ -31,11 +33,20 @@ def run_options(func: F) -> F:
     """The options that describe a run (shared by ``config render`` and ``plan``)."""
     path = click.Path(path_type=Path)
     options = [
-        click.option("--gpu", help="GPU preset (kohyawrap presets list); or --vram for others."),
+        click.option(
+            "--gpu",
+            shell_complete=gpu_names,
+            help="GPU preset (kohyawrap presets list); or --vram for others.",
+        ),
         click.option(
             "--vram", type=float, help="VRAM in GB: a card without a preset, or override."
         ),
-        click.option("--model", required=True, help="Model preset: sd15, sd2, sdxl (or your own)."),
+        click.option(
+            "--model",
+            required=True,
+            shell_complete=model_names,
+            help="Model preset (kohyawrap presets list): sd15, sd2, sdxl or your own.",
+        ),
         click.option(
             "--dataset", required=True, type=path, help="Parent of the <repeats>_<concept> folders."
         ),
@@ -229,9 +240,13 @@ def _status(path: Path, text: str) -> str:
 @config.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
-    "--model", help="Model preset the config is for (picks the script); guessed when left out."
+    "--model",
+    shell_complete=model_names,
+    help="Model preset the config is for (picks the script); guessed when left out.",
 )
-@click.option("--gpu", help="GPU preset it will run on (checks bf16 support).")
+@click.option(
+    "--gpu", shell_complete=gpu_names, help="GPU preset it will run on (checks bf16 support)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def check(path: Path, model: str | None, gpu: str | None, as_json: bool) -> None:
     """Check a --config_file TOML the way sd-scripts will read it; exit 2 on errors.

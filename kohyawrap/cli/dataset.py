@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from kohyawrap.cli import echo_json
+from kohyawrap.cli.complete import model_names
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 
@@ -47,6 +48,7 @@ def dataset() -> None:
 @click.option(
     "--model",
     required=True,
+    shell_complete=model_names,
     help="Model preset: sd15, sd2 or sdxl (decides repeats and the default --max-side).",
 )
 @click.option(
@@ -162,7 +164,10 @@ def build(
 @dataset.command(name="lint")
 @click.argument("path", type=_DIR)
 @click.option(
-    "--model", required=True, help="Model preset: sd15, sd2 or sdxl (resolution and buckets)."
+    "--model",
+    required=True,
+    shell_complete=model_names,
+    help="Model preset: sd15, sd2 or sdxl (resolution and buckets).",
 )
 @click.option(
     "--reg",
@@ -237,6 +242,7 @@ def lint_command(
     """
     from kohyawrap.console.dataset import print_lint
     from kohyawrap.dataset.build import LintRequest, lint_dataset
+    from kohyawrap.errors import OutputClosed
 
     overrides = (("resolution", resolution),) if resolution else ()
     report = lint_dataset(
@@ -255,10 +261,15 @@ def lint_command(
             jobs=jobs,
         )
     )
-    if as_json:
-        echo_json(report.to_json())
-    else:
-        print_lint(report)
+    try:
+        if as_json:
+            echo_json(report.to_json())
+        else:
+            print_lint(report)
+    except OutputClosed:
+        if not report.errors:
+            raise
+        sys.exit(1)  # the verdict stands when the reader leaves early (`| head`)
     if report.errors:
         # sys.exit, not ctx.exit: main() runs click with standalone_mode=False, which turns
         # ctx.exit(1) into a return value that is dropped.
