@@ -87,6 +87,7 @@ class ModelPreset:
     vram: VramModel
     path: str
     sources: Mapping[str, str] = field(default_factory=dict)
+    base_model: str = ""  # [model] base_model: what --base-model means when it is not given
 
     @property
     def script(self) -> str:
@@ -441,6 +442,7 @@ def _model_from_raw(raw: _RawPreset) -> ModelPreset:
     vram = _table(raw.data, "vram", where)
     num = (int, float)
     return ModelPreset(
+        base_model=str(model.get("base_model", "")),
         name=raw.name,
         title=str(model.get("title", raw.name)),
         family=family,

@@ -147,7 +147,7 @@ def cli() -> None:
     \b
     The whole path, one command at a time:
       kohyawrap demo                                   # try it: example dataset + config + plan
-      kohyawrap dataset build ./photos --trigger "sks dog" --class-word dog --model sdxl -o ./training_data
+      kohyawrap dataset build ./photos --trigger "sks dog" --model sdxl --gpu rtx4090 -o ./training_data
       kohyawrap plan --gpu rtx4090 --model sdxl --dataset ./training_data --compare
       kohyawrap train --host root@1.2.3.4 -p 22022 --gpu auto --model sdxl --dataset ./training_data \\
           --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora

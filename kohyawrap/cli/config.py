@@ -18,15 +18,9 @@ from kohyawrap.cli.complete import gpu_names, model_names
 if TYPE_CHECKING:
     from kohyawrap.dataset.scan import TrainingDir
     from kohyawrap.models import RunSpec
+    from kohyawrap.presets import ModelPreset
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# The base model a preset means when --base-model is not given (Hugging Face repo ids).
-DEFAULT_BASE_MODELS = {
-    "sd15": "runwayml/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
 
 
 def run_options(func: F) -> F:
@@ -51,7 +45,10 @@ def run_options(func: F) -> F:
             "--dataset", required=True, type=path, help="Parent of the <repeats>_<concept> folders."
         ),
         click.option("--reg", type=path, help="Regularisation folder (default: <dataset>/reg)."),
-        click.option("--base-model", help="Repo id, URL or path; default per model preset."),
+        click.option(
+            "--base-model",
+            help="Repo id, URL or path; default: the model preset's base_model.",
+        ),
         click.option("--name", default="my_lora", show_default=True, help="The LoRA's file name."),
         click.option(
             "--caption-extension",
@@ -109,8 +106,9 @@ def reg_dir(dataset: Path, reg: Path | None) -> Path | None:
     return default if default.is_dir() else None
 
 
-def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
-    """A RunSpec from the shared run options; paths re-based onto ``run_dir``."""
+def build_spec(params: dict[str, Any], run_dir: Path, model: ModelPreset) -> RunSpec:
+    """A RunSpec from the shared run options for ``model`` (the catalog's preset named by
+    --model); paths re-based onto ``run_dir``."""
     from kohyawrap.models import RunSpec
     from kohyawrap.presets import parse_override
 
@@ -119,13 +117,13 @@ def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
     return RunSpec(
         gpu=gpu_name(params.get("gpu"), params.get("vram")),
         model=params["model"],
-        base_model=params.get("base_model") or DEFAULT_BASE_MODELS.get(params["model"], ""),
+        base_model=params.get("base_model") or model.base_model,
         output_name=params["name"],
         train_data_dir=relative_to_run(dataset, run_dir),
         reg_data_dir=relative_to_run(reg, run_dir) if reg is not None else None,
         caption_extension=params["caption_extension"],
         use_dataset_config=bool(params.get("use_dataset_config")),
-        overrides=tuple(parse_override(s, script) for s in params.get("sets", ())),
+        overrides=tuple(parse_override(s, model.script) for s in params.get("sets", ())),
         smoke=bool(params.get("smoke")),
         vram_gb=params.get("vram") if params.get("gpu") else None,
     )
@@ -181,7 +179,7 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     from kohyawrap.render import findings, render_run
 
     catalog = load_catalog()
-    spec = build_spec(params, output, catalog.model(params["model"]).script)
+    spec = build_spec(params, output, catalog.model(params["model"]))
     tdir = scan_dataset(params, required=spec.use_dataset_config)
     rendered = render_run(spec, tdir=tdir, catalog=catalog)
     written = write_run_files(output, rendered.files, force=force)

@@ -50,7 +50,7 @@ def demo(output: Path, force: bool) -> None:
     from kohyawrap.dataset.build import BuildRequest, build_dataset
     from kohyawrap.dataset.example import make_example_photos
     from kohyawrap.dataset.scan import read_training_dir
-    from kohyawrap.forecast import build_forecast, compare_forecasts
+    from kohyawrap.forecast import build_forecast, compare_forecasts, preset_steps
     from kohyawrap.models import RunSpec
     from kohyawrap.presets import load_catalog
     from kohyawrap.render import findings
@@ -65,6 +65,7 @@ def demo(output: Path, force: bool) -> None:
     photos = make_example_photos(output / "photos")
     con.print(f"1. example photos: {photos}")
     data = output / "training_data"
+    catalog = load_catalog()
     request = BuildRequest(
         inputs=(photos,),
         output=data,
@@ -72,6 +73,7 @@ def demo(output: Path, force: bool) -> None:
         model=DEMO_MODEL,
         class_words=(DEMO_CLASS,),
         force=True,  # _claim made sure it is an earlier demo's (or --force was given)
+        length=preset_steps(DEMO_MODEL, DEMO_GPU, catalog=catalog).length,  # as the plan counts
     )
     built = build_dataset(request)
     con.print(f"2. dataset: {data} ({len(built.outcomes)} images; report {built.report_path})")
@@ -84,7 +86,6 @@ def demo(output: Path, force: bool) -> None:
         train_data_dir="../training_data",
     )
     tdir = read_training_dir(data)
-    catalog = load_catalog()
     plan = build_forecast(spec, tdir, catalog=catalog)
     written = write_run_files(run_dir, plan.rendered.files, force=True)
     con.print("3. config:")

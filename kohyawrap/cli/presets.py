@@ -64,6 +64,7 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
             "family": m.family,
             "script": m.script,
             "resolution": m.resolution,
+            "base_model": m.base_model,
             "file": m.path,
         }
         for m in catalog.models.values()
