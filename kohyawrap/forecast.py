@@ -287,7 +287,7 @@ def _sample_images(rendered: RenderedRun, epochs: int) -> int:
 def _checkpoints(settings: Mapping[str, Any], epochs: int) -> int:
     every = settings.get("save_every_n_epochs")
     numbered = (epochs - 1) // every if isinstance(every, int) and every > 0 else 0
-    return numbered + 1  # the final model is always written (config_file_semantics.md §6)
+    return numbered + 1  # the final model is always written (docs/sources.md [4])
 
 
 def _stages(

@@ -533,9 +533,7 @@ def _dataset_settings(model: ModelPreset) -> tuple[Setting, ...]:
     keys = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
     resolution = Setting(
         "resolution",
-        str(
-            model.resolution
-        ),  # a string in --config_file: an int crashes (config_file_semantics.md §1)
+        str(model.resolution),  # a string in --config_file: an int crashes (docs/sources.md [2])
         origin,
         model.sources.get("dataset.resolution", ""),
     )

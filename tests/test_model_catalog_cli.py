@@ -64,7 +64,7 @@ def test_a_user_model_preset_works_in_every_command(
 @pytest.mark.parametrize(
     ("model", "repo"),
     [
-        ("sd15", "runwayml/stable-diffusion-v1-5"),
+        ("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),  # runwayml's was deleted
         ("sd2", "stabilityai/stable-diffusion-2-1"),
         ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
     ],

@@ -81,7 +81,7 @@ def demo(output: Path, force: bool) -> None:
     spec = RunSpec(
         gpu=DEMO_GPU,
         model=DEMO_MODEL,
-        base_model="runwayml/stable-diffusion-v1-5",
+        base_model=catalog.model(DEMO_MODEL).base_model,
         output_name="my_lora",
         train_data_dir="../training_data",
     )
@@ -95,8 +95,9 @@ def demo(output: Path, force: bool) -> None:
     show_forecast(plan)
     show_compare(compare_forecasts(spec, tdir, catalog=catalog), current=DEMO_GPU)
     con.print(
-        "Next: rent a GPU and run `kohyawrap train --host ... --gpu auto --model sd15 "
-        f"--dataset {data} --base-model runwayml/stable-diffusion-v1-5 --name my_lora`, or run {run_dir / 'launch.sh'} where sd-scripts is."
+        f"Next: rent a GPU and run `kohyawrap train --host ... --gpu auto --model {DEMO_MODEL} "
+        f"--dataset {data} --base-model {spec.base_model} --name my_lora`, or run "
+        f"{run_dir / 'launch.sh'} where sd-scripts is."
     )
 
 

@@ -123,7 +123,8 @@ def check_settings(settings: BucketSettings, model: str | None = None) -> None:
     if not settings.enable_bucket:
         return
     steps = settings.bucket_reso_steps
-    # sdxl_train_network.py accepts steps divisible by 32, train_network.py needs 64 (semantics §5).
+    # sdxl_train_network.py accepts steps divisible by 32, train_network.py needs 64
+    # (docs/sources.md [5]).
     need = 32 if model == "sdxl" else 64
     if steps <= 0 or steps % need:
         raise ConfigError(
@@ -308,8 +309,7 @@ def total_steps(batches_per_epoch: int, epochs: int, gradient_accumulation_steps
     return epochs * math.ceil(batches_per_epoch / max(1, gradient_accumulation_steps))
 
 
-# sd-scripts' --max_train_steps default, used when max_train_epochs is not set
-# (kohyawrap/data/train_network_args.json, taken from its argument parser).
+# sd-scripts' --max_train_steps default, used when max_train_epochs is not set (docs/sources.md [3]).
 DEFAULT_MAX_TRAIN_STEPS = 1600
 
 
