@@ -120,6 +120,14 @@ def short_command(command: str, limit: int = 120) -> str:
     return cut if cut == text else cut + " ..."
 
 
+class OutputClosed(Exception):
+    """Whoever read our stdout went away (``kohyawrap presets list | head -1``).
+
+    Not a KohyawrapError: nothing failed, the reader simply has what it wanted. ``cli.main`` ends
+    quietly with exit code 0.
+    """
+
+
 def suggest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` close matches of ``word`` among ``choices`` (best first)."""
     pool = list(choices)

@@ -8,7 +8,6 @@ passed in already scanned, the clock is not read.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,20 +15,20 @@ from typing import TYPE_CHECKING, Any, Literal
 from kohyawrap.dataset.buckets import (
     BatchCount,
     BucketSettings,
+    TrainingLength,
     bucket_settings_for,
     count_batches,
-    total_steps,
+    count_training_steps,
 )
 from kohyawrap.dataset.lint import LintReport, lint
 from kohyawrap.errors import DatasetError, UsageError
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
-from kohyawrap.presets import Catalog, GpuPreset, ModelPreset, Rules, load_catalog
+from kohyawrap.presets import Catalog, GpuPreset, ModelPreset, Rules, load_catalog, resolve
 from kohyawrap.render import SAMPLE_PROMPTS, dataset_options, render_run
 
 if TYPE_CHECKING:
     from kohyawrap.dataset.scan import TrainingDir
 
-DEFAULT_MAX_TRAIN_STEPS = 1600  # sd-scripts' default when max_train_epochs is not set
 Setup = Literal["cold", "warm"]
 
 
@@ -124,29 +123,18 @@ def count_steps(rendered: RenderedRun, tdir: TrainingDir, family: str) -> Steps:
     """Batches and optimizer steps exactly as sd-scripts will count them for this dataset."""
     options = dataset_options(rendered)
     buckets = _bucket_settings(options, family)
-    batch = int(options.get("train_batch_size", 1))
+    length = training_length(options)
+    batch = length.train_batch_size
     counted: BatchCount = count_batches(tdir.subset_sizes(), buckets, batch)
     if counted.images_with_repeats == 0:
         raise DatasetError(
             f"no training images in {tdir.root}: sd-scripts would stop with 'No data found'",
             hint="train_data_dir must be the PARENT of <repeats>_<concept> image folders",
         )
-    accumulation = int(options.get("gradient_accumulation_steps", 1))
-    per_epoch = math.ceil(counted.batches_per_epoch / max(1, accumulation))
-    if "max_train_epochs" in options:
-        epochs = int(options["max_train_epochs"])
-        steps, basis = (
-            total_steps(counted.batches_per_epoch, epochs, accumulation),
-            "max_train_epochs",
-        )
-    else:
-        steps = int(options.get("max_train_steps", DEFAULT_MAX_TRAIN_STEPS))
-        basis = (
-            "max_train_steps"
-            if "max_train_steps" in options
-            else "max_train_steps (sd-scripts default 1600)"
-        )
-        epochs = math.ceil(steps / per_epoch)
+    count = count_training_steps(counted.batches_per_epoch, length)
+    basis = {"default": "max_train_steps (sd-scripts default 1600)"}.get(
+        count.decided_by, count.decided_by
+    )
     return Steps(
         images=sum(len(s.images) for s in tdir.subsets if not s.is_reg),
         reg_images=sum(len(s.images) for s in tdir.subsets if s.is_reg),
@@ -154,11 +142,80 @@ def count_steps(rendered: RenderedRun, tdir: TrainingDir, family: str) -> Steps:
         reg_images_with_repeats=counted.reg_images_with_repeats,
         batch_size=batch,
         batches_per_epoch=counted.batches_per_epoch,
-        gradient_accumulation_steps=accumulation,
-        epochs=epochs,
-        total_steps=steps,
+        gradient_accumulation_steps=length.gradient_accumulation_steps,
+        epochs=count.epochs,
+        total_steps=count.total_steps,
         basis=basis,
         buckets=counted.buckets,
+    )
+
+
+def training_length(options: Mapping[str, Any], basis: str = "") -> TrainingLength:
+    """The options that decide the step count (batch, epochs or steps, accumulation)."""
+    epochs, steps = options.get("max_train_epochs"), options.get("max_train_steps")
+    return TrainingLength(
+        train_batch_size=int(options.get("train_batch_size", 1)),
+        max_train_epochs=int(epochs) if epochs is not None else None,
+        max_train_steps=int(steps) if steps is not None else None,
+        gradient_accumulation_steps=int(options.get("gradient_accumulation_steps", 1)),
+        basis=basis,
+    )
+
+
+@dataclass(frozen=True)
+class PresetSteps:
+    """What the presets say decides a dataset's step count: buckets and training length."""
+
+    family: str
+    bucket: BucketSettings
+    length: TrainingLength
+
+
+def preset_steps(
+    model: str,
+    gpu: str | None = None,
+    *,
+    given: Mapping[str, Any] | None = None,
+    catalog: Catalog | None = None,
+) -> PresetSteps:
+    """Buckets, batch size and length for ``dataset build`` / ``dataset lint``, from the same
+    presets ``plan`` renders (model < GPU tier < ``given``), so all three count alike.
+
+    Without ``gpu`` the model preset alone decides and the batch size is sd-scripts' default 1
+    (the tiers set it per card); ``length.basis`` says so, and lists what was ``given``
+    (sd-scripts option names: train_batch_size, max_train_epochs, ...).
+    """
+    catalog = catalog if catalog is not None else load_catalog()
+    preset = catalog.model(model)
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    if gpu:
+        resolved = resolve(catalog, gpu, model)
+        options = resolved.values()
+        tier = f", {resolved.tier.label}" if resolved.tier else ""
+        source, batch_note = f"presets {preset.name} + {resolved.gpu.name}{tier}", ""
+    else:
+        options = {**dict(preset.dataset), **{s.key: s.value for s in preset.train}}
+        source = f"preset {preset.name}"
+        batch_note = " (assumed with no --gpu: a GPU preset's tier sets it, as in `plan`)"
+    if "max_train_steps" in given and "max_train_epochs" not in given:
+        options.pop("max_train_epochs", None)  # steps given alone: they decide, not the preset
+    options.update(given)
+    length = training_length(options)
+    if "train_batch_size" in given:
+        batch_note = " (given)"
+    parts = [f"batch size {length.train_batch_size}{batch_note}"]
+    if length.max_train_epochs is not None:
+        parts.append(f"{length.max_train_epochs} epochs")
+    elif length.max_train_steps is not None:
+        parts.append(f"{length.max_train_steps} steps")
+    if length.gradient_accumulation_steps != 1:
+        parts.append(f"gradient accumulation {length.gradient_accumulation_steps}")
+    others = [f"{k}={v}" for k, v in sorted(given.items()) if k != "train_batch_size"]
+    basis = f"{source}: {', '.join(parts)}" + (f"; given {', '.join(others)}" if others else "")
+    return PresetSteps(
+        family=preset.family,
+        bucket=_bucket_settings(options, preset.family),
+        length=replace(length, basis=basis),
     )
 
 
@@ -230,7 +287,7 @@ def _sample_images(rendered: RenderedRun, epochs: int) -> int:
 def _checkpoints(settings: Mapping[str, Any], epochs: int) -> int:
     every = settings.get("save_every_n_epochs")
     numbered = (epochs - 1) // every if isinstance(every, int) and every > 0 else 0
-    return numbered + 1  # the final model is always written (config_file_semantics.md §6)
+    return numbered + 1  # the final model is always written (docs/sources.md [4])
 
 
 def _stages(
@@ -380,10 +437,7 @@ def lint_forecast(plan: Forecast, tdir: TrainingDir, family: str) -> LintReport:
         tdir,
         model=family,
         bucket=_bucket_settings(options, family),
-        batch_size=plan.steps.batch_size,
-        epochs=options.get("max_train_epochs"),
-        max_train_steps=options.get("max_train_steps"),
-        gradient_accumulation_steps=plan.steps.gradient_accumulation_steps,
+        length=training_length(options),
         caption_extension=str(options.get("caption_extension", ".caption")),
     )
 

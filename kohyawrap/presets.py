@@ -87,6 +87,7 @@ class ModelPreset:
     vram: VramModel
     path: str
     sources: Mapping[str, str] = field(default_factory=dict)
+    base_model: str = ""  # [model] base_model: what --base-model means when it is not given
 
     @property
     def script(self) -> str:
@@ -441,6 +442,7 @@ def _model_from_raw(raw: _RawPreset) -> ModelPreset:
     vram = _table(raw.data, "vram", where)
     num = (int, float)
     return ModelPreset(
+        base_model=str(model.get("base_model", "")),
         name=raw.name,
         title=str(model.get("title", raw.name)),
         family=family,
@@ -531,9 +533,7 @@ def _dataset_settings(model: ModelPreset) -> tuple[Setting, ...]:
     keys = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
     resolution = Setting(
         "resolution",
-        str(
-            model.resolution
-        ),  # a string in --config_file: an int crashes (config_file_semantics.md §1)
+        str(model.resolution),  # a string in --config_file: an int crashes (docs/sources.md [2])
         origin,
         model.sources.get("dataset.resolution", ""),
     )

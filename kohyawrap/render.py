@@ -239,7 +239,8 @@ def _split_dataset(acc: dict[str, Setting], use_dataset_config: bool) -> dict[st
     acc["dataset_config"] = Setting("dataset_config", DATASET_CONFIG, "run")
     if isinstance(general.get("resolution"), str):
         width, _, height = general["resolution"].partition(",")
-        # In a dataset config resolution is a number or [w, h] (config_file_semantics.md §1).
+        # In a dataset config resolution is a number or [w, h]; in --config_file a string
+        # (docs/sources.md [2]).
         general["resolution"] = [int(width), int(height)] if height else int(width)
     return general
 
@@ -347,7 +348,7 @@ def _sample_prompts(env: jinja2.Environment, prompts: list[str], size: tuple[int
 
 
 def accelerate_args(mixed_precision: str, *, cpu: bool) -> tuple[str, ...]:
-    """Options of ``accelerate launch``, all explicit (field_notes §3: no guessed defaults)."""
+    """Options of ``accelerate launch``, all explicit: no guessed defaults (docs/sources.md [43])."""
     args = (
         "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "2",

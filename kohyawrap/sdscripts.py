@@ -15,7 +15,7 @@ from typing import Any
 from kohyawrap.resources import data_dir
 
 # sd-scripts main @ 48d368fa (2026-02-16, v0.10.1+5): the commit every shipped fact was taken from
-# (shared/reference/sd-scripts/README.md) and the default for --sd-scripts-ref.
+# (docs/sources.md links every fact to it) and the default for --sd-scripts-ref.
 PINNED_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
 DEFAULT_REPO = "https://github.com/kohya-ss/sd-scripts.git"
 
@@ -28,7 +28,9 @@ class Family:
     script: str
     args_file: str
     base_model_version: str  # ss_base_model_version written by sd-scripts
-    tokenizers: tuple[str, ...]  # Hugging Face repos fetched at training time (install_notes.md)
+    tokenizers: tuple[
+        str, ...
+    ]  # Hugging Face repos fetched at training time (docs/sources.md [44])
 
 
 FAMILIES: dict[str, Family] = {

@@ -2,7 +2,7 @@
 
 sd-scripts does not validate ``--config_file``: unknown keys are ignored silently, values are not
 converted (a quoted ``"1e-4"`` stays a string), and some mistakes only fail after the model has
-loaded (config_file_semantics.md §1). This module finds those problems up front and explains them.
+loaded (docs/sources.md [1], [2], [6]). This module finds those problems up front and explains them.
 Findings are data; the CLI presents them. Pure: no I/O.
 """
 

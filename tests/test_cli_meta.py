@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,78 @@ def test_entry_points_start(tmp_path):
     if script.exists():
         result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "Commands" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Every option is documented: in a docs/*.md page that names its command, or in an example of
+# the command's own --help. Written over whatever commands and options exist, so it keeps up
+# with new ones.
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _lazy_walk(command: click.Command, path: tuple[str, ...], ctx: click.Context):
+    """Every command reachable the way a user reaches it: through the LazyGroup."""
+    yield path, command
+    if isinstance(command, click.Group):
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, name
+            yield from _lazy_walk(
+                sub, (*path, name), click.Context(sub, info_name=name, parent=ctx)
+            )
+
+
+def _options() -> list[tuple[str, click.Command, click.Option]]:
+    from kohyawrap.cli import cli
+
+    found = []
+    for path, command in _lazy_walk(cli, (), click.Context(cli, info_name="kohyawrap")):
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help" and path:
+                found.append((" ".join(path), command, param))
+    return found
+
+
+OPTIONS = _options()
+
+
+def _mentions(text: str, flag: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) is not None
+
+
+def _names_command(text: str, path: str) -> bool:
+    return f"kohyawrap {path}" in text or f"`{path}`" in text or f"`{path} " in text
+
+
+def _help_examples(command: click.Command) -> str:
+    """The example lines of a command's help (a `kohyawrap ...` line and its continuations)."""
+    lines, keep = [], False
+    for line in (command.help or "").splitlines():
+        keep = "kohyawrap " in line or (keep and lines[-1].rstrip().endswith("\\"))
+        if keep:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def test_every_command_and_option_is_found() -> None:
+    paths = {path for path, _, _ in OPTIONS}
+    assert {"dataset build", "dataset lint", "plan", "config render", "train"} <= paths
+    assert len(OPTIONS) > 100
+
+
+@pytest.mark.parametrize(
+    ("path", "command", "option"),
+    OPTIONS,
+    ids=[f"{path} {option.opts[-1]}" for path, _, option in OPTIONS],
+)
+def test_every_option_is_documented(path: str, command: click.Command, option: click.Option):
+    flags = [*option.opts, *option.secondary_opts]
+    if any(_mentions(_help_examples(command), flag) for flag in flags):
+        return
+    pages = [p for p in sorted(DOCS.glob("*.md")) if _names_command(p.read_text("utf-8"), path)]
+    documented = [p.name for p in pages if any(_mentions(p.read_text("utf-8"), f) for f in flags)]
+    assert documented, (
+        f"`kohyawrap {path}` {'/'.join(flags)} is in no example of its --help and in no docs page "
+        f"that names the command ({', '.join(p.name for p in pages) or 'none'})"
+    )

@@ -82,7 +82,8 @@ def test_no_upscale_large_image_shrinks_to_the_area() -> None:
 
 
 def test_sample_run_batch_count() -> None:
-    # shared/reference sample_run: 4 images, 10 repeats, 128 px, no buckets, batch 1, 2 epochs:
+    # The captured sample run (tests/data/sdscripts/sample_run_config.toml): 4 images, 10 repeats,
+    # 128 px, no buckets, batch 1, 2 epochs:
     # sd-scripts printed 40 images × repeats, 40 batches per epoch, 80 total steps.
     settings = BucketSettings(resolution=(128, 128), enable_bucket=False)
     count = count_batches([SubsetSizes(((128, 128),) * 4, repeats=10)], settings, batch_size=1)

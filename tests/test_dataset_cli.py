@@ -42,7 +42,8 @@ def test_build_then_lint_json(
     )
     assert code == 0
     lint = json.loads(stdout)
-    assert lint["images_with_repeats"] == 102 and lint["total_steps"] == 1600
+    assert lint["images_with_repeats"] == 102 and lint["total_steps"] == 1020  # preset: 10 epochs
+    assert lint["total_steps"] == report["lint"]["total_steps"]  # build and lint count alike
 
 
 def test_build_prints_tables(

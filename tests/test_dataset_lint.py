@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kohyawrap.dataset.buckets import BucketSettings, bucket_settings_for
+from kohyawrap.dataset.buckets import BucketSettings, TrainingLength, bucket_settings_for
 from kohyawrap.dataset.build import LintRequest, compute_phashes, lint_dataset
 from kohyawrap.dataset.lint import LintReport, lint
 from kohyawrap.dataset.scan import read_training_dir
@@ -25,8 +25,16 @@ SMALL = BucketSettings(
 )
 
 
-def _lint(root: Path, **kw: object) -> LintReport:
+def _lint(
+    root: Path,
+    *,
+    batch_size: int = 1,
+    epochs: int | None = None,
+    max_train_steps: int | None = None,
+    **kw: object,
+) -> LintReport:
     options: dict[str, object] = {"model": "sd15", "bucket": SMALL, "min_short_side": 48}
+    options["length"] = TrainingLength(batch_size, epochs, max_train_steps)
     options.update(kw)
     tdir = read_training_dir(root, str(options.pop("caption_extension", ".txt")))
     return lint(tdir, **options)  # type: ignore[arg-type]
@@ -174,9 +182,10 @@ def test_no_images_is_an_error(tmp_path: Path) -> None:
 
 def test_json_report_and_lint_dataset(tmp_path: Path) -> None:
     _clean(tmp_path)
-    report = lint_dataset(LintRequest(tmp_path, "sd15", trigger="sks dog", batch_size=2, epochs=3))
+    length = TrainingLength(train_batch_size=2, max_train_epochs=3, basis="given")
+    report = lint_dataset(LintRequest(tmp_path, "sd15", trigger="sks dog", length=length))
     data = report.to_json()
-    assert data["ok"] is True and data["batch_size"] == 2
+    assert data["ok"] is True and data["batch_size"] == 2 and data["steps_from"] == "given"
     # 96x64 is 1.5:1; 640x384 (1.67) is nearer than 576x448 (1.29)
     assert data["buckets"] == [{"width": 640, "height": 384, "count": 15}]
     assert (data["batches_per_epoch"], data["total_steps"], data["epochs"]) == (8, 24, 3)

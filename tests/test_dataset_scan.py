@@ -17,7 +17,7 @@ from tests.fixtures.images import (
     write_zero_bytes,
 )
 
-# Observed from sd-scripts itself (copied from shared/reference/sd-scripts).
+# Observed from sd-scripts itself at the pinned commit (docs/sources.md [8]), case by case.
 CASES = json.loads(
     (Path(__file__).parent / "data" / "concept_folder_parsing_cases.json").read_text()
 )

@@ -35,7 +35,7 @@ E = TypeVar("E")
 DATA = Path(__file__).parent / "data" / "sdscripts"
 ACCELERATE = ("--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--num_cpu_threads_per_process", "2", "--cpu")  # fmt: skip
-# The sample run's config (shared/reference/sd-scripts/sample_run/config.toml), shortened.
+# The sample run's config (tests/data/sdscripts/sample_run_config.toml), shortened.
 CONFIG = """\
 [model]
 pretrained_model_name_or_path = "model/random-sd15.safetensors"

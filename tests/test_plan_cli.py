@@ -76,6 +76,28 @@ def test_demo_builds_renders_and_plans(tmp_path, capsys):
     assert (out / "my_lora" / "training_config.toml").is_file()
     assert any(p.name[0].isdigit() for p in (out / "training_data").iterdir())
     assert "steps" in text and "h100" in text and "fits?" in text
+    assert "writing the demo into" in text
+
+
+def test_demo_runs_again_replacing_its_own_output(tmp_path, capsys):
+    out = tmp_path / "演示 demo"
+    assert run(["demo", "-o", str(out)], capsys)[0] == 0
+    config = (out / "my_lora" / "training_config.toml").read_bytes()
+    (out / "photos" / "stray.jpg").write_bytes(b"not a photo")  # in the demo's own folder
     code, text = run(["demo", "-o", str(out)], capsys)
-    assert code == 2 and "--force" in text
+    assert code == 0, text
+    assert f"replacing the earlier demo in {out}" in " ".join(text.split())  # rich wraps
+    assert not (out / "photos" / "stray.jpg").exists()
+    assert (out / "my_lora" / "training_config.toml").read_bytes() == config
+
+
+def test_demo_refuses_a_folder_it_did_not_make_unless_forced(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "photos").mkdir(parents=True)
+    (out / "photos" / "holiday.jpg").write_bytes(b"the user's own file")
+    code, text = run(["demo", "-o", str(out)], capsys)
+    assert code == 2 and "did not make" in text and "--force" in text
     assert run(["demo", "-o", str(out), "--force"], capsys)[0] == 0
+    # Forced into a foreign folder: nothing there becomes the demo's to delete later.
+    assert run(["demo", "-o", str(out), "--force"], capsys)[0] == 0
+    assert (out / "photos" / "holiday.jpg").read_bytes() == b"the user's own file"

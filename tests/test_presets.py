@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 from kohyawrap.errors import ConfigError, UsageError
 from kohyawrap.presets import load_catalog, parse_override, pick_tier, read_toml, resolve
 from kohyawrap.resources import presets_dir
+
+SOURCES = Path(__file__).resolve().parent.parent / "docs" / "sources.md"
+PACKAGE = Path(__file__).resolve().parent.parent / "kohyawrap"
 
 GPUS = (
     "rtx3060-12gb",
@@ -65,16 +69,44 @@ def test_every_number_in_a_preset_file_has_a_source(path):
     data, comments = read_toml(path)
     missing = [key for key in _numbers(data) if not comments.get(key)]
     assert missing == [], f"{path.name}: numbers without a source comment: {missing}"
-    # Unmeasured numbers say so; measured ones name where (field_notes, an issue, a doc).
+    # Unmeasured numbers say so; others name a public source: a [n] key of docs/sources.md.
+    keys = source_keys()
     for key in _numbers(data):
         text = comments[key]
-        cited = any(
-            w in text for w in ("field_notes", "#", ".md", "sample_run", "spec", "sd-scripts")
-        )
-        assert "estimate" in text or cited or "derived" in text, f"{path.name} {key}: {text}"
+        cited = re.findall(r"\[(\d+)\]", text)
+        assert set(cited) <= keys, f"{path.name} {key}: no such entry in docs/sources.md: {text}"
+        said = ("estimate", "derived", "measured")
+        assert cited or any(w in text for w in said), f"{path.name} {key}: {text}"
 
 
-def test_tiers_follow_the_field_notes_rules(catalog):
+def source_keys() -> set[str]:
+    """The [n] keys of docs/sources.md; each entry must link somewhere a reader can open."""
+    keys = set()
+    for line in SOURCES.read_text(encoding="utf-8").splitlines():
+        entry = re.match(r"^\| \[(\d+)\] \| (.*)$", line)
+        if entry:
+            assert "https://" in entry.group(2) or "tests/data/" in entry.group(2), line
+            keys.add(entry.group(1))
+    return keys
+
+
+def test_sources_are_numbered_once_and_all_used():
+    text = SOURCES.read_text(encoding="utf-8")
+    numbered = re.findall(r"^\| \[(\d+)\] \|", text, flags=re.MULTILINE)
+    assert numbered == [str(n) for n in range(1, len(numbered) + 1)]
+    cited = set()
+    readable = [
+        *presets_dir().rglob("*.toml"),
+        *SOURCES.parent.glob("*.md"),
+        *PACKAGE.rglob("*.py"),
+    ]
+    for path in readable:
+        if path != SOURCES:
+            cited |= set(re.findall(r"\[(\d+)\]", path.read_text(encoding="utf-8")))
+    assert set(numbered) - cited == set(), "entries of docs/sources.md that nothing cites"
+
+
+def test_tiers_follow_the_published_recipes(catalog):
     sdxl = {
         t.min_vram_gb: dict((s.key, s.value) for s in t.settings)
         for t in catalog.rules.tiers["sdxl"]
@@ -105,7 +137,7 @@ def test_resolution_order_and_origins(catalog):
     assert by_key["resolution"].value == "1024"  # a string, as --config_file needs
     assert by_key["network_module"].value == "networks.lora"
     assert "no_half_vae" not in by_key
-    assert "field_notes" in by_key["gradient_checkpointing"].source
+    assert "[10]" in by_key["gradient_checkpointing"].source  # docs/sources.md
 
 
 def test_sdxl_in_fp16_gets_no_half_vae(catalog):
@@ -179,7 +211,7 @@ def test_user_presets_extend_shipped_ones(tmp_path):
     _write(
         tmp_path / "gpus" / "t4.toml",
         'extends = "rtx4060ti-16gb"\n[gpu]\ntitle = "NVIDIA T4"\nmatch = ["Tesla T4"]\n'
-        "bf16 = false  # Turing has no bf16 (field_notes §1)\nprice_per_hour = 0.2  # estimate\n",
+        "bf16 = false  # Turing has no bf16 [30]\nprice_per_hour = 0.2  # estimate\n",
     )
     _write(
         tmp_path / "gpus" / "rtx4090.toml",

@@ -46,8 +46,8 @@ def test_show_explains_each_value(capsys, monkeypatch, tmp_path):
     for needle in (
         "tier sdxl >= 24 GB",
         "--set",
-        "field_notes",
-        "kohya_ss #1288",
+        "kohya_ss #1288 [23]",
+        "docs/sources.md",
         "sdxl_train_network.py",
     ):
         assert needle in text, needle

@@ -26,6 +26,9 @@ from tests.fixtures.hub import FakeHub
 from tests.fixtures.images import write_jpeg, write_png
 from tests.fixtures.sshd import Sshd, TcpRelay
 
+# Whole training flows (a minute or two together): out of the fast tier, `scripts/test -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 HOSTILE = "10_sks \"dog\" $(touch pwned) 'x'"
 
 

@@ -8,6 +8,7 @@ User errors are :class:`~kohyawrap.errors.KohyawrapError`; they are caught once,
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -91,6 +92,49 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    # click turns a write to a closed pipe into exit code 1; these two see it first (parsing
+    # prints --help and --version, invoking runs the command) so main() can end quietly with 0.
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError as err:
+            raise _closed_stdout_or(err) from err
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as err:
+            raise _closed_stdout_or(err) from err
+
+
+def _closed_stdout_or(err: BrokenPipeError) -> Exception:
+    """OutputClosed when it was stdout's reader that went away; else the error itself (a socket
+    to a host breaking is not a reader leaving)."""
+    from kohyawrap.errors import OutputClosed
+
+    return OutputClosed() if _stdout_closed() else err
+
+
+def _stdout_closed() -> bool:
+    """True when nobody reads our stdout any more (a pipe whose reader exited)."""
+    import select
+
+    if not hasattr(select, "poll"):  # Windows: no poll on pipes; keep click's behaviour
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR / POLLHUP are reported unasked
+        events = poller.poll(0)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
+
 
 @click.group(
     cls=LazyGroup,
@@ -109,7 +153,7 @@ def cli(verbose: bool) -> None:
     \b
     The whole path, one command at a time:
       kohyawrap demo                                   # try it: example dataset + config + plan
-      kohyawrap dataset build ./photos --trigger "sks dog" --class-word dog --model sdxl -o ./training_data
+      kohyawrap dataset build ./photos --trigger "sks dog" --model sdxl --gpu rtx4090 -o ./training_data
       kohyawrap plan --gpu rtx4090 --model sdxl --dataset ./training_data --compare
       kohyawrap train --host root@1.2.3.4 -p 22022 --gpu auto --model sdxl --dataset ./training_data \\
           --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora
@@ -131,7 +175,33 @@ def quiet_libraries(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI; turn our errors into a message and an exit code."""
+    """Entry point: run the CLI; turn our errors into a message and an exit code.
+
+    A reader that leaves early (``kohyawrap presets list | head -1``) is no failure: the command
+    ends quietly, with the exit code it would have had (0 when it was cut short).
+    """
+    from kohyawrap.errors import OutputClosed
+
+    code: Any = 0
+    try:
+        code = _run(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    except OutputClosed:
+        _quiet_exit(0)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        _quiet_exit(0)
+    try:
+        sys.stdout.flush()  # a reader that left after our last write shows up here, not at exit
+    except BrokenPipeError:
+        _quiet_exit(code)
+    if code:
+        sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     from kohyawrap.errors import KohyawrapError
 
     args = sys.argv[1:] if argv is None else argv
@@ -143,25 +213,42 @@ def main(argv: list[str] | None = None) -> None:
         from kohyawrap.console import print_error
 
         print_error(err)
-        sys.exit(err.exit_code)
+        return err.exit_code
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as err:
         err.show()
-        sys.exit(err.exit_code)
+        return err.exit_code
     except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
+        return err.exit_code
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        return 130
     # standalone_mode=False hands back ctx.exit(N) as a return value instead of exiting.
-    if isinstance(code, int) and code != 0:
-        sys.exit(code)
+    return code if isinstance(code, int) else 0
+
+
+def _quiet_exit(code: Any) -> None:
+    """Exit with ``code`` and no message after stdout's reader left.
+
+    stdout is pointed at the null device first, so the interpreter's own flush at exit finds
+    nowhere to fail (it would print "Exception ignored ... BrokenPipeError" and exit 120).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(code)
 
 
 def echo_json(data: Any) -> None:
     """Print ``data`` as indented, key-sorted JSON on stdout (the ``--json`` output)."""
     import json
 
-    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    try:
+        click.echo(text)
+    except BrokenPipeError as err:
+        raise _closed_stdout_or(err) from err

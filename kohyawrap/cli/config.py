@@ -13,34 +13,42 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from kohyawrap.cli.complete import gpu_names, model_names
+
 if TYPE_CHECKING:
     from kohyawrap.dataset.scan import TrainingDir
     from kohyawrap.models import RunSpec
+    from kohyawrap.presets import ModelPreset
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# The base model a preset means when --base-model is not given (Hugging Face repo ids).
-DEFAULT_BASE_MODELS = {
-    "sd15": "runwayml/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
 
 
 def run_options(func: F) -> F:
     """The options that describe a run (shared by ``config render`` and ``plan``)."""
     path = click.Path(path_type=Path)
     options = [
-        click.option("--gpu", help="GPU preset (kohyawrap presets list); or --vram for others."),
+        click.option(
+            "--gpu",
+            shell_complete=gpu_names,
+            help="GPU preset (kohyawrap presets list); or --vram for others.",
+        ),
         click.option(
             "--vram", type=float, help="VRAM in GB: a card without a preset, or override."
         ),
-        click.option("--model", required=True, help="Model preset: sd15, sd2, sdxl (or your own)."),
+        click.option(
+            "--model",
+            required=True,
+            shell_complete=model_names,
+            help="Model preset (kohyawrap presets list): sd15, sd2, sdxl or your own.",
+        ),
         click.option(
             "--dataset", required=True, type=path, help="Parent of the <repeats>_<concept> folders."
         ),
         click.option("--reg", type=path, help="Regularisation folder (default: <dataset>/reg)."),
-        click.option("--base-model", help="Repo id, URL or path; default per model preset."),
+        click.option(
+            "--base-model",
+            help="Repo id, URL or path; default: the model preset's base_model.",
+        ),
         click.option("--name", default="my_lora", show_default=True, help="The LoRA's file name."),
         click.option(
             "--caption-extension",
@@ -98,8 +106,9 @@ def reg_dir(dataset: Path, reg: Path | None) -> Path | None:
     return default if default.is_dir() else None
 
 
-def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
-    """A RunSpec from the shared run options; paths re-based onto ``run_dir``."""
+def build_spec(params: dict[str, Any], run_dir: Path, model: ModelPreset) -> RunSpec:
+    """A RunSpec from the shared run options for ``model`` (the catalog's preset named by
+    --model); paths re-based onto ``run_dir``."""
     from kohyawrap.models import RunSpec
     from kohyawrap.presets import parse_override
 
@@ -108,13 +117,13 @@ def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
     return RunSpec(
         gpu=gpu_name(params.get("gpu"), params.get("vram")),
         model=params["model"],
-        base_model=params.get("base_model") or DEFAULT_BASE_MODELS.get(params["model"], ""),
+        base_model=params.get("base_model") or model.base_model,
         output_name=params["name"],
         train_data_dir=relative_to_run(dataset, run_dir),
         reg_data_dir=relative_to_run(reg, run_dir) if reg is not None else None,
         caption_extension=params["caption_extension"],
         use_dataset_config=bool(params.get("use_dataset_config")),
-        overrides=tuple(parse_override(s, script) for s in params.get("sets", ())),
+        overrides=tuple(parse_override(s, model.script) for s in params.get("sets", ())),
         smoke=bool(params.get("smoke")),
         vram_gb=params.get("vram") if params.get("gpu") else None,
     )
@@ -160,7 +169,7 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     \b
     Example:
       kohyawrap config render --gpu rtx4090 --model sd15 --dataset ./training_data \\
-          --base-model runwayml/stable-diffusion-v1-5 --name my_lora -o ./my_lora \\
+          --base-model stable-diffusion-v1-5/stable-diffusion-v1-5 --name my_lora -o ./my_lora \\
           --set network_dim=16
 
     Relative --dataset paths are written relative to the output folder, because launch.sh runs
@@ -170,7 +179,7 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     from kohyawrap.render import findings, render_run
 
     catalog = load_catalog()
-    spec = build_spec(params, output, catalog.model(params["model"]).script)
+    spec = build_spec(params, output, catalog.model(params["model"]))
     tdir = scan_dataset(params, required=spec.use_dataset_config)
     rendered = render_run(spec, tdir=tdir, catalog=catalog)
     written = write_run_files(output, rendered.files, force=force)
@@ -229,9 +238,13 @@ def _status(path: Path, text: str) -> str:
 @config.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
-    "--model", help="Model preset the config is for (picks the script); guessed when left out."
+    "--model",
+    shell_complete=model_names,
+    help="Model preset the config is for (picks the script); guessed when left out.",
 )
-@click.option("--gpu", help="GPU preset it will run on (checks bf16 support).")
+@click.option(
+    "--gpu", shell_complete=gpu_names, help="GPU preset it will run on (checks bf16 support)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def check(path: Path, model: str | None, gpu: str | None, as_json: bool) -> None:
     """Check a --config_file TOML the way sd-scripts will read it; exit 2 on errors.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kohyawrap.cli import echo_json
+from kohyawrap.cli.complete import gpu_names, model_names
 
 # The connection options every host command shares (moving to kohyawrap.cli.options).
 from kohyawrap.cli.options import connect_options, read_token
@@ -56,7 +57,14 @@ def dataset() -> None:
 @click.option(
     "--model",
     required=True,
+    shell_complete=model_names,
     help="Model preset: sd15, sd2 or sdxl (decides repeats and the default --max-side).",
+)
+@click.option(
+    "--gpu",
+    shell_complete=gpu_names,
+    help="GPU preset it will train on: its tier's batch size counts the steps, as `plan` does "
+    "(default: batch size 1, said beside the count).",
 )
 @click.option(
     "--repeats",
@@ -116,6 +124,7 @@ def build(
     triggers: tuple[str, ...],
     class_words: tuple[str, ...],
     model: str,
+    gpu: str | None,
     repeats: tuple[int, ...],
     reg_dirs: tuple[Path, ...],
     caption_template: str | None,
@@ -136,6 +145,7 @@ def build(
     \b
     Examples:
       kohyawrap dataset build ./photos --trigger "sks dog" --class-word dog --model sdxl -o ./data
+      kohyawrap dataset build ./photos --trigger "sks dog" --model sdxl --gpu rtx4090 -o ./data
       kohyawrap dataset build ./dogs ./cats --trigger "sks dog" --trigger "sks cat" --model sd15 \\
           -o ./data
       kohyawrap dataset build ./photos --trigger "sks dog" --class-word dog --reg ./dog_photos \\
@@ -143,12 +153,14 @@ def build(
     """
     from kohyawrap.console.dataset import print_build, progress
     from kohyawrap.dataset.build import BuildRequest, build_dataset
+    from kohyawrap.forecast import preset_steps
 
+    steps = preset_steps(model, gpu)
     request = BuildRequest(
         inputs=inputs,
         output=output,
         triggers=triggers,
-        model=model,
+        model=steps.family,
         class_words=class_words,
         repeats=repeats,
         reg_dirs=reg_dirs,
@@ -159,6 +171,7 @@ def build(
         strict=strict,
         force=force,
         jobs=jobs,
+        length=steps.length,
     )
     with progress("writing images", enabled=not as_json) as update:
         result = build_dataset(request, progress=update)
@@ -171,7 +184,16 @@ def build(
 @dataset.command(name="lint")
 @click.argument("path", type=_DIR)
 @click.option(
-    "--model", required=True, help="Model preset: sd15, sd2 or sdxl (resolution and buckets)."
+    "--model",
+    required=True,
+    shell_complete=model_names,
+    help="Model preset: sd15, sd2 or sdxl (resolution, buckets, epochs).",
+)
+@click.option(
+    "--gpu",
+    shell_complete=gpu_names,
+    help="GPU preset it will train on: its tier's batch size counts the steps, as `plan` does "
+    "(default: batch size 1, said beside the count).",
 )
 @click.option(
     "--reg",
@@ -190,19 +212,26 @@ def build(
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="train_batch_size.",
+    default=None,
+    help="train_batch_size (default: the GPU preset's tier, else 1).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="max_train_epochs.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="max_train_epochs (default: the model preset's).",
+)
 @click.option(
     "--max-train-steps",
     type=click.IntRange(min=1),
     default=None,
-    help="max_train_steps (used when --epochs is not given).",
+    help="max_train_steps: the length when --epochs is not given (replaces the preset's epochs).",
 )
 @click.option(
-    "--gradient-accumulation-steps", type=click.IntRange(min=1), default=1, show_default=True
+    "--gradient-accumulation-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="gradient_accumulation_steps (default: the presets', else 1).",
 )
 @click.option(
     "--resolution",
@@ -221,13 +250,14 @@ def build(
 def lint_command(
     path: Path,
     model: str,
+    gpu: str | None,
     reg_dir: Path | None,
     caption_extension: str,
     trigger: str | None,
-    batch_size: int,
+    batch_size: int | None,
     epochs: int | None,
     max_train_steps: int | None,
-    gradient_accumulation_steps: int,
+    gradient_accumulation_steps: int | None,
     resolution: str | None,
     no_near_duplicates: bool,
     jobs: int | None,
@@ -237,37 +267,52 @@ def lint_command(
 
     Finds images sd-scripts would not see or would fail on, missing or misnamed captions,
     duplicates, images too small for the model or cropped by extreme aspect ratios, and prints
-    the bucket histogram, batches per epoch and total steps.
+    the bucket histogram, batches per epoch and total steps. Steps are counted from the same
+    presets as `kohyawrap plan` (give --gpu for the card's batch size); the options given here
+    replace the presets' values.
 
     \b
     Examples:
-      kohyawrap dataset lint ./training_data --model sdxl
+      kohyawrap dataset lint ./training_data --model sdxl --gpu rtx4090
       kohyawrap dataset lint ./training_data --model sd15 --batch-size 4 --epochs 10 --json
+      kohyawrap dataset lint ./training_data --model sdxl --max-train-steps 1500 \\
+          --gradient-accumulation-steps 2 --resolution 896 --no-near-duplicates --jobs 2
     """
     from kohyawrap.console.dataset import print_lint
     from kohyawrap.dataset.build import LintRequest, lint_dataset
+    from kohyawrap.errors import OutputClosed
+    from kohyawrap.forecast import preset_steps
 
-    overrides = (("resolution", resolution),) if resolution else ()
+    given = {
+        "train_batch_size": batch_size,
+        "max_train_epochs": epochs,
+        "max_train_steps": max_train_steps,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "resolution": resolution,
+    }
+    steps = preset_steps(model, gpu, given=given)
     report = lint_dataset(
         LintRequest(
             path=path,
-            model=model,
+            model=steps.family,
             reg_dir=reg_dir,
             caption_extension=caption_extension,
             trigger=trigger,
-            batch_size=batch_size,
-            epochs=epochs,
-            max_train_steps=max_train_steps,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            overrides=overrides,
+            length=steps.length,
+            bucket=steps.bucket,
             near_duplicates=not no_near_duplicates,
             jobs=jobs,
         )
     )
-    if as_json:
-        echo_json(report.to_json())
-    else:
-        print_lint(report)
+    try:
+        if as_json:
+            echo_json(report.to_json())
+        else:
+            print_lint(report)
+    except OutputClosed:
+        if not report.errors:
+            raise
+        sys.exit(1)  # the verdict stands when the reader leaves early (`| head`)
     if report.errors:
         # sys.exit, not ctx.exit: main() runs click with standalone_mode=False, which turns
         # ctx.exit(1) into a return value that is dropped.

@@ -61,7 +61,7 @@ def plan(
     kind: Setup = "warm" if setup == "warm" else "cold"
     catalog = load_catalog()
     model = catalog.model(params["model"])
-    spec = build_spec(params, Path("."), model.script)
+    spec = build_spec(params, Path("."), model)
     tdir = scan_dataset(params, required=True)
     if tdir is None:  # required=True always scans (or raises); this narrows the type
         raise RuntimeError("dataset was not scanned")

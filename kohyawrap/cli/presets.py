@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from kohyawrap.cli.complete import gpu_names, model_names
+
 
 @click.group()
 def presets() -> None:
@@ -62,6 +64,7 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
             "family": m.family,
             "script": m.script,
             "resolution": m.resolution,
+            "base_model": m.base_model,
             "file": m.path,
         }
         for m in catalog.models.values()
@@ -70,8 +73,13 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
 
 
 @presets.command()
-@click.argument("gpu")
-@click.option("--model", required=True, help="Model preset: sd15, sd2, sdxl (or a user preset).")
+@click.argument("gpu", shell_complete=gpu_names)
+@click.option(
+    "--model",
+    required=True,
+    shell_complete=model_names,
+    help="Model preset: sd15, sd2, sdxl (or a user preset).",
+)
 @click.option("--vram", type=float, help="Override the card's VRAM in GB (picks another tier).")
 @click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override an option, repeatable."

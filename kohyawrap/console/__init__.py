@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -11,10 +12,24 @@ if TYPE_CHECKING:
 
 
 def stdout() -> Console:
-    """A rich console on stdout (tables, reports)."""
+    """A rich console on stdout (tables, reports); a closed pipe raises OutputClosed."""
+    return _stdout_class()(highlight=False, soft_wrap=False)
+
+
+@functools.cache
+def _stdout_class() -> type[Console]:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    from kohyawrap.errors import OutputClosed
+
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own handler exits with 1; a reader that stopped early (`| head`) is no
+            # failure, so main() decides (exit 0, nothing printed).
+            self.quiet = True
+            raise OutputClosed
+
+    return StdoutConsole
 
 
 def wide(min_width: int = 110) -> Console:

@@ -136,12 +136,12 @@ def _print_summary(con: Console, report: LintReport) -> None:
     if report.total_steps is not None:
         basis = {
             "epochs": f"{report.epochs} epochs",
-            "max_train_steps": "max_train_steps",
-            "default": "sd-scripts' default max_train_steps",
+            "max_train_steps": f"max_train_steps; about {report.epochs} epochs",
+            "default": f"sd-scripts' default max_train_steps; about {report.epochs} epochs",
         }[report.steps_basis]
-        con.print(
-            f"total steps: [bold]{report.total_steps}[/] ({basis}; about {report.epochs} epochs)"
-        )
+        con.print(f"total steps: [bold]{report.total_steps}[/] ({basis})")
+        if report.steps_from:
+            con.print(f"[dim]counted with {escape(report.steps_from)}[/]")
     errors, warnings = len(report.errors), len(report.warnings)
     verdict = "[bold red]not ready[/]" if errors else "[green]ready[/]"
     con.print(f"{verdict}: {errors} error(s), {warnings} warning(s)")

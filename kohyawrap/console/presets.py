@@ -78,6 +78,7 @@ def show_resolved(resolved: Resolved) -> None:
     for s in resolved.settings:
         table.add_row(s.key, escape(repr(s.value)), escape(s.origin), escape(s.source or "-"))
     con.print(table)
+    con.print("[dim]\\[n] in a source: an entry of docs/sources.md in kohyawrap's repository.[/]")
 
 
 def _fact(resolved: Resolved, key: str) -> object:

@@ -123,7 +123,8 @@ def check_settings(settings: BucketSettings, model: str | None = None) -> None:
     if not settings.enable_bucket:
         return
     steps = settings.bucket_reso_steps
-    # sdxl_train_network.py accepts steps divisible by 32, train_network.py needs 64 (semantics §5).
+    # sdxl_train_network.py accepts steps divisible by 32, train_network.py needs 64
+    # (docs/sources.md [5]).
     need = 32 if model == "sdxl" else 64
     if steps <= 0 or steps % need:
         raise ConfigError(
@@ -306,6 +307,46 @@ def _repeat_reg(
 def total_steps(batches_per_epoch: int, epochs: int, gradient_accumulation_steps: int = 1) -> int:
     """Optimizer steps for ``epochs`` epochs: epochs × ceil(batches / accumulation), one GPU."""
     return epochs * math.ceil(batches_per_epoch / max(1, gradient_accumulation_steps))
+
+
+# sd-scripts' --max_train_steps default, used when max_train_epochs is not set (docs/sources.md [3]).
+DEFAULT_MAX_TRAIN_STEPS = 1600
+
+
+@dataclass(frozen=True)
+class TrainingLength:
+    """The options that decide how long sd-scripts trains (its option names), and where they
+    came from: ``basis`` is said beside every step count made with them."""
+
+    train_batch_size: int = 1
+    max_train_epochs: int | None = None
+    max_train_steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    basis: str = ""
+
+
+@dataclass(frozen=True)
+class StepCount:
+    """Optimizer steps of a run and the option that decided them."""
+
+    total_steps: int
+    epochs: int
+    decided_by: str  # "max_train_epochs", "max_train_steps" or "default" (1600 steps)
+
+
+def count_training_steps(batches_per_epoch: int, length: TrainingLength) -> StepCount:
+    """Steps as sd-scripts counts them: max_train_epochs wins over max_train_steps, which
+    defaults to 1600. The one count behind ``plan``, ``dataset build`` and ``dataset lint``."""
+    per_epoch = math.ceil(batches_per_epoch / max(1, length.gradient_accumulation_steps))
+    if length.max_train_epochs is not None:
+        epochs = length.max_train_epochs
+        steps = total_steps(batches_per_epoch, epochs, length.gradient_accumulation_steps)
+        return StepCount(steps, epochs, "max_train_epochs")
+    if length.max_train_steps is not None:
+        steps, decided_by = length.max_train_steps, "max_train_steps"
+    else:
+        steps, decided_by = DEFAULT_MAX_TRAIN_STEPS, "default"
+    return StepCount(steps, math.ceil(steps / max(1, per_epoch)), decided_by)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kohyawrap.dataset import imaging
-from kohyawrap.dataset.buckets import bucket_settings_for
+from kohyawrap.dataset.buckets import BucketSettings, TrainingLength, bucket_settings_for
 from kohyawrap.dataset.layout import (
     DEFAULT_TEMPLATE,
     SUGGESTED_EPOCHS,
@@ -36,6 +36,11 @@ from kohyawrap.fileio import atomic_write, dump_json
 from kohyawrap.models import Finding
 
 Progress = Callable[[int, int], None]
+# Lengths used when the caller has no presets to ask (the CLI always asks them).
+SUGGESTED_LENGTH = TrainingLength(
+    max_train_epochs=SUGGESTED_EPOCHS, basis=f"batch size 1, {SUGGESTED_EPOCHS} epochs assumed"
+)
+SD_SCRIPTS_LENGTH = TrainingLength(basis="sd-scripts' defaults: batch size 1, 1600 steps")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class BuildRequest:
     strict: bool = False
     force: bool = False
     jobs: int | None = None
+    # How the result is linted and its steps counted (``forecast.preset_steps`` gives the
+    # presets' own, as ``plan`` counts): by default batch 1 for the suggested 10 epochs.
+    length: TrainingLength = SUGGESTED_LENGTH
 
 
 @dataclass(frozen=True)
@@ -293,7 +301,7 @@ def _lint_output(output: Path, request: BuildRequest, outcomes: Sequence[Outcome
         tdir,
         model=request.model,
         bucket=bucket_settings_for(request.model),
-        epochs=SUGGESTED_EPOCHS,
+        length=request.length,
         caption_extension=request.caption_extension,
         trigger=trigger,
         phashes=phashes,
@@ -358,11 +366,8 @@ class LintRequest:
     reg_dir: Path | None = None
     caption_extension: str = ".txt"
     trigger: str | None = None
-    batch_size: int = 1
-    epochs: int | None = None
-    max_train_steps: int | None = None
-    gradient_accumulation_steps: int = 1
-    overrides: tuple[tuple[str, Any], ...] = ()  # sd-scripts bucket options (resolution, ...)
+    length: TrainingLength = SD_SCRIPTS_LENGTH
+    bucket: BucketSettings | None = None  # None: the model preset's
     near_duplicates: bool = True
     jobs: int | None = None
 
@@ -374,11 +379,8 @@ def lint_dataset(request: LintRequest) -> LintReport:
     return lint(
         tdir,
         model=request.model,
-        bucket=bucket_settings_for(request.model, dict(request.overrides)),
-        batch_size=request.batch_size,
-        epochs=request.epochs,
-        max_train_steps=request.max_train_steps,
-        gradient_accumulation_steps=request.gradient_accumulation_steps,
+        bucket=request.bucket or bucket_settings_for(request.model),
+        length=request.length,
         caption_extension=request.caption_extension,
         trigger=request.trigger,
         phashes=phashes,

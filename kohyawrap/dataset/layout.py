@@ -35,7 +35,7 @@ KEPT_MODES = ("RGB", "L")
 # Source format -> (format when re-encoded, extension). Copies keep their format.
 _ENCODE = {"JPEG": ("JPEG", ".jpg"), "MPO": ("JPEG", ".jpg"), "WEBP": ("WEBP", ".webp")}
 _COPY_EXT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
-# images × repeats per epoch, by model (field_notes.md §2: Kohya Colab notebooks, "KCol"):
+# images × repeats per epoch, by model (the Kohya Colab notebooks, docs/sources.md [16], [17]):
 # SD1.5 200-400 per epoch over ~10 epochs (we aim at the middle), SDXL about 100. SD2 follows SD1.5
 # (an assumption: no published figure).
 PER_EPOCH_TARGET = {

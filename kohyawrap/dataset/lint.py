@@ -7,27 +7,27 @@ the sd-scripts behaviour behind it, so a finding says what will actually happen 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kohyawrap.dataset.buckets import (
+    DEFAULT_MAX_TRAIN_STEPS,
     BatchCount,
     BucketSettings,
+    TrainingLength,
     bucket_resolutions,
     count_batches,
+    count_training_steps,
     model_min_short_side,
     place,
-    total_steps,
 )
 from kohyawrap.models import Finding, Severity
 
 if TYPE_CHECKING:
     from kohyawrap.dataset.scan import ImageInfo, Subset, TrainingDir
 
-DEFAULT_MAX_TRAIN_STEPS = 1600  # sd-scripts' --max_train_steps default (train_network_args.json)
 STEPS_WARNING = 10_000
 # Of 64 perceptual-hash bits: re-encoded and resized copies differ in 0-3, other pictures in ~32.
 NEAR_DUPLICATE_BITS = 6
@@ -36,6 +36,7 @@ _SD_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _CAPTION_EXTENSIONS = (".txt", ".caption")
 _SHOWN = 5  # names listed in one aggregated finding
 _WORD = re.compile(r"[^\W_]")  # a letter or digit, in any script
+_DEFAULT_LENGTH = TrainingLength()  # batch 1 and sd-scripts' default 1600 steps
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class LintReport:
     total_steps: int | None
     epochs: int | None = None
     steps_basis: str = "default"  # "epochs", "max_train_steps" or "default" (1600)
+    steps_from: str = ""  # where batch size and length came from (presets, given, assumed)
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
     model: str = ""
@@ -87,6 +89,7 @@ class LintReport:
             "epochs": self.epochs,
             "total_steps": self.total_steps,
             "steps_basis": self.steps_basis,
+            "steps_from": self.steps_from,
         }
 
 
@@ -95,10 +98,7 @@ def lint(
     *,
     model: str,
     bucket: BucketSettings,
-    batch_size: int = 1,
-    epochs: int | None = None,
-    max_train_steps: int | None = None,
-    gradient_accumulation_steps: int = 1,
+    length: TrainingLength = _DEFAULT_LENGTH,
     caption_extension: str = ".txt",
     trigger: str | None = None,
     phashes: Mapping[str, int] | None = None,
@@ -106,7 +106,8 @@ def lint(
 ) -> LintReport:
     """Check a training folder against what sd-scripts will do with it.
 
-    ``min_short_side`` defaults to the model preset's; ``phashes`` maps image keys
+    ``length`` (batch size, epochs or steps) decides the step count, as sd-scripts counts it
+    (:func:`~kohyawrap.dataset.buckets.count_training_steps`). ``min_short_side`` defaults to the model preset's; ``phashes`` maps image keys
     (``scan.image_key``) to 64-bit perceptual hashes for the near-duplicate check.
     """
     short = min_short_side if min_short_side is not None else model_min_short_side(model)
@@ -114,9 +115,10 @@ def lint(
     for subset in tdir.subsets:
         findings += _subset_findings(subset, bucket, short, model, caption_extension, trigger)
     findings += _duplicate_findings(tdir, phashes or {})
+    batch_size = length.train_batch_size
     batch = count_batches(tdir.subset_sizes(), bucket, batch_size)
     findings += _batch_findings(tdir, batch, batch_size)
-    steps, used_epochs, basis = _steps(batch, epochs, max_train_steps, gradient_accumulation_steps)
+    steps, used_epochs, basis = _steps(batch, length)
     findings += _step_findings(steps, used_epochs, basis)
     return LintReport(
         findings=tuple(findings),
@@ -124,8 +126,9 @@ def lint(
         total_steps=steps,
         epochs=used_epochs,
         steps_basis=basis,
+        steps_from=length.basis,
         batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
+        gradient_accumulation_steps=length.gradient_accumulation_steps,
         model=model,
         root=str(tdir.root),
         train_images=sum(len(s.images) for s in tdir.subsets if not s.is_reg),
@@ -538,17 +541,12 @@ def _batch_findings(tdir: TrainingDir, batch: BatchCount, batch_size: int) -> li
     return found
 
 
-def _steps(
-    batch: BatchCount, epochs: int | None, max_train_steps: int | None, accumulation: int
-) -> tuple[int | None, int | None, str]:
+def _steps(batch: BatchCount, length: TrainingLength) -> tuple[int | None, int | None, str]:
     if batch.batches_per_epoch == 0:
-        return None, epochs, "epochs" if epochs else "default"
-    per_epoch = math.ceil(batch.batches_per_epoch / max(1, accumulation))
-    if epochs is not None:
-        return total_steps(batch.batches_per_epoch, epochs, accumulation), epochs, "epochs"
-    basis = "max_train_steps" if max_train_steps is not None else "default"
-    steps = max_train_steps if max_train_steps is not None else DEFAULT_MAX_TRAIN_STEPS
-    return steps, math.ceil(steps / per_epoch), basis
+        return None, length.max_train_epochs, "epochs" if length.max_train_epochs else "default"
+    count = count_training_steps(batch.batches_per_epoch, length)
+    basis = "epochs" if count.decided_by == "max_train_epochs" else count.decided_by
+    return count.total_steps, count.epochs, basis
 
 
 def _step_findings(steps: int | None, epochs: int | None, basis: str) -> list[Finding]:

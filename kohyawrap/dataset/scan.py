@@ -1,7 +1,7 @@
 """Read folders of images: the user's source photos, or a training folder as sd-scripts sees it.
 
-``read_training_dir`` follows sd-scripts' ``train_data_dir`` rules exactly (shared/reference
-concept_folder_parsing_cases.json): each direct subfolder ``<int>_<class tokens>`` is a subset,
+``read_training_dir`` follows sd-scripts' ``train_data_dir`` rules exactly (docs/sources.md [8],
+checked case by case in tests/test_dataset_scan.py): each direct subfolder ``<int>_<class tokens>`` is a subset,
 ``0_``/negative prefixes are skipped silently, names without a number are ignored with a warning,
 files in the root and nested folders are never read, and only ``.png .jpg .jpeg .webp .bmp`` in
 all-lower or all-upper case are images (sd-scripts' glob is case-sensitive on Linux and skips

@@ -135,10 +135,12 @@ def resolve_device(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
     return replace(spec, cpu=not facts.gpus)
 
 
-# Typical single-file checkpoint sizes (SDXL 6.94 GB, SD1.5 4.27 GB per their Hugging Face file
-# listings; SD2.1 ~5.2 GB).
+# Typical single-file checkpoint sizes: SDXL 6.94 GB, SD1.5 4.27 GB (docs/sources.md [39], [40]);
+# SD2.1 ~5.2 GB (estimate).
 MODEL_GB = {"sd15": 4.3, "sd2": 5.3, "sdxl": 7.0}
-VENV_GB = 6.0  # torch + CUDA wheels unpacked (~5 GB) plus sd-scripts' requirements
+VENV_GB = (
+    6.0  # torch + CUDA wheels, ~2.9 GB downloaded and ~5 GB unpacked ([38]), plus requirements
+)
 OUTPUT_GB = 1.0  # checkpoints, states and logs of one LoRA run
 
 

@@ -17,8 +17,7 @@ from kohyawrap.launcher.layout import RemoteLayout, slug
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
 from kohyawrap.sdscripts import DEFAULT_REPO, PINNED_COMMIT
 
-# sd-scripts' README names torch 2.6.0 as tested, with CUDA 12.4 wheels:
-# https://github.com/kohya-ss/sd-scripts/blob/48d368fa557731ad0488c07304dfeba8c07910eb/README.md
+# sd-scripts' README names torch 2.6.0 as tested, with CUDA 12.4 wheels (docs/sources.md [13]).
 DEFAULT_TORCH = (
     "torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124"
 )

@@ -1,4 +1,4 @@
-"""Options and dataset, read the way sd-scripts reads them (kohyawrap's config_file_semantics.md).
+"""Options and dataset, read the way sd-scripts reads them (docs/sources.md [1], [2], [8]).
 
 - ``--config_file X``: ``.toml`` appended when missing; top-level tables flattened one level
   (section names mean nothing), a later key wins; unknown keys silently kept; values NOT

@@ -1,6 +1,6 @@
 """Output in sd-scripts' real formats: rich log records, plain prints and tqdm bars.
 
-Observed in the captured runs (kohyawrap's shared/reference/sd-scripts/sample_run*): logging goes
+Observed in the captured runs (tests/data/sdscripts/sample_run*_stdout.log): logging goes
 to stderr through rich, which without a terminal draws 80 columns (or $COLUMNS): a 19-character time
 (blank when unchanged), the level padded to 8, the message wrapped inside its column and
 ``file.py:NNN`` on the right. ``console_log_simple`` prints bare messages on stdout instead. tqdm

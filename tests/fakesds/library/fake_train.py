@@ -1,7 +1,7 @@
 """A stand-in for sd-scripts' LoRA training, for kohyawrap's tests: no torch, no GPU, no model.
 
 It reads options and the dataset like sd-scripts, prints what sd-scripts prints in the same formats
-and order (kohyawrap/shared/reference/sd-scripts/sample_run*/stdout.log), and writes real
+and order (the captured runs in tests/data/sdscripts/sample_run*_stdout.log), and writes real
 .safetensors checkpoints, state folders and TensorBoard event files with sd-scripts' names. The
 committed ``fake_behaviour.json`` makes it slow or fail (oom, crash, nan, disk, import).
 
