@@ -7,8 +7,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "docs" / "sources.md"
 PRIVATE = re.compile(r"shared/reference|field[_ ]notes|config_file_semantics", re.IGNORECASE)
