@@ -264,8 +264,10 @@ def build_run_plan(
         tdir,
         price_per_hour=request.money.price_per_hour,
         bandwidth_mbps=request.bandwidth_mbps,
-        # A host that already holds an environment skips the install in the time estimate.
-        setup="warm" if facts is not None and facts.venvs else "cold",
+        # A host that already holds an environment, or a pre-installed sd-scripts, installs nothing.
+        setup="warm"
+        if request.setup.sd_scripts_path or (facts is not None and facts.venvs)
+        else "cold",
     )
     if not request.force and not spec.smoke:
         require_fit(forecast, force_hint="--force to try anyway")
