@@ -20,8 +20,7 @@ from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.manifest import RunStatus, StopReason
 from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
 from tests.fixtures.hub import FakeHub
-from tests.fixtures.sshd import Sshd, TcpRelay, free_port, running_sshd
-from tests.test_train_e2e import (
+from tests.fixtures.runs import (
     Env,
     _started_steps,
     _wait_for,
@@ -29,10 +28,9 @@ from tests.test_train_e2e import (
     manifest_of,
     only_run,
     ssh_args,
-    token_watch,  # noqa: F401 - a fixture
     train_args,
-    world,  # noqa: F401 - a fixture
 )
+from tests.fixtures.sshd import Sshd, TcpRelay, free_port, running_sshd
 
 LIBRARY_NOISE = ("Traceback", "Error reading SSH protocol banner", "paramiko")
 
@@ -221,7 +219,7 @@ def test_a_drop_during_the_model_download_leaves_no_token_anywhere(
     fake_sdscripts: FakeSdScripts,
     fake_hub: FakeHub,
     tmp_path: Path,
-    token_watch: list[str],  # noqa: F811 - the fixture
+    token_watch: list[str],
 ) -> None:
     token = "hf_" + "Dr0pp3dT0k3n" * 3
     fake_hub.files["acme/tiny-sd15/model.safetensors"] = b"\x00" * (1 << 20)

@@ -4,140 +4,33 @@ sshd on loopback, with the fake sd-scripts repository (the only stand-in) built 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.manifest import RunManifest, RunStatus, StopReason
-from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.safetensors_header import read_header
 from kohyawrap.tensorboard import read_scalars
 from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
 from tests.fixtures.hub import FakeHub
-from tests.fixtures.images import write_jpeg, write_png
+from tests.fixtures.runs import (
+    HOSTILE,
+    Env,
+    _started_steps,
+    _wait_for,
+    kohyawrap,
+    manifest_of,
+    only_run,
+    ssh_args,
+    train_args,
+)
 from tests.fixtures.sshd import Sshd, TcpRelay
 
 # Whole training flows (a minute or two together): out of the fast tier, `scripts/test -m "not slow"`.
 pytestmark = pytest.mark.slow
-
-HOSTILE = "10_sks \"dog\" $(touch pwned) 'x'"
-
-
-@dataclass
-class Env:
-    """One test's world: a HOME of its own (no real ~/.ssh is read), a dataset, a base model."""
-
-    root: Path
-    home: Path
-    dataset: Path
-    base_model: Path
-    work: Path
-    runs: Path
-
-    def environ(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "HF_TOKEN")}
-        env.update(HOME=str(self.home), PYTHONUNBUFFERED="1", COLUMNS="200", **extra)
-        return env
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Env:
-    root = tmp_path / "world $(touch pwned)"
-    concept = root / "data" / HOSTILE
-    concept.mkdir(parents=True)
-    for i in range(3):
-        write_jpeg(concept / f"photo {i}.jpg", size=(96, 64), seed=i)
-        (concept / f"photo {i}.txt").write_text(f"sks dog, photo {i}\n")
-    write_png(concept / "it's $(id).png", size=(64, 96), seed=7)
-    (concept / "it's $(id).txt").write_text("sks dog, a png\n")
-    base = root / "base model.safetensors"
-    base.write_bytes(b"\x00" * 4096)
-    home = root / "home"
-    home.mkdir()
-    return Env(root, home, root / "data", base, root / "work dir", root / "runs")
-
-
-def kohyawrap(
-    env: Env, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kohyawrap", *args],
-        capture_output=True,
-        text=True,
-        cwd=env.root,
-        env=env.environ(**(extra_env or {})),
-        timeout=timeout,
-    )
-
-
-def train_args(
-    env: Env,
-    fake: FakeSdScripts,
-    commit: str,
-    *,
-    target: str = "local",
-    name: str = "demo",
-    epochs: int = 2,
-) -> list[str]:
-    return [
-        "train",
-        "--host",
-        target,
-        "--gpu",
-        "rtx4090",
-        "--model",
-        "sd15",
-        "--dataset",
-        str(env.dataset),
-        "--base-model",
-        str(env.base_model),
-        "--name",
-        name,
-        "--sd-scripts-repo",
-        fake.url,
-        "--sd-scripts-ref",
-        commit,
-        "--torch-spec",
-        "skip",
-        "--work-dir",
-        str(env.work),
-        "--runs-dir",
-        str(env.runs),
-        "--yes",
-        "--poll",
-        "0.2",
-        "--force",  # --force: no GPU here
-        "--set",
-        f"max_train_epochs={epochs}",
-        "--set",
-        "save_every_n_epochs=1",
-        "--set",
-        "train_batch_size=1",
-    ]
-
-
-def ssh_args(sshd: Sshd, port: int | None = None) -> list[str]:
-    port = port or sshd.port
-    known = sshd.known_hosts if port == sshd.port else sshd.known_hosts_for(port)
-    return ["-p", str(port), "-i", str(sshd.key_path), "--known-hosts", str(known)]
-
-
-def only_run(env: Env) -> Path:
-    runs = sorted(p for p in env.runs.iterdir() if p.is_dir())
-    return runs[-1]
-
-
-def manifest_of(run: Path) -> RunManifest:
-    return RunDir(run).load()
 
 
 def assert_finished_run(run: Path, name: str = "demo") -> RunManifest:
@@ -314,22 +207,6 @@ def test_unknown_host_key_is_refused_through_the_cli(
     assert not world.runs.exists() or not any(world.runs.iterdir())
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _started_steps(env: Env) -> bool:
-    if not env.runs.exists():
-        return False
-    runs = [p for p in env.runs.iterdir() if (p / "run.log").exists()]
-    return bool(runs) and b"steps:" in (runs[0] / "run.log").read_bytes()
-
-
 def _start_over_relay(
     world: Env, fake: FakeSdScripts, sshd: Sshd, relay: TcpRelay, *extra: str
 ) -> subprocess.Popen[str]:
@@ -410,33 +287,6 @@ def test_stop_after_the_laptop_went_away(world: Env, fake_sdscripts: FakeSdScrip
     assert (run / "checkpoints" / "demo-000001.safetensors").is_file()
     remote = Path(m.remote_run_dir)
     assert (remote / "exit_code").read_text().strip() == "143"
-
-
-@pytest.fixture
-def token_watch() -> Iterator[list[str]]:
-    """Every command line seen on this machine while the test runs (sampled from /proc)."""
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            for proc in Path("/proc").glob("[0-9]*"):
-                try:
-                    seen.append(
-                        proc.joinpath("cmdline")
-                        .read_bytes()
-                        .replace(b"\0", b" ")
-                        .decode("utf-8", "replace")
-                    )
-                except OSError:
-                    continue
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    yield seen
-    stop.set()
-    thread.join()
 
 
 def test_hf_token_reaches_the_hub_and_nowhere_else(
