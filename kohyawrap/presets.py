@@ -243,9 +243,12 @@ def read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     import tomlkit
     from tomlkit.exceptions import ParseError
 
+    from kohyawrap.fileio import read_user_text
+
+    text = read_user_text(path, "preset file", error=ConfigError)
     try:
-        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ParseError) as err:
+        doc = tomlkit.parse(text)
+    except ParseError as err:
         raise ConfigError(f"cannot read preset file: {err}", where=str(path)) from err
     comments: dict[str, str] = {}
     _collect_comments(doc.body, "", comments)

@@ -240,18 +240,14 @@ def check(path: Path, model: str | None, gpu: str | None, as_json: bool) -> None
     Example:
       kohyawrap config check training_config.toml --model sdxl
     """
-    from kohyawrap.errors import ConfigError, UsageError
+    from kohyawrap.configfile import check_config_file
+    from kohyawrap.errors import ConfigError
     from kohyawrap.presets import load_catalog
-    from kohyawrap.validate import check_config_text
 
     catalog = load_catalog()
     family = catalog.model(model).family if model else None
     bf16 = catalog.gpu(gpu).bf16 if gpu else None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read {path}: {err}") from err
-    report = check_config_text(text, family=family, bf16_supported=bf16, where=str(path))
+    report = check_config_file(path, family=family, bf16_supported=bf16)
     if as_json:
         from kohyawrap.cli import echo_json
 

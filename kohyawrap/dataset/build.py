@@ -30,7 +30,13 @@ from kohyawrap.dataset.layout import (
     reg_concepts,
 )
 from kohyawrap.dataset.lint import LintReport, lint
-from kohyawrap.dataset.scan import REG_FOLDER, parse_concept_folder, read_training_dir, scan_sources
+from kohyawrap.dataset.scan import (
+    REG_FOLDER,
+    SourceFolder,
+    parse_concept_folder,
+    read_training_dir,
+    scan_sources,
+)
 from kohyawrap.errors import DatasetError, UsageError
 from kohyawrap.fileio import atomic_write, dump_json
 from kohyawrap.models import Finding
@@ -101,6 +107,7 @@ def build_dataset(request: BuildRequest, progress: Progress | None = None) -> Bu
     max_side = _max_side(request)
     folders = [scan_sources(p, request.caption_extension) for p in request.inputs]
     regs = [scan_sources(p, request.caption_extension) for p in request.reg_dirs]
+    _refuse_unreadable_captions([*folders, *regs])
     concepts = group_concepts(folders, request.triggers, request.class_words, request.repeats)
     concepts += reg_concepts(regs, request.class_words)
     options = BuildOptions(
@@ -190,6 +197,23 @@ def _max_side(request: BuildRequest) -> int | None:
             )
         return request.max_side
     return default
+
+
+def _refuse_unreadable_captions(folders: Sequence[SourceFolder]) -> None:
+    """Stop before writing when a caption file cannot be read as text: a caption the user wrote
+    is never replaced by a guess or dropped silently. Every such file is listed."""
+    bad = [
+        f"{i.caption_path}: {i.caption_problem}"
+        for folder in folders
+        for i in folder.images
+        if i.caption_problem is not None
+    ]
+    if bad:
+        raise DatasetError(
+            f"{len(bad)} caption file(s) cannot be read as text",
+            evidence=bad,
+            hint="save them as UTF-8 (or UTF-16 with a byte-order mark), or remove them",
+        )
 
 
 def _strict_error(problems: Sequence[tuple[str, str]]) -> DatasetError:

@@ -464,7 +464,7 @@ def make_caption(image: SourceImage, concept: ConceptInput, template: str) -> tu
     flags: list[str] = []
     lines = [line.strip() for line in (image.caption_text or "").splitlines() if line.strip()]
     if image.caption_note:
-        flags.append("latin1")
+        flags.append("reencoded")
     if len(lines) > 1:
         flags.append("multiline")
     if image.caption_text is not None and not lines:
@@ -492,7 +492,7 @@ _FLAG_NOTES: dict[str, tuple[Literal["error", "warning", "note"], str]] = {
         "caption file has several lines: kept the first (sd-scripts reads only the first line)",
     ),
     "empty": ("warning", "caption file is empty: used the template instead"),
-    "latin1": ("warning", "caption file is not UTF-8: read as Latin-1 and written as UTF-8"),
+    "reencoded": ("note", "caption file was UTF-16/32 (byte-order mark): written as UTF-8"),
     "renamed": ("note", "file name made safe"),
 }
 
