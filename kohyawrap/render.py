@@ -292,9 +292,12 @@ def _config_error(errors: Sequence[Finding], acc: Mapping[str, Setting], what: s
         setting = acc.get(f.subject or "")
         return f" (from {setting.origin})" if setting is not None else ""
 
+    def fix(f: Finding) -> str:
+        return f" (fix: {f.hint})" if f.hint and len(errors) > 1 else ""
+
     return ConfigError(
         f"the options for {what} would not train as intended",
-        evidence=[f"{f.subject}{origin(f)}: {f.message}" for f in errors],
+        evidence=[f"{f.subject}{origin(f)}: {f.message}{fix(f)}" for f in errors],
         hint=errors[0].hint,
     )
 
