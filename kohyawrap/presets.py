@@ -626,6 +626,43 @@ def parse_override(text: str, script: str = "train_network.py") -> tuple[str, An
     return key, literal
 
 
+def parse_overrides(texts: Iterable[str], script: str) -> tuple[tuple[str, Any], ...]:
+    """Every ``--set key=value`` parsed (see :func:`parse_override`) and its key checked against
+    ``script``'s options: the one path ``presets show``, ``plan``, ``config render`` and
+    ``train`` take, so a key one of them refuses is refused by all (issue #12)."""
+    from kohyawrap.validate import check_keys
+
+    overrides = tuple(parse_override(text, script) for text in texts)
+    problems = check_keys([key for key, _ in overrides], script=script)
+    if problems:
+        raise UsageError(
+            f"--set names {len(problems)} option(s) {script} does not have",
+            evidence=[f"--set {f.subject}: {f.message}" for f in problems],
+            hint=problems[0].hint,
+        )
+    return overrides
+
+
+def refuse_bad_overrides(resolved: Resolved, overrides: Sequence[tuple[str, Any]]) -> None:
+    """Raise UsageError when a ``--set`` value is one sd-scripts would reject or misread (the
+    same checks ``config render`` runs over the whole config)."""
+    from kohyawrap.validate import check_settings
+
+    keys = {key for key, _ in overrides}
+    bf16 = resolved.gpu.bf16 if resolved.gpu.known else None
+    errors = [
+        f
+        for f in check_settings(resolved.values(), script=resolved.script, bf16_supported=bf16)
+        if f.severity == "error" and f.subject in keys
+    ]
+    if errors:
+        raise UsageError(
+            f"{len(errors)} --set value(s) would not train as intended",
+            evidence=[f"--set {f.subject}: {f.message}" for f in errors],
+            hint=errors[0].hint,
+        )
+
+
 def _toml_literal(raw: str) -> Any:
     import tomlkit
     from tomlkit.exceptions import TOMLKitError

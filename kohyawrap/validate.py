@@ -164,6 +164,13 @@ def check_config_text(
     return CheckReport(script, reason, flat.settings, _ordered(findings), where)
 
 
+def check_keys(keys: Iterable[str], *, script: str) -> tuple[Finding, ...]:
+    """Findings about option names alone (unknown, or for another script): what ``--set KEY=``
+    is checked against before anything is resolved or rendered."""
+    ctx = _Ctx(dict.fromkeys(keys), script, arguments(script), None)
+    return tuple(_unknown_keys(ctx))
+
+
 def _ordered(findings: tuple[Finding, ...]) -> tuple[Finding, ...]:
     rank = {"error": 0, "warning": 1, "note": 2}
     return tuple(sorted(findings, key=lambda f: rank[f.severity]))

@@ -29,11 +29,13 @@ DEFAULT_BASE_MODELS = {
 
 def run_options(func: F) -> F:
     """The options that describe a run (shared by ``config render`` and ``plan``)."""
+    from kohyawrap.cli.types import CAPTION_EXTENSION, OUTPUT_NAME, VRAM_GB, WORDS
+
     path = click.Path(path_type=Path)
     options = [
         click.option("--gpu", help="GPU preset (kohyawrap presets list); or --vram for others."),
         click.option(
-            "--vram", type=float, help="VRAM in GB: a card without a preset, or override."
+            "--vram", type=VRAM_GB, help="VRAM in GB: a card without a preset, or override."
         ),
         click.option("--model", required=True, help="Model preset: sd15, sd2, sdxl (or your own)."),
         click.option(
@@ -41,9 +43,26 @@ def run_options(func: F) -> F:
         ),
         click.option("--reg", type=path, help="Regularisation folder (default: <dataset>/reg)."),
         click.option("--base-model", help="Repo id, URL or path; default per model preset."),
-        click.option("--name", default="my_lora", show_default=True, help="The LoRA's file name."),
+        click.option(
+            "--name",
+            type=OUTPUT_NAME,
+            default="my_lora",
+            show_default=True,
+            help="The LoRA's file name.",
+        ),
+        click.option(
+            "--trigger",
+            type=WORDS,
+            help="Trigger word for the sample prompts (default: from the dataset's folders).",
+        ),
+        click.option(
+            "--class-word",
+            type=WORDS,
+            help='Class of the subject ("dog"), beside the trigger in the sample prompts.',
+        ),
         click.option(
             "--caption-extension",
+            type=CAPTION_EXTENSION,
             default=".txt",
             show_default=True,
             help="Caption extension (sd-scripts' own default is .caption).",
@@ -101,7 +120,7 @@ def reg_dir(dataset: Path, reg: Path | None) -> Path | None:
 def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
     """A RunSpec from the shared run options; paths re-based onto ``run_dir``."""
     from kohyawrap.models import RunSpec
-    from kohyawrap.presets import parse_override
+    from kohyawrap.presets import parse_overrides
 
     dataset: Path = params["dataset"]
     reg = reg_dir(dataset, params.get("reg"))
@@ -114,7 +133,7 @@ def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
         reg_data_dir=relative_to_run(reg, run_dir) if reg is not None else None,
         caption_extension=params["caption_extension"],
         use_dataset_config=bool(params.get("use_dataset_config")),
-        overrides=tuple(parse_override(s, script) for s in params.get("sets", ())),
+        overrides=parse_overrides(params.get("sets", ()), script),
         smoke=bool(params.get("smoke")),
         vram_gb=params.get("vram") if params.get("gpu") else None,
     )

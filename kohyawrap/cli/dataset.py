@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from kohyawrap.cli import echo_json
+from kohyawrap.cli.types import CAPTION_EXTENSION
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 
@@ -71,6 +72,7 @@ def dataset() -> None:
 )
 @click.option(
     "--caption-extension",
+    type=CAPTION_EXTENSION,
     default=".txt",
     show_default=True,
     help="Caption file extension; must equal caption_extension in the training config.",
@@ -173,6 +175,7 @@ def build(
 )
 @click.option(
     "--caption-extension",
+    type=CAPTION_EXTENSION,
     default=".txt",
     show_default=True,
     help="caption_extension of the training config.",

@@ -8,16 +8,17 @@ from typing import Any
 import click
 
 from kohyawrap.cli.config import run_options
+from kohyawrap.cli.types import BANDWIDTH, PRICE
 
 
 @click.command()
 @run_options
 @click.option(
-    "--price", type=float, help="Price per hour in $ (default: the GPU preset's typical price)."
+    "--price", type=PRICE, help="Price per hour in $ (default: the GPU preset's typical price)."
 )
 @click.option(
     "--bandwidth",
-    type=float,
+    type=BANDWIDTH,
     help="MB/s between this machine and the host (uploads, downloads). [default: 10]",
 )
 @click.option(

@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from kohyawrap.cli.types import VRAM_GB
+
 
 @click.group()
 def presets() -> None:
@@ -72,7 +74,7 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
 @presets.command()
 @click.argument("gpu")
 @click.option("--model", required=True, help="Model preset: sd15, sd2, sdxl (or a user preset).")
-@click.option("--vram", type=float, help="Override the card's VRAM in GB (picks another tier).")
+@click.option("--vram", type=VRAM_GB, help="Override the card's VRAM in GB (picks another tier).")
 @click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override an option, repeatable."
 )
@@ -88,12 +90,13 @@ def show(
       kohyawrap presets show rtx4090 --model sdxl
       kohyawrap presets show vram-10 --model sdxl --set network_dim=8
     """
-    from kohyawrap.presets import load_catalog, parse_override, resolve
+    from kohyawrap.presets import load_catalog, parse_overrides, refuse_bad_overrides, resolve
 
     catalog = load_catalog()
     script = catalog.model(model).script
-    overrides = tuple(parse_override(s, script) for s in sets)
+    overrides = parse_overrides(sets, script)
     resolved = resolve(catalog, gpu, model, vram_gb=vram, overrides=overrides, smoke=smoke)
+    refuse_bad_overrides(resolved, overrides)
     if as_json:
         from kohyawrap.cli import echo_json
 

@@ -214,7 +214,7 @@ def _spread(option: str, values: Sequence[_T], n: int, default: _T) -> list[_T]:
 def plan_layout(concepts: Sequence[ConceptInput], options: BuildOptions) -> Layout:
     """Plan every file of the output: concept folders, image operations, captions, skips."""
     check_template(options.caption_template)
-    _check_caption_extension(options.caption_extension)
+    check_caption_extension(options.caption_extension)
     plans: list[ConceptPlan] = []
     ops: list[ImageOp] = []
     skipped: list[Skipped] = []
@@ -529,7 +529,8 @@ def _other_notes(concept: ConceptInput) -> Iterable[Finding]:
                 yield Finding("note", "not_read", str(folder.path / name), "not an image: not used")
 
 
-def _check_caption_extension(ext: str) -> None:
+def check_caption_extension(ext: str) -> None:
+    """Raise UsageError unless ``ext`` is a caption extension (``.txt``, ``.caption``, ...)."""
     if (
         not ext.startswith(".")
         or len(ext) < 2

@@ -514,6 +514,19 @@ def _batch_findings(tdir: TrainingDir, batch: BatchCount, batch_size: int) -> li
         )
     padded = batch.batches_per_epoch * batch_size
     used = sum(batch.buckets.values())
+    if batch_size > used:
+        found.append(
+            Finding(
+                "warning",
+                "batch_larger_than_dataset",
+                None,
+                f"train_batch_size {batch_size} is larger than the whole dataset ({used} images × "
+                "repeats): sd-scripts trains one partial batch per bucket, so no step sees more "
+                f"than {max(batch.buckets.values())} images, while the VRAM and time estimates "
+                "assume full batches",
+                f"train_batch_size = {min(batch_size, max(batch.buckets.values()))}",
+            )
+        )
     if batch_size > 1 and padded and (padded - used) / padded > 0.2:
         found.append(
             Finding(
