@@ -137,7 +137,21 @@ def lint(
 
 
 def _folder_findings(tdir: TrainingDir) -> Iterable[Finding]:
+    from kohyawrap.dataset.scan import REG_FOLDER
+
     for name in tdir.ignored_folders:
+        if name == REG_FOLDER:
+            # `dataset build` puts regularisation images there; renaming it "10_reg" would
+            # train them as a concept.
+            yield Finding(
+                "note",
+                "reg_folder_unused",
+                name,
+                "regularisation images built by `kohyawrap dataset build`, but another folder is "
+                "the reg_data_dir: these are not used (sd-scripts skips the folder); pass it as "
+                "reg_data_dir (--reg) to use them, and never rename it like a concept",
+            )
+            continue
         yield Finding(
             "warning",
             "ignored_folder",

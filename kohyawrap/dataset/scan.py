@@ -173,7 +173,9 @@ def read_training_dir(
         )
     auto_reg = reg_dir is None and (path / REG_FOLDER).is_dir()
     reg_root = path / REG_FOLDER if auto_reg else reg_dir
-    skip = {REG_FOLDER} if auto_reg else set()
+    # <path>/reg is the reg_data_dir itself (found, or given as --reg): not a concept folder.
+    inside = reg_root is not None and _same_folder(reg_root, path / REG_FOLDER)
+    skip = {REG_FOLDER} if inside else set()
     subsets, ignored, skipped, stray = _read_root(path, caption_extension, False, skip)
     if not subsets:
         raise _no_concepts(path, ignored, skipped, stray)
@@ -187,6 +189,13 @@ def read_training_dir(
         ignored += [f"{REG_FOLDER}/{n}" for n in reg_ignored]
         skipped += [f"{REG_FOLDER}/{n}" for n in reg_skipped]
     return TrainingDir(path, tuple(subsets), tuple(ignored), tuple(stray), tuple(skipped), reg_root)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _read_root(
