@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kohyawrap.errors import ConfigError, UsageError, did_you_mean
+from kohyawrap.models import Finding
 from kohyawrap.resources import presets_dir
 from kohyawrap.sdscripts import FAMILIES, arguments
 
@@ -199,6 +200,7 @@ class Resolved:
     model: ModelPreset
     tier: Tier | None
     settings: tuple[Setting, ...]
+    notes: tuple[Finding, ...] = ()  # what resolving changed that the user should hear about
 
     @property
     def script(self) -> str:
@@ -590,7 +592,30 @@ def resolve(
             acc.pop(key, None)
     _apply(acc, (Setting(k, v, "--set", "user override") for k, v in overrides))
     _apply(acc, _derived(acc, m, rules, {k for k, _ in overrides}))
-    return Resolved(g, m, tier, tuple(acc.values()))
+    notes = _steps_over_epochs(acc, {k for k, _ in overrides})
+    return Resolved(g, m, tier, tuple(acc.values()), notes)
+
+
+def _steps_over_epochs(acc: dict[str, Setting], user_keys: set[str]) -> tuple[Finding, ...]:
+    """A step count the user gave decides the length: sd-scripts would let a preset's
+    max_train_epochs win and ignore it, so the preset's epochs are dropped (and that is said)."""
+    if "max_train_steps" not in user_keys or "max_train_epochs" in user_keys:
+        return ()
+    dropped = acc.pop("max_train_epochs", None)
+    if dropped is None:
+        return ()
+    steps = acc["max_train_steps"].value
+    return (
+        Finding(
+            "note",
+            "epochs-dropped",
+            "max_train_epochs",
+            f"max_train_epochs = {dropped.value} ({dropped.origin}) dropped: your "
+            f"max_train_steps = {steps} decides the length (sd-scripts lets epochs win when both "
+            "are set)",
+            "set max_train_epochs too to train by epochs instead",
+        ),
+    )
 
 
 def _derived(

@@ -118,12 +118,17 @@ def reg_dir(dataset: Path, reg: Path | None) -> Path | None:
 
 
 def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
-    """A RunSpec from the shared run options; paths re-based onto ``run_dir``."""
+    """A RunSpec from the shared run options; paths re-based onto ``run_dir``; a
+    ``--set sample_prompts=FILE`` read into the spec (the file travels with the configs)."""
+    from kohyawrap.dataset.layout import concept_name
     from kohyawrap.models import RunSpec
-    from kohyawrap.presets import parse_overrides
+    from kohyawrap.prompts import parse_sets
 
     dataset: Path = params["dataset"]
     reg = reg_dir(dataset, params.get("reg"))
+    overrides, prompts = parse_sets(params.get("sets", ()), script)
+    trigger, class_word = params.get("trigger") or "", params.get("class_word") or ""
+    subject = concept_name(trigger, class_word) if trigger else class_word
     return RunSpec(
         gpu=gpu_name(params.get("gpu"), params.get("vram")),
         model=params["model"],
@@ -133,10 +138,25 @@ def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
         reg_data_dir=relative_to_run(reg, run_dir) if reg is not None else None,
         caption_extension=params["caption_extension"],
         use_dataset_config=bool(params.get("use_dataset_config")),
-        overrides=parse_overrides(params.get("sets", ()), script),
+        overrides=overrides,
         smoke=bool(params.get("smoke")),
         vram_gb=params.get("vram") if params.get("gpu") else None,
+        prompt_subjects=(subject,) if subject else (),
+        sample_prompts_file=prompts.name if prompts else None,
+        sample_prompts_text=prompts.text if prompts else None,
     )
+
+
+def with_dataset_subjects(spec: RunSpec, tdir: TrainingDir | None) -> RunSpec:
+    """The spec with its sample prompts' subjects read from the dataset's concept folders, unless
+    --trigger/--class-word already named them (or there is no dataset yet)."""
+    from dataclasses import replace
+
+    from kohyawrap.prompts import subjects_from_dataset
+
+    if spec.prompt_subjects or tdir is None:
+        return spec
+    return replace(spec, prompt_subjects=subjects_from_dataset(tdir))
 
 
 def scan_dataset(params: dict[str, Any], *, required: bool) -> TrainingDir | None:
@@ -191,6 +211,7 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     catalog = load_catalog()
     spec = build_spec(params, output, catalog.model(params["model"]).script)
     tdir = scan_dataset(params, required=spec.use_dataset_config)
+    spec = with_dataset_subjects(spec, tdir)
     rendered = render_run(spec, tdir=tdir, catalog=catalog)
     written = write_run_files(output, rendered.files, force=force)
     notes = findings(rendered, catalog=catalog)

@@ -33,7 +33,7 @@ def demo(output: Path, force: bool) -> None:
     dataset), ./demo_out/my_lora (training_config.toml, sample_prompts.txt, launch.sh), then plans
     the run on an RTX 4090 and compares every GPU preset.
     """
-    from kohyawrap.cli.config import write_run_files
+    from kohyawrap.cli.config import with_dataset_subjects, write_run_files
     from kohyawrap.console import stdout
     from kohyawrap.console.config import show_rendered
     from kohyawrap.console.forecast import show_compare, show_forecast
@@ -74,6 +74,7 @@ def demo(output: Path, force: bool) -> None:
         train_data_dir="../training_data",
     )
     tdir = read_training_dir(data)
+    spec = with_dataset_subjects(spec, tdir)
     catalog = load_catalog()
     plan = build_forecast(spec, tdir, catalog=catalog)
     written = write_run_files(run_dir, plan.rendered.files, force=force)

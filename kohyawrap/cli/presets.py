@@ -127,4 +127,5 @@ def resolved_json(resolved: Any) -> dict[str, Any]:
         },
         "tier": resolved.tier.label if resolved.tier else None,
         "settings": [dict(vars(s)) for s in resolved.settings],
+        "notes": [n.to_json() for n in resolved.notes],
     }

@@ -78,6 +78,8 @@ def show_resolved(resolved: Resolved) -> None:
     for s in resolved.settings:
         table.add_row(s.key, escape(repr(s.value)), escape(s.origin), escape(s.source or "-"))
     con.print(table)
+    for note in resolved.notes:
+        con.print(f"[cyan]note[/] {escape(note.subject or '')}: {escape(note.message)}")
 
 
 def _fact(resolved: Resolved, key: str) -> object:
