@@ -24,6 +24,9 @@ from kohyawrap.sdscripts import (
     training_names,
 )
 
+# sd-scripts' training scripts take about 200 options (data/*_args.json); a file with five times
+# that is no config, and each unknown key costs a spelling search.
+MAX_CONFIG_OPTIONS = 1000
 SDXL_SCRIPT = FAMILIES["sdxl"].script
 SD_SCRIPT = FAMILIES["sd15"].script
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
@@ -157,6 +160,12 @@ def check_config_text(
     except TOMLKitError as err:
         raise ConfigError(f"not valid TOML: {err}", where=where) from err
     flat = flatten(doc)
+    if len(flat.settings) > MAX_CONFIG_OPTIONS:
+        raise ConfigError(
+            f"{len(flat.settings)} options: not a training config (sd-scripts' training scripts "
+            f"have about 200; more than {MAX_CONFIG_OPTIONS} is not checked)",
+            where=where,
+        )
     script, reason = choose_script(flat.settings, family)
     findings = flat.findings + check_settings(
         flat.settings, script=script, bf16_supported=bf16_supported

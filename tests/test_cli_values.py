@@ -123,3 +123,13 @@ def test_dataset_lint_refuses_a_caption_extension_without_a_dot(
         ["dataset", "lint", str(data), "--model", "sd15", "--caption-extension", "txt"], capsys
     )
     assert code == 2 and "--caption-extension" in out
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-512", "512,abc", "512,768,1024"])
+def test_dataset_lint_resolution_message_is_about_the_value(
+    data: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run_cli(
+        ["dataset", "lint", str(data), "--model", "sd15", "--resolution", value], capsys
+    )
+    assert code == 2 and "--resolution" in out and "presets/" not in out, out

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kohyawrap.cli import echo_json
-from kohyawrap.cli.types import CAPTION_EXTENSION
+from kohyawrap.cli.types import CAPTION_EXTENSION, RESOLUTION
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 
@@ -200,6 +200,7 @@ def build(
 )
 @click.option(
     "--resolution",
+    type=RESOLUTION,
     default=None,
     help='Override the preset\'s resolution, e.g. "768" or "768,1024".',
 )

@@ -122,6 +122,20 @@ class CaptionExtension(_Type):
         return str(value)
 
 
+class Resolution(_Type):
+    """A training resolution as sd-scripts writes it: "N" or "W,H", whole pixels above 0."""
+
+    name = "resolution"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        parts = [p.strip() for p in str(value).split(",")]
+        if len(parts) > 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            self.fail(
+                f"{value!r} is not a size: write it as 512 or 768,1024 (width,height)", param, ctx
+            )
+        return ",".join(parts)
+
+
 PRICE = Number(0, "dollars per hour", inclusive=True)
 DOLLARS = Number(0, "dollars")
 HOURS = Number(0, "hours")
@@ -131,3 +145,4 @@ BANDWIDTH = Number(0, "MB/s")
 OUTPUT_NAME = OutputName()
 WORDS = Words()
 CAPTION_EXTENSION = CaptionExtension()
+RESOLUTION = Resolution()
