@@ -200,7 +200,7 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     Example:
       kohyawrap config render --gpu rtx4090 --model sd15 --dataset ./training_data \\
           --base-model runwayml/stable-diffusion-v1-5 --name my_lora -o ./my_lora \\
-          --set network_dim=16
+          --set network_dim=16 --set sample_prompts=./my_prompts.txt --trigger sks --class-word dog
 
     Relative --dataset paths are written relative to the output folder, because launch.sh runs
     sd-scripts from there.
