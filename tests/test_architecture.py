@@ -24,6 +24,7 @@ PURE_CORE = [
     "dataset/buckets.py",
     "dataset/layout.py",
     "dataset/lint.py",
+    "optimizers.py",
     "launcher/layout.py",
 ]
 WORLD = {"subprocess", "socket", "paramiko", "urllib", "http", "huggingface_hub", "git", "requests"}
