@@ -133,3 +133,34 @@ def test_dataset_lint_resolution_message_is_about_the_value(
         ["dataset", "lint", str(data), "--model", "sd15", "--resolution", value], capsys
     )
     assert code == 2 and "--resolution" in out and "presets/" not in out, out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--max-dollars", "-1", "more than 0 dollars"),
+        ("--max-dollars", "0", "more than 0 dollars"),
+        ("--max-hours", "-0.5", "more than 0 hours"),
+        ("--poll", "0", "more than 0 seconds"),
+        ("--poll", "inf", "not a finite number"),
+        ("--max-hours", "two", "not a number"),
+    ],
+)
+def test_the_types_train_and_attach_use(option: str, value: str, needle: str) -> None:
+    # train/attach are not in this module's reach; the same types on a real click command.
+    import click
+    from click.testing import CliRunner
+
+    from kohyawrap.cli.types import DOLLARS, HOURS, SECONDS
+
+    @click.command()
+    @click.option("--max-dollars", type=DOLLARS)
+    @click.option("--max-hours", type=HOURS)
+    @click.option("--poll", type=SECONDS)
+    def command(max_dollars: float | None, max_hours: float | None, poll: float | None) -> None:
+        click.echo(f"{max_dollars} {max_hours} {poll}")
+
+    result = CliRunner().invoke(command, [option, value])
+    assert result.exit_code == 2 and option in result.output and needle in result.output
+    ok = CliRunner().invoke(command, ["--max-dollars", "2.5", "--max-hours", "1", "--poll", "0.5"])
+    assert ok.exit_code == 0 and ok.output.strip() == "2.5 1.0 0.5"
