@@ -24,6 +24,7 @@ from kohyawrap.dataset.lint import LintReport, lint
 from kohyawrap.errors import DatasetError, UsageError
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
 from kohyawrap.presets import Catalog, GpuPreset, ModelPreset, Rules, load_catalog, resolve
+from kohyawrap.prompts import count_prompts
 from kohyawrap.render import SAMPLE_PROMPTS, dataset_options, render_run
 
 if TYPE_CHECKING:
@@ -278,10 +279,11 @@ def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Part, ..
 
 
 def _sample_images(rendered: RenderedRun, epochs: int) -> int:
-    text = rendered.files.get(SAMPLE_PROMPTS, "")
-    prompts = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    # The prompt file the config names: kohyawrap's, or the user's own (.txt, .toml or .json).
+    name = str(rendered.settings.get("sample_prompts", SAMPLE_PROMPTS))
+    prompts = count_prompts(name, rendered.files.get(name, ""))
     every = rendered.settings.get("sample_every_n_epochs")
-    return len(prompts) * (epochs // every) if isinstance(every, int) and every > 0 else 0
+    return prompts * (epochs // every) if isinstance(every, int) and every > 0 else 0
 
 
 def _checkpoints(settings: Mapping[str, Any], epochs: int) -> int:

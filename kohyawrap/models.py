@@ -59,6 +59,13 @@ class RunSpec:
     smoke: bool = False  # a few steps at tiny resolution, CPU-friendly
     cpu: bool | None = None  # train on the CPU (accelerate --cpu); None = only for smoke runs
     vram_gb: float | None = None  # overrides the preset's VRAM (unknown GPUs)
+    # Who the sample prompts show: "<trigger> <class>" per concept (--trigger/--class-word, or
+    # the dataset's concept folders); empty = not known (the LoRA's name is used, with a warning).
+    prompt_subjects: tuple[str, ...] = ()
+    # The user's own prompt file (--set sample_prompts=FILE), copied into the run under this name
+    # ("sample_prompts.txt", ".toml" or ".json": sd-scripts picks the syntax by the extension).
+    sample_prompts_file: str | None = None
+    sample_prompts_text: str | None = None
 
 
 @dataclass(frozen=True)

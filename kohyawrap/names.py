@@ -9,6 +9,7 @@ anything is rented.
 
 from __future__ import annotations
 
+import sys
 import unicodedata
 
 from kohyawrap.errors import UsageError
@@ -24,35 +25,59 @@ WINDOWS_RESERVED = frozenset(
     }
 )
 _WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
-MAX_NAME_BYTES = 200  # leaves room for "-000010.safetensors" under the 255-byte file name limit
+# 255 bytes per file name, less the longest suffix sd-scripts adds ("-step00000200.safetensors",
+# 25 bytes) and a margin for ".part" files while pulling.
+MAX_NAME_BYTES = 200
+ON_WINDOWS = sys.platform == "win32"
 
 
 def _control(text: str) -> list[str]:
     return [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") or c == "\0"]
 
 
-def check_output_name(name: str) -> str:
-    """``name`` (NFC-normalised) if it can name a LoRA's files, else raise UsageError."""
+def output_name_problem(name: str, *, windows: bool = ON_WINDOWS) -> str | None:
+    """Why ``name`` cannot name a LoRA's files on this machine's file system, or None when it can.
+
+    The LoRA's files are pulled to this machine, so its rules decide: on Windows the characters it
+    forbids in file names are refused too; elsewhere only what no file name may hold.
+    """
     text = unicodedata.normalize("NFC", name)
-    problem = None
-    if not text.strip():
-        problem = "it is empty"
-    elif text != text.strip():
-        problem = "it starts or ends with a space"
-    elif "/" in text or "\\" in text:
-        problem = "it holds a path separator (/ or \\): it would put the files in another folder"
-    elif text in (".", "..") or text.startswith("."):
-        problem = "it starts with a dot (a hidden file, or a path)"
-    elif _control(text):
-        problem = f"it holds control characters ({', '.join(repr(c) for c in _control(text)[:3])})"
-    elif len(text.encode("utf-8")) > MAX_NAME_BYTES:
-        problem = f"it is longer than {MAX_NAME_BYTES} bytes as UTF-8"
+    bad = sorted({c for c in text if c in _WINDOWS_FORBIDDEN and c not in "/\\"}) if windows else []
+    problems = (
+        (not text.strip(), "it is empty"),
+        (text != text.strip(), "it starts or ends with a space"),
+        (
+            "/" in text or "\\" in text,
+            "it holds a path separator (/ or \\): it would put the files in another folder",
+        ),
+        (text.startswith("."), "it starts with a dot (a hidden file, or a path)"),
+        (
+            bool(_control(text)),
+            f"it holds control characters ({', '.join(repr(c) for c in _control(text)[:3])})",
+        ),
+        (
+            bool(bad),
+            "it holds "
+            + ", ".join(repr(c) for c in bad)
+            + ", which Windows file names cannot hold",
+        ),
+        (
+            len(text.encode("utf-8")) > MAX_NAME_BYTES,
+            f"it is longer than {MAX_NAME_BYTES} bytes as UTF-8",
+        ),
+    )
+    return next((why for found, why in problems if found), None)
+
+
+def check_output_name(name: str, *, windows: bool = ON_WINDOWS) -> str:
+    """``name`` (NFC-normalised) if it can name a LoRA's files, else raise UsageError."""
+    problem = output_name_problem(name, windows=windows)
     if problem:
         raise UsageError(
             f"--name {name!r} cannot name the LoRA's files: {problem}",
             hint="use letters (any language), digits, spaces and punctuation such as _ - ( ) '",
         )
-    return text
+    return unicodedata.normalize("NFC", name)
 
 
 def remote_name_problem(name: str) -> str | None:

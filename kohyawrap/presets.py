@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kohyawrap.errors import ConfigError, UsageError, did_you_mean
+from kohyawrap.models import Finding
 from kohyawrap.resources import presets_dir
 from kohyawrap.sdscripts import FAMILIES, arguments
 
@@ -200,6 +201,7 @@ class Resolved:
     model: ModelPreset
     tier: Tier | None
     settings: tuple[Setting, ...]
+    notes: tuple[Finding, ...] = ()  # what resolving changed that the user should hear about
 
     @property
     def script(self) -> str:
@@ -244,9 +246,12 @@ def read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     import tomlkit
     from tomlkit.exceptions import ParseError
 
+    from kohyawrap.fileio import read_user_text
+
+    text = read_user_text(path, "preset file", error=ConfigError)
     try:
-        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ParseError) as err:
+        doc = tomlkit.parse(text)
+    except ParseError as err:
         raise ConfigError(f"cannot read preset file: {err}", where=str(path)) from err
     comments: dict[str, str] = {}
     _collect_comments(doc.body, "", comments)
@@ -587,7 +592,30 @@ def resolve(
             acc.pop(key, None)
     _apply(acc, (Setting(k, v, "--set", "user override") for k, v in overrides))
     _apply(acc, _derived(acc, m, rules, {k for k, _ in overrides}))
-    return Resolved(g, m, tier, tuple(acc.values()))
+    notes = _steps_over_epochs(acc, {k for k, _ in overrides})
+    return Resolved(g, m, tier, tuple(acc.values()), notes)
+
+
+def _steps_over_epochs(acc: dict[str, Setting], user_keys: set[str]) -> tuple[Finding, ...]:
+    """A step count the user gave decides the length: sd-scripts would let a preset's
+    max_train_epochs win and ignore it, so the preset's epochs are dropped (and that is said)."""
+    if "max_train_steps" not in user_keys or "max_train_epochs" in user_keys:
+        return ()
+    dropped = acc.pop("max_train_epochs", None)
+    if dropped is None:
+        return ()
+    steps = acc["max_train_steps"].value
+    return (
+        Finding(
+            "note",
+            "epochs-dropped",
+            "max_train_epochs",
+            f"max_train_epochs = {dropped.value} ({dropped.origin}) dropped: your "
+            f"max_train_steps = {steps} decides the length (sd-scripts lets epochs win when both "
+            "are set)",
+            "set max_train_epochs too to train by epochs instead",
+        ),
+    )
 
 
 def _derived(
@@ -621,6 +649,43 @@ def parse_override(text: str, script: str = "train_network.py") -> tuple[str, An
     if arg is not None and arg.type in ("str", "pathlib.Path") and not arg.is_list:
         return key, literal if isinstance(literal, str) and raw[:1] in "\"'" else raw
     return key, literal
+
+
+def parse_overrides(texts: Iterable[str], script: str) -> tuple[tuple[str, Any], ...]:
+    """Every ``--set key=value`` parsed (see :func:`parse_override`) and its key checked against
+    ``script``'s options: the one path ``presets show``, ``plan``, ``config render`` and
+    ``train`` take, so a key one of them refuses is refused by all (issue #12)."""
+    from kohyawrap.validate import check_keys
+
+    overrides = tuple(parse_override(text, script) for text in texts)
+    problems = check_keys([key for key, _ in overrides], script=script)
+    if problems:
+        raise UsageError(
+            f"--set names {len(problems)} option(s) {script} does not have",
+            evidence=[f"--set {f.subject}: {f.message}" for f in problems],
+            hint=problems[0].hint,
+        )
+    return overrides
+
+
+def refuse_bad_overrides(resolved: Resolved, overrides: Sequence[tuple[str, Any]]) -> None:
+    """Raise UsageError when a ``--set`` value is one sd-scripts would reject or misread (the
+    same checks ``config render`` runs over the whole config)."""
+    from kohyawrap.validate import check_settings
+
+    keys = {key for key, _ in overrides}
+    bf16 = resolved.gpu.bf16 if resolved.gpu.known else None
+    errors = [
+        f
+        for f in check_settings(resolved.values(), script=resolved.script, bf16_supported=bf16)
+        if f.severity == "error" and f.subject in keys
+    ]
+    if errors:
+        raise UsageError(
+            f"{len(errors)} --set value(s) would not train as intended",
+            evidence=[f"--set {f.subject}: {f.message}" for f in errors],
+            hint=errors[0].hint,
+        )
 
 
 def _toml_literal(raw: str) -> Any:

@@ -21,6 +21,7 @@ from kohyawrap import __version__
 from kohyawrap.errors import ConfigError, UsageError
 from kohyawrap.models import Finding, RenderedRun, RunSpec
 from kohyawrap.presets import Catalog, Resolved, Setting, load_catalog, parse_override, resolve
+from kohyawrap.prompts import PROMPT_FILES, generated_prompts
 from kohyawrap.resources import templates_dir
 from kohyawrap.sdscripts import PINNED_COMMIT
 from kohyawrap.validate import check_dataset_config, check_settings, flatten
@@ -220,13 +221,44 @@ def run_settings(spec: RunSpec, resolved: Resolved) -> dict[str, Setting]:
         if acc.get(row.key, row).origin != "--set":
             acc[row.key] = row
     sampling = acc.get("sample_every_n_epochs")
-    if sampling is not None and isinstance(sampling.value, int) and sampling.value > 0:
-        acc["sample_prompts"] = Setting("sample_prompts", SAMPLE_PROMPTS, "run")
+    on = sampling is not None and isinstance(sampling.value, int) and sampling.value > 0
+    user_prompts = _user_prompts(spec, acc)
+    if user_prompts and not on:
+        state = f"{sampling.value} ({sampling.origin})" if sampling else "not set"
+        raise UsageError(
+            f"your sample prompts would never be used: sample_every_n_epochs is {state}",
+            hint="--set sample_every_n_epochs=2 (each round of samples costs time: see "
+            "`kohyawrap plan`)",
+        )
+    if on:
+        acc["sample_prompts"] = Setting(
+            "sample_prompts", user_prompts or SAMPLE_PROMPTS, "--set" if user_prompts else "run"
+        )
     else:
         # sd-scripts disables sampling at <= 0 but warns; leaving the keys out is quiet.
         for key in ("sample_every_n_epochs", "sample_sampler", "sample_prompts"):
             acc.pop(key, None)
     return acc
+
+
+def _user_prompts(spec: RunSpec, acc: Mapping[str, Setting]) -> str | None:
+    """The name of the user's prompt file in the run, or None. A prompt file path that reached
+    the options unread would point at the laptop: refused rather than silently replaced."""
+    given = acc.get("sample_prompts")
+    if given is not None and given.origin == "--set" and spec.sample_prompts_text is None:
+        raise UsageError(
+            f"sample_prompts = {given.value!r} names a file on this machine, which the run "
+            "never reads: the file must be read and copied into the run",
+            hint="pass it with --set sample_prompts=FILE to config render, plan or train",
+        )
+    if spec.sample_prompts_text is None:
+        return None
+    if spec.sample_prompts_file not in PROMPT_FILES:
+        raise UsageError(
+            f"sample prompts file name {spec.sample_prompts_file!r} is not one of "
+            f"{', '.join(PROMPT_FILES)}"
+        )
+    return spec.sample_prompts_file
 
 
 def _split_dataset(acc: dict[str, Setting], use_dataset_config: bool) -> dict[str, Any]:
@@ -293,9 +325,12 @@ def _config_error(errors: Sequence[Finding], acc: Mapping[str, Setting], what: s
         setting = acc.get(f.subject or "")
         return f" (from {setting.origin})" if setting is not None else ""
 
+    def fix(f: Finding) -> str:
+        return f" (fix: {f.hint})" if f.hint and len(errors) > 1 else ""
+
     return ConfigError(
         f"the options for {what} would not train as intended",
-        evidence=[f"{f.subject}{origin(f)}: {f.message}" for f in errors],
+        evidence=[f"{f.subject}{origin(f)}: {f.message}{fix(f)}" for f in errors],
         hint=errors[0].hint,
     )
 
@@ -322,9 +357,7 @@ def _subsets(spec: RunSpec, tdir: TrainingDir) -> list[list[tuple[str, Any]]]:
 
 def _prompts(spec: RunSpec) -> list[str]:
     """Sample prompts from the spec alone, so a recorded spec re-renders byte for byte."""
-    # sd-scripts splits a prompt line at " --": keep the name from turning into an option.
-    subject = " ".join(spec.output_name.replace("--", " ").replace("_", " ").split()) or "subject"
-    return [f"a photo of {subject}", f"{subject}, outdoors, natural light"]
+    return generated_prompts(tuple(spec.prompt_subjects), spec.output_name)
 
 
 def _size(acc: Mapping[str, Setting], general: Mapping[str, Any]) -> tuple[int, int]:
@@ -356,12 +389,20 @@ def accelerate_args(mixed_precision: str, *, cpu: bool) -> tuple[str, ...]:
     return ("--cpu", *args) if cpu else args
 
 
+_LATER_SPEC_FIELDS = ("prompt_subjects", "sample_prompts_file", "sample_prompts_text")
+
+
 def inputs_hash(
     spec: RunSpec, acc: Mapping[str, Setting], general: Mapping[str, Any], extra: Any
 ) -> str:
     """sha256 (16 hex digits) of everything that decides the files: tool version, spec, options."""
     spec_data = asdict(spec)
     spec_data["overrides"] = [list(pair) for pair in spec.overrides]
+    # Fields added after a spec format was recorded count only when used, so a spec that does not
+    # use them hashes as before and recorded runs still reproduce byte for byte.
+    for key in _LATER_SPEC_FIELDS:
+        if not spec_data.get(key):
+            spec_data.pop(key, None)
     data = {
         "version": __version__,
         "spec": spec_data,
@@ -394,7 +435,8 @@ def render_run(
             "a dataset config lists the concept folders: it needs the scanned dataset folder"
         )
     subsets = _subsets(spec, tdir) if spec.use_dataset_config and tdir is not None else []
-    prompts = _prompts(spec) if "sample_prompts" in acc else []
+    user_prompts = acc["sample_prompts"].origin == "--set" if "sample_prompts" in acc else False
+    prompts = _prompts(spec) if "sample_prompts" in acc and not user_prompts else []
     digest = inputs_hash(spec, acc, general, {"subsets": subsets})
     mixed = str(acc["mixed_precision"].value) if "mixed_precision" in acc else "no"
     launch_args = accelerate_args(mixed, cpu=spec.smoke if spec.cpu is None else spec.cpu)
@@ -421,6 +463,8 @@ def render_run(
     }
     if prompts:
         files[SAMPLE_PROMPTS] = _sample_prompts(env, prompts, _size(acc, general))
+    if user_prompts and spec.sample_prompts_file and spec.sample_prompts_text is not None:
+        files[spec.sample_prompts_file] = spec.sample_prompts_text  # byte for byte
     if spec.use_dataset_config:
         files[DATASET_CONFIG] = env.get_template("dataset_config.toml.j2").render(
             **common, general=list(general.items()), datasets=[{"subsets": subsets}]
@@ -457,7 +501,29 @@ def findings(rendered: RenderedRun, *, catalog: Catalog | None = None) -> tuple[
     resolved = resolve_spec(rendered.spec, catalog)
     bf16 = resolved.gpu.bf16 if resolved.gpu.known else None
     found = check_settings(rendered.settings, script=rendered.script, bf16_supported=bf16)
-    return tuple(f for f in found if f.severity != "error")
+    return (
+        tuple(f for f in found if f.severity != "error")
+        + resolved.notes
+        + _prompt_findings(rendered)
+    )
+
+
+def _prompt_findings(rendered: RenderedRun) -> tuple[Finding, ...]:
+    spec = rendered.spec
+    if rendered.files.get(SAMPLE_PROMPTS) is None or spec.prompt_subjects:
+        return ()
+    if spec.sample_prompts_text is not None:
+        return ()
+    return (
+        Finding(
+            "warning",
+            "prompts-without-trigger",
+            "sample_prompts",
+            "no trigger word known (no --trigger, and no dataset folder to read it from): the "
+            f"sample prompts name the LoRA's file name {spec.output_name!r}, which it never learned",
+            'pass --trigger "sks" --class-word dog, or --set sample_prompts=FILE',
+        ),
+    )
 
 
 def dataset_options(rendered: RenderedRun) -> dict[str, Any]:

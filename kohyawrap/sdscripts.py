@@ -102,3 +102,37 @@ def dataset_config_schema() -> dict[str, Any]:
         (data_dir() / "dataset_config_schema.json").read_text(encoding="utf-8")
     )
     return data
+
+
+@dataclass(frozen=True)
+class TrainingNames:
+    """Optimizer and lr scheduler names sd-scripts accepts (data/optimizers_schedulers.toml)."""
+
+    optimizers: tuple[str, ...]  # sd-scripts' own, matched in any case
+    torch_optimizers: tuple[str, ...]  # looked up in torch.optim with the case kept
+    host_modules: tuple[str, ...]  # modules a dotted optimizer_type may come from out of the box
+    optimizer_not_usable: dict[str, tuple[str, str]]  # name -> (why, what to use instead)
+    optimizer_packages: dict[str, str]  # lower-case name prefix -> package not installed
+    schedulers: tuple[str, ...]
+    no_warmup: tuple[str, ...]  # schedulers that refuse a non-zero warmup
+    scheduler_not_usable: dict[str, str]  # name -> why it fails at the pinned commit
+
+
+@cache
+def training_names() -> TrainingNames:
+    """The optimizer and scheduler names of the pinned sd-scripts, from the shipped data."""
+    import tomlkit
+
+    text = (data_dir() / "optimizers_schedulers.toml").read_text(encoding="utf-8")
+    data: dict[str, Any] = tomlkit.parse(text).unwrap()
+    opt, sched = data["optimizers"], data["schedulers"]
+    return TrainingNames(
+        optimizers=tuple(opt["sd_scripts"]),
+        torch_optimizers=tuple(opt["torch"]),
+        host_modules=tuple(opt["host_modules"]),
+        optimizer_not_usable={k: (v["why"], v["use"]) for k, v in opt["not_usable"].items()},
+        optimizer_packages=dict(opt["extra_packages"]),
+        schedulers=tuple(sched["names"]),
+        no_warmup=tuple(sched["no_warmup"]),
+        scheduler_not_usable=dict(sched["not_usable"]),
+    )

@@ -9,14 +9,18 @@ Findings are data; the CLI presents them. Pure: no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kohyawrap.errors import ConfigError, suggest
 from kohyawrap.models import Finding
+from kohyawrap.optimizers import optimizer_findings
 from kohyawrap.sdscripts import FAMILIES, Argument, arguments, dataset_config_schema
 
+# sd-scripts' training scripts take about 200 options (data/*_args.json); a file with five times
+# that is no config, and each unknown key costs a spelling search.
+MAX_CONFIG_OPTIONS = 1000
 SDXL_SCRIPT = FAMILIES["sdxl"].script
 SD_SCRIPT = FAMILIES["sd15"].script
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
@@ -150,11 +154,24 @@ def check_config_text(
     except TOMLKitError as err:
         raise ConfigError(f"not valid TOML: {err}", where=where) from err
     flat = flatten(doc)
+    if len(flat.settings) > MAX_CONFIG_OPTIONS:
+        raise ConfigError(
+            f"{len(flat.settings)} options: not a training config (sd-scripts' training scripts "
+            f"have about 200; more than {MAX_CONFIG_OPTIONS} is not checked)",
+            where=where,
+        )
     script, reason = choose_script(flat.settings, family)
     findings = flat.findings + check_settings(
         flat.settings, script=script, bf16_supported=bf16_supported
     )
     return CheckReport(script, reason, flat.settings, _ordered(findings), where)
+
+
+def check_keys(keys: Iterable[str], *, script: str) -> tuple[Finding, ...]:
+    """Findings about option names alone (unknown, or for another script): what ``--set KEY=``
+    is checked against before anything is resolved or rendered."""
+    ctx = _Ctx(dict.fromkeys(keys), script, arguments(script), None)
+    return tuple(_unknown_keys(ctx))
 
 
 def _ordered(findings: tuple[Finding, ...]) -> tuple[Finding, ...]:
@@ -709,6 +726,33 @@ def _notes(ctx: _Ctx) -> Iterator[Finding]:
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# Optimizer, scheduler, warmup and learning rates (kohyawrap.optimizers), and counts: values
+# sd-scripts reads without a check and trips over only after the models have loaded
+
+_COUNT_PROBLEMS = {
+    "train_batch_size": "each step would train no image",
+    "max_train_steps": "the run ends before its first step: nothing is trained",
+    "max_train_epochs": "the run ends before its first step: nothing is trained",
+    "gradient_accumulation_steps": "accelerate refuses it",
+    "network_dim": "a LoRA of rank 0 has no weights to train",
+}
+
+
+def _training(ctx: _Ctx) -> Iterator[Finding]:
+    yield from optimizer_findings(ctx.settings)
+
+
+def _counts(ctx: _Ctx) -> Iterator[Finding]:
+    s = ctx.settings
+    for key, why in _COUNT_PROBLEMS.items():
+        value = s.get(key)
+        if key == "max_train_steps" and "max_train_epochs" in s:
+            continue  # epochs decide the length; the step count is not read
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            yield Finding("error", "count", key, f"{key} = {value}: {why}", f"{key} = 1 or more")
+
+
 _RULES: tuple[Rule, ...] = (
     _unknown_keys,
     _types,
@@ -725,6 +769,8 @@ _RULES: tuple[Rule, ...] = (
     _model_family,
     _logging,
     _notes,
+    _training,
+    _counts,
 )
 
 

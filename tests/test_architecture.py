@@ -32,6 +32,7 @@ PURE_CORE = [
     "dataset/layout.py",
     "dataset/lint.py",
     "dataset/caption.py",
+    "optimizers.py",
     "launcher/layout.py",
     "launcher/runplan.py",
     "launcher/manifest.py",

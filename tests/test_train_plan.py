@@ -69,7 +69,7 @@ def test_the_cli_prints_what_the_library_plans(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset = make_dataset(tmp_path / "data", reg=True)
-    library = dry_run(dataset, tmp_path).to_json()
+    library = json.loads(json.dumps(dry_run(dataset, tmp_path).to_json()))
     code, out = run_cli(
         [
             "train", "--host", "root@gpu.example", "--gpu", "rtx4090", "--model", "sdxl",

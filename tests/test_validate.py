@@ -210,7 +210,8 @@ def test_accepted_forms_are_not_flagged():
     ok = GOOD | {
         "text_encoder_lr": 5e-5,  # a single number: train_network's backward-compatible branch
         "learning_rate": 1,  # an int where a float goes is fine in Python
-        "lr_warmup_steps": 0.1,  # int_or_float
+        "lr_warmup_steps": 0.1,  # int_or_float (a ratio)
+        "lr_scheduler": "cosine",  # the default, constant, refuses a warmup
         "resolution": "512,768",
         "network_args": ["conv_dim=4", "conv_alpha=1"],
         "caption_extention": ".txt",  # legacy spelling sd-scripts still accepts

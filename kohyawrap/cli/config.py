@@ -25,6 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def run_options(func: F) -> F:
     """The options that describe a run (shared by ``config render`` and ``plan``)."""
+    from kohyawrap.cli.types import CAPTION_EXTENSION, OUTPUT_NAME, VRAM_GB, WORDS
+
     path = click.Path(path_type=Path)
     options = [
         click.option(
@@ -33,7 +35,7 @@ def run_options(func: F) -> F:
             help="GPU preset (kohyawrap presets list); or --vram for others.",
         ),
         click.option(
-            "--vram", type=float, help="VRAM in GB: a card without a preset, or override."
+            "--vram", type=VRAM_GB, help="VRAM in GB: a card without a preset, or override."
         ),
         click.option(
             "--model",
@@ -49,9 +51,26 @@ def run_options(func: F) -> F:
             "--base-model",
             help="Repo id, URL or path; default: the model preset's base_model.",
         ),
-        click.option("--name", default="my_lora", show_default=True, help="The LoRA's file name."),
+        click.option(
+            "--name",
+            type=OUTPUT_NAME,
+            default="my_lora",
+            show_default=True,
+            help="The LoRA's file name.",
+        ),
+        click.option(
+            "--trigger",
+            type=WORDS,
+            help="Trigger word for the sample prompts (default: from the dataset's folders).",
+        ),
+        click.option(
+            "--class-word",
+            type=WORDS,
+            help='Class of the subject ("dog"), beside the trigger in the sample prompts.',
+        ),
         click.option(
             "--caption-extension",
+            type=CAPTION_EXTENSION,
             default=".txt",
             show_default=True,
             help="Caption extension (sd-scripts' own default is .caption).",
@@ -108,12 +127,17 @@ def reg_dir(dataset: Path, reg: Path | None) -> Path | None:
 
 def build_spec(params: dict[str, Any], run_dir: Path, model: ModelPreset) -> RunSpec:
     """A RunSpec from the shared run options for ``model`` (the catalog's preset named by
-    --model); paths re-based onto ``run_dir``."""
+    --model); paths re-based onto ``run_dir``; a ``--set sample_prompts=FILE`` read into the spec
+    (the file travels with the configs)."""
+    from kohyawrap.dataset.layout import concept_name
     from kohyawrap.models import RunSpec
-    from kohyawrap.presets import parse_override
+    from kohyawrap.prompts import parse_sets
 
     dataset: Path = params["dataset"]
     reg = reg_dir(dataset, params.get("reg"))
+    overrides, prompts = parse_sets(params.get("sets", ()), model.script)
+    trigger, class_word = params.get("trigger") or "", params.get("class_word") or ""
+    subject = concept_name(trigger, class_word) if trigger else class_word
     return RunSpec(
         gpu=gpu_name(params.get("gpu"), params.get("vram")),
         model=params["model"],
@@ -123,10 +147,25 @@ def build_spec(params: dict[str, Any], run_dir: Path, model: ModelPreset) -> Run
         reg_data_dir=relative_to_run(reg, run_dir) if reg is not None else None,
         caption_extension=params["caption_extension"],
         use_dataset_config=bool(params.get("use_dataset_config")),
-        overrides=tuple(parse_override(s, model.script) for s in params.get("sets", ())),
+        overrides=overrides,
         smoke=bool(params.get("smoke")),
         vram_gb=params.get("vram") if params.get("gpu") else None,
+        prompt_subjects=(subject,) if subject else (),
+        sample_prompts_file=prompts.name if prompts else None,
+        sample_prompts_text=prompts.text if prompts else None,
     )
+
+
+def with_dataset_subjects(spec: RunSpec, tdir: TrainingDir | None) -> RunSpec:
+    """The spec with its sample prompts' subjects read from the dataset's concept folders, unless
+    --trigger/--class-word already named them (or there is no dataset yet)."""
+    from dataclasses import replace
+
+    from kohyawrap.prompts import subjects_from_dataset
+
+    if spec.prompt_subjects or tdir is None:
+        return spec
+    return replace(spec, prompt_subjects=subjects_from_dataset(tdir))
 
 
 def scan_dataset(params: dict[str, Any], *, required: bool) -> TrainingDir | None:
@@ -170,7 +209,7 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     Example:
       kohyawrap config render --gpu rtx4090 --model sd15 --dataset ./training_data \\
           --base-model stable-diffusion-v1-5/stable-diffusion-v1-5 --name my_lora -o ./my_lora \\
-          --set network_dim=16
+          --set network_dim=16 --set sample_prompts=./my_prompts.txt --trigger sks --class-word dog
 
     Relative --dataset paths are written relative to the output folder, because launch.sh runs
     sd-scripts from there.
@@ -181,6 +220,7 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     catalog = load_catalog()
     spec = build_spec(params, output, catalog.model(params["model"]))
     tdir = scan_dataset(params, required=spec.use_dataset_config)
+    spec = with_dataset_subjects(spec, tdir)
     rendered = render_run(spec, tdir=tdir, catalog=catalog)
     written = write_run_files(output, rendered.files, force=force)
     notes = findings(rendered, catalog=catalog)
@@ -253,18 +293,14 @@ def check(path: Path, model: str | None, gpu: str | None, as_json: bool) -> None
     Example:
       kohyawrap config check training_config.toml --model sdxl
     """
-    from kohyawrap.errors import ConfigError, UsageError
+    from kohyawrap.configfile import check_config_file
+    from kohyawrap.errors import ConfigError
     from kohyawrap.presets import load_catalog
-    from kohyawrap.validate import check_config_text
 
     catalog = load_catalog()
     family = catalog.model(model).family if model else None
     bf16 = catalog.gpu(gpu).bf16 if gpu else None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read {path}: {err}") from err
-    report = check_config_text(text, family=family, bf16_supported=bf16, where=str(path))
+    report = check_config_file(path, family=family, bf16_supported=bf16)
     if as_json:
         from kohyawrap.cli import echo_json
 

@@ -10,9 +10,8 @@ import click
 
 from kohyawrap.cli import echo_json
 from kohyawrap.cli.complete import gpu_names, model_names
-
-# The connection options every host command shares (moving to kohyawrap.cli.options).
 from kohyawrap.cli.options import connect_options, read_token
+from kohyawrap.cli.types import CAPTION_EXTENSION, RESOLUTION
 
 if TYPE_CHECKING:
     from kohyawrap.dataset.caption import Captioner
@@ -88,6 +87,7 @@ def dataset() -> None:
 )
 @click.option(
     "--caption-extension",
+    type=CAPTION_EXTENSION,
     default=".txt",
     show_default=True,
     help="Caption file extension; must equal caption_extension in the training config.",
@@ -204,6 +204,7 @@ def build(
 )
 @click.option(
     "--caption-extension",
+    type=CAPTION_EXTENSION,
     default=".txt",
     show_default=True,
     help="caption_extension of the training config.",
@@ -235,6 +236,7 @@ def build(
 )
 @click.option(
     "--resolution",
+    type=RESOLUTION,
     default=None,
     help='Override the preset\'s resolution, e.g. "768" or "768,1024".',
 )

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from kohyawrap.cli.types import SECONDS
+
 if TYPE_CHECKING:
     from kohyawrap.hosts.connect import ConnectOptions
     from kohyawrap.launcher.request import TrainRequest
@@ -164,7 +166,7 @@ follow_options = option_group(
         (
             ("--poll",),
             {
-                "type": click.FloatRange(min=0.05),
+                "type": SECONDS,
                 "default": 2.0,
                 "show_default": True,
                 "help": "Seconds between looks at the log.",
@@ -197,30 +199,14 @@ runs_dir_option = grouped(
 # From options to launcher calls
 
 
-def parse_sets(values: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
-    """``--set key=value`` pairs, values parsed like `config render --set`."""
-    from kohyawrap.render import parse_override
-
-    return tuple(parse_override(v) for v in values)
-
-
 def read_token(token_file: Path | None) -> str | None:
     """The Hugging Face token: from --hf-token-file, else $HF_TOKEN. Never from argv."""
     if token_file is None:
         return os.environ.get("HF_TOKEN") or None
-    from kohyawrap.errors import UsageError
+    from kohyawrap.fileio import read_user_text
 
-    try:
-        if not token_file.expanduser().is_file():
-            raise UsageError(f"--hf-token-file {token_file}: no such file")
-        if token_file.expanduser().stat().st_size > 4096:
-            raise UsageError(f"--hf-token-file {token_file}: too large to hold a token")
-        text = token_file.expanduser().read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise UsageError(f"--hf-token-file {token_file}: {err.strerror}") from err
-    except UnicodeDecodeError as err:
-        raise UsageError(f"--hf-token-file {token_file}: not a text file") from err
-    return text or None
+    # A token is ~40 characters; a file much larger is not a token file (read bounded).
+    return read_user_text(token_file.expanduser(), "--hf-token-file", limit=4096).strip() or None
 
 
 def questions(yes: bool) -> Questions:

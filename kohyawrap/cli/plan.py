@@ -8,16 +8,17 @@ from typing import Any
 import click
 
 from kohyawrap.cli.config import run_options
+from kohyawrap.cli.types import BANDWIDTH, PRICE
 
 
 @click.command()
 @run_options
 @click.option(
-    "--price", type=float, help="Price per hour in $ (default: the GPU preset's typical price)."
+    "--price", type=PRICE, help="Price per hour in $ (default: the GPU preset's typical price)."
 )
 @click.option(
     "--bandwidth",
-    type=float,
+    type=BANDWIDTH,
     help="MB/s between this machine and the host (uploads, downloads). [default: 10]",
 )
 @click.option(
@@ -48,7 +49,7 @@ def plan(
       kohyawrap plan --gpu rtx4090 --model sd15 --dataset ./training_data --price 0.70
       kohyawrap plan --gpu rtx3090 --model sdxl --dataset ./training_data --compare --json
     """
-    from kohyawrap.cli.config import build_spec, scan_dataset
+    from kohyawrap.cli.config import build_spec, scan_dataset, with_dataset_subjects
     from kohyawrap.forecast import (
         Setup,
         build_forecast,
@@ -57,6 +58,7 @@ def plan(
         require_fit,
     )
     from kohyawrap.presets import load_catalog
+    from kohyawrap.render import findings
 
     kind: Setup = "warm" if setup == "warm" else "cold"
     catalog = load_catalog()
@@ -65,12 +67,14 @@ def plan(
     tdir = scan_dataset(params, required=True)
     if tdir is None:  # required=True always scans (or raises); this narrows the type
         raise RuntimeError("dataset was not scanned")
+    spec = with_dataset_subjects(spec, tdir)
     result = build_forecast(
         spec, tdir, price_per_hour=price, bandwidth_mbps=bandwidth, setup=kind, catalog=catalog
     )
     if not force:
         require_fit(result)
     report = lint_forecast(result, tdir, model.family)
+    notes = findings(result.rendered, catalog=catalog)
     table = (
         compare_forecasts(spec, tdir, bandwidth_mbps=bandwidth, setup=kind, catalog=catalog)
         if compare
@@ -80,6 +84,7 @@ def plan(
         from kohyawrap.cli import echo_json
 
         data = result.to_json()
+        data["config_findings"] = [f.to_json() for f in notes]
         data["lint"] = {
             "errors": len(report.errors),
             "warnings": len(report.warnings),
@@ -93,9 +98,11 @@ def plan(
             ]
         echo_json(data)
         return
+    from kohyawrap.console.config import show_findings
     from kohyawrap.console.forecast import show_compare, show_forecast, show_lint
 
     show_forecast(result)
+    show_findings(notes)
     show_lint(report)
     if compare:
         show_compare(table, current=result.estimate.gpu)

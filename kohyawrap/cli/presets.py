@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from kohyawrap.cli.complete import gpu_names, model_names
+from kohyawrap.cli.types import VRAM_GB
 
 
 @click.group()
@@ -80,7 +81,7 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
     shell_complete=model_names,
     help="Model preset: sd15, sd2, sdxl (or a user preset).",
 )
-@click.option("--vram", type=float, help="Override the card's VRAM in GB (picks another tier).")
+@click.option("--vram", type=VRAM_GB, help="Override the card's VRAM in GB (picks another tier).")
 @click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override an option, repeatable."
 )
@@ -96,12 +97,13 @@ def show(
       kohyawrap presets show rtx4090 --model sdxl
       kohyawrap presets show vram-10 --model sdxl --set network_dim=8
     """
-    from kohyawrap.presets import load_catalog, parse_override, resolve
+    from kohyawrap.presets import load_catalog, parse_overrides, refuse_bad_overrides, resolve
 
     catalog = load_catalog()
     script = catalog.model(model).script
-    overrides = tuple(parse_override(s, script) for s in sets)
+    overrides = parse_overrides(sets, script)
     resolved = resolve(catalog, gpu, model, vram_gb=vram, overrides=overrides, smoke=smoke)
+    refuse_bad_overrides(resolved, overrides)
     if as_json:
         from kohyawrap.cli import echo_json
 
@@ -132,4 +134,5 @@ def resolved_json(resolved: Any) -> dict[str, Any]:
         },
         "tier": resolved.tier.label if resolved.tier else None,
         "settings": [dict(vars(s)) for s in resolved.settings],
+        "notes": [n.to_json() for n in resolved.notes],
     }

@@ -14,10 +14,10 @@ from kohyawrap.cli.options import (
     grouped,
     launch,
     option_group,
-    parse_sets,
     read_token,
     runs_dir_option,
 )
+from kohyawrap.cli.types import CAPTION_EXTENSION, DOLLARS, HOURS, PRICE, VRAM_GB, WORDS
 
 if TYPE_CHECKING:
     from kohyawrap.launcher.request import TrainRequest
@@ -39,24 +39,33 @@ def _what(
     sets: tuple[str, ...],
     caption_extension: str,
     smoke: bool,
+    trigger: str | None,
+    class_word: str | None,
 ) -> TrainRequest:
+    from kohyawrap.dataset.layout import concept_name
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.models import RunSpec
+    from kohyawrap.presets import load_catalog
+    from kohyawrap.prompts import parse_sets
 
+    overrides, prompts = parse_sets(sets, load_catalog().model(model).script)
+    subject = concept_name(trigger, class_word or "") if trigger else class_word or ""
     spec = RunSpec(
         gpu=gpu,
         model=model,
         base_model=base_model,
         output_name=output_name,
         caption_extension=caption_extension,
-        overrides=parse_sets(sets),
+        overrides=overrides,
         smoke=smoke,
         vram_gb=vram,
+        prompt_subjects=(subject,) if subject else (),
+        sample_prompts_file=prompts.name if prompts else None,
+        sample_prompts_text=prompts.text if prompts else None,
     )
     return TrainRequest(spec=spec, dataset=dataset, base_model_file=base_model_file)
 
 
-_POSITIVE = click.FloatRange(min=0, min_open=True)
 what_options = option_group(
     "What to train",
     "what",
@@ -64,7 +73,7 @@ what_options = option_group(
     [
         (("--gpu",), {"default": "auto", "show_default": True,
                       "help": "GPU preset (`kohyawrap presets list`), or 'auto' to read it from the host."}),
-        (("--vram",), {"type": _POSITIVE, "default": None, "help": "VRAM in GB, for a GPU without a preset."}),
+        (("--vram",), {"type": VRAM_GB, "default": None, "help": "VRAM in GB, for a GPU without a preset."}),
         (("--model",), {"required": True, "help": "Model preset: sd15, sd2, sdxl, or one of your own."}),
         (("--dataset",), {"type": click.Path(file_okay=False, path_type=Path), "required": True,
                           "help": "A dataset made by `kohyawrap dataset build` (parent of the N_concept folders)."}),
@@ -74,9 +83,15 @@ what_options = option_group(
         (("--name", "output_name"), {"required": True,
                                      "help": "The LoRA's name (any language): the stem of its files."}),
         (("--set", "sets"), {"multiple": True, "metavar": "KEY=VALUE",
-                             "help": "Override a training option (repeatable)."}),
-        (("--caption-extension",), {"default": ".txt", "show_default": True, "help": "Extension of the caption files."}),
+                             "help": "Override a training option (repeatable); sample_prompts=FILE "
+                             "uses your own prompt file."}),
+        (("--caption-extension",), {"type": CAPTION_EXTENSION, "default": ".txt", "show_default": True,
+                                    "help": "Extension of the caption files."}),
         (("--smoke",), {"is_flag": True, "help": "A few steps at tiny resolution to prove the chain works (CPU ok)."}),
+        (("--trigger",), {"type": WORDS, "default": None,
+                          "help": "Trigger word for the sample prompts (default: the dataset's folder names)."}),
+        (("--class-word",), {"type": WORDS, "default": None,
+                             "help": 'Class of the subject ("dog"), beside the trigger in the sample prompts.'}),
     ],
 )  # fmt: skip
 
@@ -135,11 +150,11 @@ money_options = option_group(
     "money",
     _money,
     [
-        (("--price",), {"type": click.FloatRange(min=0), "default": None,
+        (("--price",), {"type": PRICE, "default": None,
                         "help": "$ per hour of the host (default: the preset's typical)."}),
-        (("--max-dollars",), {"type": _POSITIVE, "default": None,
+        (("--max-dollars",), {"type": DOLLARS, "default": None,
                               "help": "Stop the run (and pull) when it has cost this much."}),
-        (("--max-hours",), {"type": _POSITIVE, "default": None,
+        (("--max-hours",), {"type": HOURS, "default": None,
                             "help": "Stop the run (and pull) this many hours after its launch."}),
         (("--on-finish",), {"default": "none", "show_default": True,
                             "help": "After every checkpoint is verified locally: none, shutdown, or a shell "

@@ -79,6 +79,8 @@ def show_resolved(resolved: Resolved) -> None:
         table.add_row(s.key, escape(repr(s.value)), escape(s.origin), escape(s.source or "-"))
     con.print(table)
     con.print("[dim]\\[n] in a source: an entry of docs/sources.md in kohyawrap's repository.[/]")
+    for note in resolved.notes:
+        con.print(f"[cyan]note[/] {escape(note.subject or '')}: {escape(note.message)}")
 
 
 def _fact(resolved: Resolved, key: str) -> object:

@@ -8,7 +8,10 @@ written; sources are only ever read. The build report goes beside the output
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +33,13 @@ from kohyawrap.dataset.layout import (
     reg_concepts,
 )
 from kohyawrap.dataset.lint import LintReport, lint
-from kohyawrap.dataset.scan import REG_FOLDER, parse_concept_folder, read_training_dir, scan_sources
+from kohyawrap.dataset.scan import (
+    REG_FOLDER,
+    SourceFolder,
+    parse_concept_folder,
+    read_training_dir,
+    scan_sources,
+)
 from kohyawrap.errors import DatasetError, UsageError
 from kohyawrap.fileio import atomic_write, dump_json
 from kohyawrap.models import Finding
@@ -109,6 +118,7 @@ def build_dataset(request: BuildRequest, progress: Progress | None = None) -> Bu
     max_side = _max_side(request)
     folders = [scan_sources(p, request.caption_extension) for p in request.inputs]
     regs = [scan_sources(p, request.caption_extension) for p in request.reg_dirs]
+    _refuse_unreadable_captions([*folders, *regs])
     concepts = group_concepts(folders, request.triggers, request.class_words, request.repeats)
     concepts += reg_concepts(regs, request.class_words)
     options = BuildOptions(
@@ -118,8 +128,7 @@ def build_dataset(request: BuildRequest, progress: Progress | None = None) -> Bu
         caption_extension=request.caption_extension,
     )
     layout = plan_layout(concepts, options)
-    if request.strict and layout.skipped:
-        raise _strict_error([(str(s.source), s.reason) for s in layout.skipped])
+    swept = sweep_stale_builds(output)
     outcomes = apply_layout(
         layout,
         output,
@@ -130,8 +139,13 @@ def build_dataset(request: BuildRequest, progress: Progress | None = None) -> Bu
     )
     report = _lint_output(output, request, outcomes)
     failed = [o for o in outcomes if not o.ok]
-    notes = layout.notes + tuple(
-        Finding("warning", "skipped", str(o.op.source), o.written.error or "failed") for o in failed
+    notes = (
+        layout.notes
+        + tuple(
+            Finding("warning", "skipped", str(o.op.source), o.written.error or "failed")
+            for o in failed
+        )
+        + swept
     )
     result = BuildResult(output, report_path_for(output), layout, outcomes, report, max_side, notes)
     atomic_write(result.report_path, dump_json(result.to_json()))
@@ -200,10 +214,27 @@ def _max_side(request: BuildRequest) -> int | None:
     return default
 
 
+def _refuse_unreadable_captions(folders: Sequence[SourceFolder]) -> None:
+    """Stop before writing when a caption file cannot be read as text: a caption the user wrote
+    is never replaced by a guess or dropped silently. Every such file is listed."""
+    bad = [
+        f"{i.caption_path}: {i.caption_problem}"
+        for folder in folders
+        for i in folder.images
+        if i.caption_problem is not None
+    ]
+    if bad:
+        raise DatasetError(
+            f"{len(bad)} caption file(s) cannot be read as text",
+            evidence=bad,
+            hint="save them as UTF-8 (or UTF-16 with a byte-order mark), or remove them",
+        )
+
+
 def _strict_error(problems: Sequence[tuple[str, str]]) -> DatasetError:
     return DatasetError(
         f"{len(problems)} input file(s) cannot be used (--strict)",
-        evidence=[f"{path}: {why}" for path, why in problems[:10]],
+        evidence=[f"{path}: {why}" for path, why in problems],
         hint="fix or remove them, or drop --strict to skip them with a warning",
     )
 
@@ -227,7 +258,7 @@ def apply_layout(
     ``strict``, stop the build, leaving the old output untouched).
     """
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.building-{os.getpid()}-{secrets.token_hex(4)}"
+    staging = output.parent / staging_name(output)
     staging.mkdir()
     try:
         for folder in sorted({op.dest.rsplit("/", 1)[0] for op in layout.images}):
@@ -235,8 +266,11 @@ def apply_layout(
         results = _write_images(layout.images, staging, jobs, progress)
         outcomes = tuple(Outcome(op, r) for op, r in zip(layout.images, results, strict=True))
         failed = [(str(o.op.source), o.written.error or "failed") for o in outcomes if not o.ok]
-        if strict and failed:
-            raise _strict_error(failed)
+        # Damage shows up in two places: headers (planning) and pixels (writing). --strict lists
+        # both, so one run names every file to fix.
+        planned = [(str(s.source), s.reason) for s in layout.skipped]
+        if strict and (planned or failed):
+            raise _strict_error(planned + failed)
         for o in outcomes:
             if o.ok:
                 (staging / o.op.caption_dest).write_text(o.op.caption + "\n", encoding="utf-8")
@@ -245,6 +279,66 @@ def apply_layout(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return outcomes
+
+
+def staging_name(output: Path, *, pid: int | None = None, host: str | None = None) -> str:
+    """The hidden folder a build of ``output`` writes into: ``.<name>.building-<host>-<pid>-<rnd>``.
+
+    The owner (a hash of the host name and the process id) is in the name, set by the same
+    ``mkdir`` that creates it, so a build killed at any moment leaves a folder the next build can
+    tell is stale (see :func:`sweep_stale_builds`).
+    """
+    owner = pid if pid is not None else os.getpid()
+    return f".{output.name}.building-{_host_tag(host)}-{owner}-{secrets.token_hex(4)}"
+
+
+def sweep_stale_builds(output: Path) -> tuple[Finding, ...]:
+    """Remove staging folders of earlier builds of ``output`` that were killed (SIGKILL, power
+    loss) before they could clean up. Only folders named by :func:`staging_name` for this very
+    output, made on this host, whose process is gone; anything else is left alone."""
+    pattern = re.compile(
+        rf"^\.{re.escape(output.name)}\.building-([0-9a-f]{{8}})-(\d+)-[0-9a-f]{{8}}$"
+    )
+    if not output.parent.is_dir():
+        return ()
+    notes = []
+    for entry in sorted(output.parent.iterdir()):
+        found = pattern.match(entry.name)
+        if not found or entry.is_symlink() or not entry.is_dir():
+            continue
+        host, pid = found.group(1), int(found.group(2))
+        if host != _host_tag() or _alive(pid):
+            continue
+        shutil.rmtree(entry)
+        notes.append(
+            Finding(
+                "note",
+                "stale_build_removed",
+                entry.name,
+                f"removed what a killed build (process {pid}) left behind",
+            )
+        )
+    return tuple(notes)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run; unsure counts as alive (nothing is removed)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def _host_tag(host: str | None = None) -> str:
+    name = host if host is not None else platform.node()
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
 
 
 def _write_images(

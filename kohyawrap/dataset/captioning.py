@@ -29,7 +29,7 @@ from kohyawrap.dataset.caption import (
     plan_captions,
     review_captions,
 )
-from kohyawrap.dataset.layout import _check_caption_extension
+from kohyawrap.dataset.layout import check_caption_extension
 from kohyawrap.dataset.scan import SourceFolder, scan_sources
 from kohyawrap.errors import DatasetError
 
@@ -55,7 +55,7 @@ def plan_folder(request: CaptionRequest) -> CaptionPlan:
 
 
 def _scan(folder: Path, caption_extension: str) -> SourceFolder:
-    _check_caption_extension(caption_extension)
+    check_caption_extension(caption_extension)
     source = scan_sources(folder, caption_extension)
     if not source.images:
         raise DatasetError(

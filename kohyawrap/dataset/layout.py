@@ -207,7 +207,7 @@ def _spread(option: str, values: Sequence[_T], n: int, default: _T) -> list[_T]:
 def plan_layout(concepts: Sequence[ConceptInput], options: BuildOptions) -> Layout:
     """Plan every file of the output: concept folders, image operations, captions, skips."""
     check_template(options.caption_template)
-    _check_caption_extension(options.caption_extension)
+    check_caption_extension(options.caption_extension)
     plans: list[ConceptPlan] = []
     ops: list[ImageOp] = []
     skipped: list[Skipped] = []
@@ -457,7 +457,7 @@ def make_caption(image: SourceImage, concept: ConceptInput, template: str) -> tu
     flags: list[str] = []
     lines = [line.strip() for line in (image.caption_text or "").splitlines() if line.strip()]
     if image.caption_note:
-        flags.append("latin1")
+        flags.append("reencoded")
     if len(lines) > 1:
         flags.append("multiline")
     if image.caption_text is not None and not lines:
@@ -485,7 +485,7 @@ _FLAG_NOTES: dict[str, tuple[Literal["error", "warning", "note"], str]] = {
         "caption file has several lines: kept the first (sd-scripts reads only the first line)",
     ),
     "empty": ("warning", "caption file is empty: used the template instead"),
-    "latin1": ("warning", "caption file is not UTF-8: read as Latin-1 and written as UTF-8"),
+    "reencoded": ("note", "caption file was UTF-16/32 (byte-order mark): written as UTF-8"),
     "renamed": ("note", "file name made safe"),
 }
 
@@ -522,7 +522,8 @@ def _other_notes(concept: ConceptInput) -> Iterable[Finding]:
                 yield Finding("note", "not_read", str(folder.path / name), "not an image: not used")
 
 
-def _check_caption_extension(ext: str) -> None:
+def check_caption_extension(ext: str) -> None:
+    """Raise UsageError unless ``ext`` is a caption extension (``.txt``, ``.caption``, ...)."""
     if (
         not ext.startswith(".")
         or len(ext) < 2

@@ -141,7 +141,21 @@ def lint(
 
 
 def _folder_findings(tdir: TrainingDir) -> Iterable[Finding]:
+    from kohyawrap.dataset.scan import REG_FOLDER
+
     for name in tdir.ignored_folders:
+        if name == REG_FOLDER:
+            # `dataset build` puts regularisation images there; renaming it "10_reg" would
+            # train them as a concept.
+            yield Finding(
+                "note",
+                "reg_folder_unused",
+                name,
+                "regularisation images built by `kohyawrap dataset build`, but another folder is "
+                "the reg_data_dir: these are not used (sd-scripts skips the folder); pass it as "
+                "reg_data_dir (--reg) to use them, and never rename it like a concept",
+            )
+            continue
         yield Finding(
             "warning",
             "ignored_folder",
@@ -528,6 +542,19 @@ def _batch_findings(tdir: TrainingDir, batch: BatchCount, batch_size: int) -> li
         )
     padded = batch.batches_per_epoch * batch_size
     used = sum(batch.buckets.values())
+    if batch_size > used:
+        found.append(
+            Finding(
+                "warning",
+                "batch_larger_than_dataset",
+                None,
+                f"train_batch_size {batch_size} is larger than the whole dataset ({used} images × "
+                "repeats): sd-scripts trains one partial batch per bucket, so no step sees more "
+                f"than {max(batch.buckets.values())} images, while the VRAM and time estimates "
+                "assume full batches",
+                f"train_batch_size = {min(batch_size, max(batch.buckets.values()))}",
+            )
+        )
     if batch_size > 1 and padded and (padded - used) / padded > 0.2:
         found.append(
             Finding(

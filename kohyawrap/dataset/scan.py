@@ -10,13 +10,16 @@ names starting with a dot). Image sizes come from headers; pixels are not decode
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from kohyawrap.dataset.buckets import SubsetSizes
 from kohyawrap.dataset.imaging import Header, ImageProblem, read_header
 from kohyawrap.errors import DatasetError
+from kohyawrap.fileio import MAX_CAPTION_BYTES, FileRefused, read_limited
 
 # sd-scripts' IMAGE_EXTENSIONS (library/train_util.py): exact-case matches only.
 SD_IMAGE_EXTENSIONS = (
@@ -170,7 +173,9 @@ def read_training_dir(
         )
     auto_reg = reg_dir is None and (path / REG_FOLDER).is_dir()
     reg_root = path / REG_FOLDER if auto_reg else reg_dir
-    skip = {REG_FOLDER} if auto_reg else set()
+    # <path>/reg is the reg_data_dir itself (found, or given as --reg): not a concept folder.
+    inside = reg_root is not None and _same_folder(reg_root, path / REG_FOLDER)
+    skip = {REG_FOLDER} if inside else set()
     subsets, ignored, skipped, stray = _read_root(path, caption_extension, False, skip)
     if not subsets:
         raise _no_concepts(path, ignored, skipped, stray)
@@ -184,6 +189,13 @@ def read_training_dir(
         ignored += [f"{REG_FOLDER}/{n}" for n in reg_ignored]
         skipped += [f"{REG_FOLDER}/{n}" for n in reg_skipped]
     return TrainingDir(path, tuple(subsets), tuple(ignored), tuple(stray), tuple(skipped), reg_root)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _read_root(
@@ -244,8 +256,7 @@ def read_subset(
 
 def _read_image(folder: Path, name: str, caption_extension: str) -> ImageInfo:
     path = folder / name
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    digest = _sha256(path)
     header: Header | None = None
     error: str | None = None
     try:
@@ -272,6 +283,15 @@ def _read_image(folder: Path, name: str, caption_extension: str) -> ImageInfo:
     )
 
 
+def _sha256(path: Path) -> str:
+    """sha256 of a file read in pieces: an image of any size costs a megabyte of memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _find_caption(folder: Path, name: str, caption_extension: str) -> str | None:
     stem = name.rsplit(".", 1)[0]
     candidates = [stem + caption_extension]
@@ -287,13 +307,24 @@ def _find_caption(folder: Path, name: str, caption_extension: str) -> str | None
 
 def _read_caption(path: Path) -> tuple[str, int, str | None]:
     """(first line stripped, non-empty lines, fatal problem) as sd-scripts reads the file."""
-    data = path.read_bytes()
+    try:
+        data = read_limited(path, MAX_CAPTION_BYTES)
+    except FileRefused as err:
+        return "", 0, f"caption file {path.name} refused: {err}"
     if not data:
         return "", 0, "caption file is empty (0 bytes): sd-scripts stops with an assertion error"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return "", 0, "caption file is not UTF-8: sd-scripts stops with a UnicodeDecodeError"
+        bom = _bom(data)
+        found = f"{bom[1]} (byte-order mark)" if bom and bom[1] != "UTF-8" else "not UTF-8"
+        why = (
+            f"caption file {path.name} is {found}: sd-scripts reads captions as UTF-8 and stops "
+            "with a UnicodeDecodeError (save it as UTF-8; `kohyawrap dataset build` converts it)"
+        )
+        return "", 0, why
+    if _control_characters(text):
+        return "", 0, f"caption file {path.name} {_CONTROL_PROBLEM}"
     lines = text.splitlines()
     first = lines[0].strip() if lines else ""
     return first, sum(1 for line in lines if line.strip()), None
@@ -312,7 +343,8 @@ class SourceImage:
     problem: str | None = None
     caption_path: Path | None = None
     caption_text: str | None = None
-    caption_note: str | None = None  # e.g. decoded as Latin-1
+    caption_note: str | None = None  # e.g. decoded as UTF-16 (byte-order mark)
+    caption_problem: str | None = None  # the caption file cannot be used: why (the build stops)
 
 
 @dataclass(frozen=True)
@@ -371,14 +403,51 @@ def _source_image(path: Path, caption_extension: str) -> SourceImage:
     for ext in preferred:
         candidate = path.with_name(path.stem + ext)
         if candidate.is_file():
-            text, note = _decode_caption(candidate.read_bytes())
+            try:
+                text, note = decode_caption(read_limited(candidate, MAX_CAPTION_BYTES))
+            except (FileRefused, CaptionUndecodable) as err:
+                return SourceImage(path, header, problem, candidate, caption_problem=str(err))
             return SourceImage(path, header, problem, candidate, text, note)
     return SourceImage(path, header, problem)
 
 
-def _decode_caption(data: bytes) -> tuple[str, str | None]:
+class CaptionUndecodable(ValueError):
+    """A caption file's bytes are not text we can read without guessing."""
+
+
+# Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32", "utf-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32", "utf-32"),
+    (codecs.BOM_UTF8, "UTF-8", "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "UTF-16", "utf-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16", "utf-16"),
+)
+_CONTROL_PROBLEM = (
+    "holds NUL or other control characters: not a text caption (UTF-16 saved without a "
+    "byte-order mark?)"
+)
+
+
+def _bom(data: bytes) -> tuple[bytes, str, str] | None:
+    return next((b for b in _BOMS if data.startswith(b[0])), None)
+
+
+def _control_characters(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" and c not in "\t\n\r\f\v" for c in text)
+
+
+def decode_caption(data: bytes) -> tuple[str, str | None]:
+    """A caption file's text and a note when it was not plain UTF-8 (decoded by its byte-order
+    mark), or CaptionUndecodable. Nothing is guessed: editors on Windows save UTF-16 with a
+    mark; bytes without one that are not UTF-8 (GBK, cp1252, ...) are refused, not misread."""
+    bom = _bom(data)
     try:
-        return data.decode("utf-8-sig"), None
-    except UnicodeDecodeError:
-        # Old Windows editors write cp1252/Latin-1; every byte decodes, the note says so.
-        return data.decode("latin-1"), "caption is not UTF-8: read as Latin-1"
+        text = data.decode(bom[2] if bom else "utf-8")
+    except UnicodeDecodeError as err:
+        what = f"not valid {bom[1]} despite its byte-order mark" if bom else "not UTF-8"
+        raise CaptionUndecodable(f"{what} (byte {err.start}); save it as UTF-8") from None
+    if _control_characters(text):
+        raise CaptionUndecodable(_CONTROL_PROBLEM)
+    note = f"decoded as {bom[1]} (byte-order mark)" if bom and bom[1] != "UTF-8" else None
+    return text, note

@@ -259,6 +259,11 @@ def build_run_plan(
         # `dataset build --reg` puts class images in <dataset>/reg/<repeats>_<class>/.
         host_spec = replace(host_spec, reg_data_dir="dataset/reg")
     tdir = read_training_dir(request.dataset, caption_extension=spec.caption_extension)
+    if not host_spec.prompt_subjects:
+        from kohyawrap.prompts import subjects_from_dataset
+
+        # The sample prompts show the trigger and class word, as `dataset build` named the folders.
+        host_spec = replace(host_spec, prompt_subjects=subjects_from_dataset(tdir))
     forecast = build_forecast(
         host_spec,
         tdir,

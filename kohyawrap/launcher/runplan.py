@@ -172,7 +172,10 @@ def spec_to_json(spec: RunSpec) -> dict[str, Any]:
 
 
 def spec_from_json(data: dict[str, Any]) -> RunSpec:
-    """The inverse of :func:`spec_to_json`."""
+    """The inverse of :func:`spec_to_json` (JSON lists back into the spec's tuples)."""
     fields = dict(data)
     fields["overrides"] = tuple((str(k), v) for k, v in fields.get("overrides", []))
+    for name, value in fields.items():
+        if name != "overrides" and isinstance(value, list):
+            fields[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
     return RunSpec(**fields)
