@@ -23,7 +23,7 @@ GPUS = (
     "a100-80gb",
     "h100",
 )
-MODELS = ("sd15", "sd2", "sdxl")
+MODELS = ("sd15", "sd2", "sdxl", "flux-dev", "flux-schnell", "chroma", "sd35-large", "sd35-medium")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_every_required_gpu_and_model_is_shipped(catalog):
         gpu = catalog.gpus[name]
         assert gpu.vram_gb >= 12 and gpu.bf16 is True
         assert gpu.price_range[0] <= gpu.price_per_hour <= gpu.price_range[1]
-        assert set(gpu.speed) == set(MODELS)
+        assert set(gpu.speed) == {catalog.models[m].family for m in MODELS}
 
 
 def _numbers(data, prefix=""):
@@ -69,7 +69,16 @@ def test_every_number_in_a_preset_file_has_a_source(path):
     for key in _numbers(data):
         text = comments[key]
         cited = any(
-            w in text for w in ("field_notes", "#", ".md", "sample_run", "spec", "sd-scripts")
+            w in text
+            for w in (
+                "field_notes",
+                "#",
+                ".md",
+                "sample_run",
+                "spec",
+                "sd-scripts",
+                "huggingface.co",
+            )
         )
         assert "estimate" in text or cited or "derived" in text, f"{path.name} {key}: {text}"
 
