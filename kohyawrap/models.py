@@ -59,6 +59,9 @@ class RunSpec:
     smoke: bool = False  # a few steps at tiny resolution, CPU-friendly
     cpu: bool | None = None  # train on the CPU (accelerate --cpu); None = only for smoke runs
     vram_gb: float | None = None  # overrides the preset's VRAM (unknown GPUs)
+    # Files the family's script loads besides the base model, as (option, path) pairs written into
+    # the config exactly as given: ("clip_l", ...), ("clip_g", ...), ("t5xxl", ...), ("ae", ...).
+    companions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
