@@ -16,15 +16,12 @@ import click
 if TYPE_CHECKING:
     from kohyawrap.dataset.scan import TrainingDir
     from kohyawrap.models import RunSpec
+    from kohyawrap.presets import ModelPreset
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The base model a preset means when --base-model is not given (Hugging Face repo ids).
-DEFAULT_BASE_MODELS = {
-    "sd15": "runwayml/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
+# Files the DiT families load beside the base model: option name -> sd-scripts key.
+COMPANION_OPTIONS = {"clip_l": "--clip-l", "clip_g": "--clip-g", "t5xxl": "--t5xxl", "ae": "--ae"}
 
 
 def run_options(func: F) -> F:
@@ -35,12 +32,24 @@ def run_options(func: F) -> F:
         click.option(
             "--vram", type=float, help="VRAM in GB: a card without a preset, or override."
         ),
-        click.option("--model", required=True, help="Model preset: sd15, sd2, sdxl (or your own)."),
+        click.option(
+            "--model",
+            required=True,
+            help="Model preset, e.g. sdxl or flux-dev (`kohyawrap presets list`; or your own).",
+        ),
         click.option(
             "--dataset", required=True, type=path, help="Parent of the <repeats>_<concept> folders."
         ),
         click.option("--reg", type=path, help="Regularisation folder (default: <dataset>/reg)."),
         click.option("--base-model", help="Repo id, URL or path; default per model preset."),
+        click.option(
+            "--clip-l", help="CLIP-L file (FLUX.1, SD3.5); default models/clip_l.safetensors."
+        ),
+        click.option("--clip-g", help="CLIP-G file (SD3.5); default models/clip_g.safetensors."),
+        click.option("--t5xxl", help="T5-XXL file (FLUX.1, Chroma, SD3.5); default models/<file>."),
+        click.option(
+            "--ae", help="FLUX.1 autoencoder file (FLUX.1, Chroma); default models/ae.safetensors."
+        ),
         click.option("--name", default="my_lora", show_default=True, help="The LoRA's file name."),
         click.option(
             "--caption-extension",
@@ -98,26 +107,41 @@ def reg_dir(dataset: Path, reg: Path | None) -> Path | None:
     return default if default.is_dir() else None
 
 
-def build_spec(params: dict[str, Any], run_dir: Path, script: str) -> RunSpec:
+def build_spec(params: dict[str, Any], run_dir: Path, model: ModelPreset) -> RunSpec:
     """A RunSpec from the shared run options; paths re-based onto ``run_dir``."""
     from kohyawrap.models import RunSpec
+    from kohyawrap.models_fetch import render_paths
     from kohyawrap.presets import parse_override
 
     dataset: Path = params["dataset"]
     reg = reg_dir(dataset, params.get("reg"))
+    base, companions = render_paths(model, given_files(params, run_dir))
     return RunSpec(
         gpu=gpu_name(params.get("gpu"), params.get("vram")),
         model=params["model"],
-        base_model=params.get("base_model") or DEFAULT_BASE_MODELS.get(params["model"], ""),
+        base_model=base,
+        companions=companions,
         output_name=params["name"],
         train_data_dir=relative_to_run(dataset, run_dir),
         reg_data_dir=relative_to_run(reg, run_dir) if reg is not None else None,
         caption_extension=params["caption_extension"],
         use_dataset_config=bool(params.get("use_dataset_config")),
-        overrides=tuple(parse_override(s, script) for s in params.get("sets", ())),
+        overrides=tuple(parse_override(s, model.script) for s in params.get("sets", ())),
         smoke=bool(params.get("smoke")),
         vram_gb=params.get("vram") if params.get("gpu") else None,
     )
+
+
+def given_files(params: dict[str, Any], run_dir: Path) -> dict[str, str | None]:
+    """--base-model (as given) and the companion files (relative paths re-based onto
+    ``run_dir``, like --dataset), by sd-scripts option."""
+    from kohyawrap.models_fetch import BASE_KEY
+
+    given: dict[str, str | None] = {BASE_KEY: params.get("base_model")}
+    for key in COMPANION_OPTIONS:
+        value = params.get(key)
+        given[key] = relative_to_run(Path(value), run_dir) if value else None
+    return given
 
 
 def scan_dataset(params: dict[str, Any], *, required: bool) -> TrainingDir | None:
@@ -139,6 +163,7 @@ def config() -> None:
     \b
     Examples:
       kohyawrap config render --gpu rtx4090 --model sd15 --dataset ./training_data -o ./my_lora
+      kohyawrap config render --gpu rtx4090 --model flux-dev --dataset ./training_data -o ./flux
       kohyawrap config check training_config.toml --model sdxl
     """
 
@@ -162,15 +187,22 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
       kohyawrap config render --gpu rtx4090 --model sd15 --dataset ./training_data \\
           --base-model runwayml/stable-diffusion-v1-5 --name my_lora -o ./my_lora \\
           --set network_dim=16
+      kohyawrap config render --gpu rtx3090 --model flux-dev --dataset ./training_data \\
+          --t5xxl /data/models/t5xxl_fp8_e4m3fn.safetensors -o ./flux_lora
 
-    Relative --dataset paths are written relative to the output folder, because launch.sh runs
-    sd-scripts from there.
+    Relative --dataset (and --clip-l/--clip-g/--t5xxl/--ae) paths are written relative to the
+    output folder, because launch.sh runs sd-scripts from there. FLUX.1, Chroma and SD3.5 load
+    single files: those not given are expected in <output>/models/ (the output lists where to get
+    them; `kohyawrap train` fetches them on the host itself).
     """
+    from kohyawrap.models_fetch import render_downloads
     from kohyawrap.presets import load_catalog
     from kohyawrap.render import findings, render_run
 
     catalog = load_catalog()
-    spec = build_spec(params, output, catalog.model(params["model"]).script)
+    model = catalog.model(params["model"])
+    spec = build_spec(params, output, model)
+    downloads = render_downloads(model, given_files(params, output))
     tdir = scan_dataset(params, required=spec.use_dataset_config)
     rendered = render_run(spec, tdir=tdir, catalog=catalog)
     written = write_run_files(output, rendered.files, force=force)
@@ -185,12 +217,15 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
                 "inputs_hash": rendered.inputs_hash,
                 "findings": [f.to_json() for f in notes],
                 "dataset_found": tdir is not None,
+                "downloads": downloads,
             }
         )
         return
     from kohyawrap.console.config import show_rendered
 
-    show_rendered(output, rendered, written, notes, dataset_found=tdir is not None)
+    show_rendered(
+        output, rendered, written, notes, dataset_found=tdir is not None, downloads=downloads
+    )
 
 
 def write_run_files(folder: Path, files: dict[str, str], *, force: bool) -> dict[str, str]:

@@ -47,6 +47,7 @@ def plan(
     Examples:
       kohyawrap plan --gpu rtx4090 --model sd15 --dataset ./training_data --price 0.70
       kohyawrap plan --gpu rtx3090 --model sdxl --dataset ./training_data --compare --json
+      kohyawrap plan --gpu rtx4090 --model flux-dev --dataset ./training_data --compare
     """
     from kohyawrap.cli.config import build_spec, scan_dataset
     from kohyawrap.forecast import (
@@ -61,7 +62,7 @@ def plan(
     kind: Setup = "warm" if setup == "warm" else "cold"
     catalog = load_catalog()
     model = catalog.model(params["model"])
-    spec = build_spec(params, Path("."), model.script)
+    spec = build_spec(params, Path("."), model)
     tdir = scan_dataset(params, required=True)
     if tdir is None:  # required=True always scans (or raises); this narrows the type
         raise RuntimeError("dataset was not scanned")
@@ -70,7 +71,7 @@ def plan(
     )
     if not force:
         require_fit(result)
-    report = lint_forecast(result, tdir, model.family)
+    report = lint_forecast(result, tdir, model)
     table = (
         compare_forecasts(spec, tdir, bandwidth_mbps=bandwidth, setup=kind, catalog=catalog)
         if compare

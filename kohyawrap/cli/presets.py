@@ -61,6 +61,8 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
             "title": m.title,
             "family": m.family,
             "script": m.script,
+            "network_module": m.family_info.network_module,
+            "companions": [c.key for c in m.family_info.companions],
             "resolution": m.resolution,
             "file": m.path,
         }
@@ -71,7 +73,9 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
 
 @presets.command()
 @click.argument("gpu")
-@click.option("--model", required=True, help="Model preset: sd15, sd2, sdxl (or a user preset).")
+@click.option(
+    "--model", required=True, help="Model preset, e.g. sdxl or flux-dev (or a user preset)."
+)
 @click.option("--vram", type=float, help="Override the card's VRAM in GB (picks another tier).")
 @click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override an option, repeatable."
@@ -86,6 +90,7 @@ def show(
     \b
     Examples:
       kohyawrap presets show rtx4090 --model sdxl
+      kohyawrap presets show rtx3090 --model flux-dev
       kohyawrap presets show vram-10 --model sdxl --set network_dim=8
     """
     from kohyawrap.presets import load_catalog, parse_override, resolve
