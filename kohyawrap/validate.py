@@ -861,8 +861,12 @@ def _dit_text_encoder_cache(ctx: _Ctx) -> Iterator[Finding]:
     cached = ctx.on("cache_text_encoder_outputs") or ctx.on("cache_text_encoder_outputs_to_disk")
     if ctx.script not in DIT_SCRIPTS or not cached:
         return
-    for key in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
-                "token_warmup_step"):  # fmt: skip
+    for key in (
+        "shuffle_caption",
+        "caption_dropout_rate",
+        "caption_tag_dropout_rate",
+        "token_warmup_step",
+    ):
         if ctx.on(key):
             yield Finding(
                 "error",

@@ -74,8 +74,15 @@ def test_list_shows_the_new_families(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path))
     code, text = run(["presets", "list"], capsys)
     assert code == 0
-    for needle in ("FLUX.1 [dev]", "FLUX.1 [schnell]", "Chroma1-Base", "flux_train_network.py",
-                   "Stable Diffusion 3.5 Large", "sd3_train_network.py", "clip_l, clip_g, t5xxl"):  # fmt: skip
+    for needle in (
+        "FLUX.1 [dev]",
+        "FLUX.1 [schnell]",
+        "Chroma1-Base",
+        "flux_train_network.py",
+        "Stable Diffusion 3.5 Large",
+        "sd3_train_network.py",
+        "clip_l, clip_g, t5xxl",
+    ):
         assert needle in text, needle
 
 
