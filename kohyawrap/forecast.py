@@ -310,6 +310,7 @@ def _stages(
         n("install_download_gb") * 1000 / host + n("install_s") if cold else n("install_warm_s")
     )
     model_gb = download_gb(model)
+    companions = " (with its companion files)" if len(model.files) > 1 else ""
     load_s = model.plan.get("model_load_s", n("model_load_s"))
     sample_steps = model.sample.steps or n("sample_steps")
     caching = len(plan_in.sizes) * per_image * n("latent_cache_fraction")
@@ -323,8 +324,7 @@ def _stages(
         Part(
             "model download",
             model_gb * 1000 / host if cold else 0.0,
-            f"{model_gb:g} GB at {host:g} MB/s"
-            + (" (with its companion files)" if len(model.files) > 1 else "")
+            f"{model_gb:g} GB{companions} at {host:g} MB/s"
             if cold
             else "model already on the host",
         ),

@@ -475,7 +475,6 @@ def _model_from_raw(raw: _RawPreset) -> ModelPreset:
             hint=did_you_mean(family, FAMILIES) or f"one of: {', '.join(FAMILIES)}",
         )
     vram = _table(raw.data, "vram", where)
-    num = (int, float)
     return ModelPreset(
         name=raw.name,
         title=str(model.get("title", raw.name)),
@@ -489,10 +488,7 @@ def _model_from_raw(raw: _RawPreset) -> ModelPreset:
         sources=raw.comments,
         files=_model_files(raw.data.get("files", {}), FAMILIES[family], where),
         sample=_sample(raw.data.get("sample", {}), where),
-        plan={
-            k: float(_need(raw.data.get("plan", {}), k, num, f"{where} [plan]"))
-            for k in raw.data.get("plan", {})
-        },
+        plan=_plan_numbers(raw.data.get("plan", {}), where),
     )
 
 
@@ -536,6 +532,12 @@ def _model_files(table: Any, family: Family, where: str) -> dict[str, ModelFile]
             bool(_need(entry, "gated", bool, at)),
         )
     return out
+
+
+def _plan_numbers(table: Any, where: str) -> dict[str, float]:
+    if not isinstance(table, dict):
+        raise ConfigError("[plan] must be a table", where=where)
+    return {k: float(_need(table, k, (int, float), f"{where} [plan]")) for k in table}
 
 
 def _sample(table: Any, where: str) -> SampleDefaults:

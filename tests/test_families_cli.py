@@ -105,3 +105,17 @@ def test_check_guesses_flux_and_names_a_sd3_key(tmp_path, capsys):
     for needle in ("flux_train_network.py", "clip_g_dropout_rate", "sd3_train_network.py",
                    "split_mode", "blocks_to_swap"):  # fmt: skip
         assert needle in text, needle
+
+
+def test_dataset_build_and_lint_take_the_new_models(tmp_path, capsys):
+    photos = tmp_path / "照片"
+    for i in range(4):
+        write_jpeg(photos / f"{i}.jpg", (1200, 1000), seed=i)
+    out = tmp_path / "data"
+    code, text = run(["dataset", "build", str(photos), "--trigger", "sks 猫", "--class-word", "cat",
+                      "--model", "flux-dev", "-o", str(out)], capsys)  # fmt: skip
+    assert code == 0, text
+    folders = [p.name for p in out.iterdir() if p.is_dir()]
+    assert folders == ["25_sks 猫 cat"]  # 4 images x 25 = the SDXL-like 100 per epoch (estimate)
+    code, text = run(["dataset", "lint", str(out), "--model", "sd35-large", "--json"], capsys)
+    assert code == 0, text

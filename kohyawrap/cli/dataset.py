@@ -47,7 +47,7 @@ def dataset() -> None:
 @click.option(
     "--model",
     required=True,
-    help="Model preset: sd15, sd2 or sdxl (decides repeats and the default --max-side).",
+    help="Model preset, e.g. sdxl or flux-dev (decides repeats and the default --max-side).",
 )
 @click.option(
     "--repeats",
@@ -162,7 +162,7 @@ def build(
 @dataset.command(name="lint")
 @click.argument("path", type=_DIR)
 @click.option(
-    "--model", required=True, help="Model preset: sd15, sd2 or sdxl (resolution and buckets)."
+    "--model", required=True, help="Model preset, e.g. sdxl or flux-dev (resolution and buckets)."
 )
 @click.option(
     "--reg",
