@@ -823,6 +823,22 @@ def _dit_companions(ctx: _Ctx) -> Iterator[Finding]:
         )
 
 
+def _dit_single_file(ctx: _Ctx) -> Iterator[Finding]:
+    name = ctx.settings.get("pretrained_model_name_or_path")
+    if ctx.script not in DIT_SCRIPTS or not isinstance(name, str) or not name:
+        return
+    if not name.lower().endswith((".safetensors", ".sft")):
+        yield Finding(
+            "warning",
+            "dit-needs-a-file",
+            "pretrained_model_name_or_path",
+            f"{name!r} does not look like a .safetensors file: {ctx.script} loads the base model "
+            "from one file; Diffusers repos and folders are not supported "
+            "(docs/flux_train_network.md:203)",
+            'pretrained_model_name_or_path = "/path/to/model.safetensors"',
+        )
+
+
 def _block_swap(ctx: _Ctx) -> Iterator[Finding]:
     if ctx.script not in DIT_SCRIPTS:
         return
@@ -1003,6 +1019,7 @@ _RULES: tuple[Rule, ...] = (
     _notes,
     _dit_network_module,
     _dit_companions,
+    _dit_single_file,
     _block_swap,
     _dit_text_encoder_cache,
     _flux_guidance,

@@ -133,6 +133,8 @@ def test_choice_options_without_a_type_take_strings():
         ({k: v for k, v in SD3_OK.items() if k != "clip_g"}, SD3,
          ("warning", "companion-from-checkpoint", "clip_g")),
         (CHROMA_OK | {"clip_l": "x.safetensors"}, FLUX, ("note", "chroma-clip-l", "clip_l")),
+        (FLUX_OK | {"pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev"}, FLUX,
+         ("warning", "dit-needs-a-file", "pretrained_model_name_or_path")),
         (FLUX_OK | {"cpu_offload_checkpointing": True}, FLUX,
          ("error", "swap-with-offload", "cpu_offload_checkpointing")),
         (FLUX_OK | {"blocks_to_swap": 36}, FLUX, ("error", "too-many-blocks", "blocks_to_swap")),
