@@ -296,16 +296,15 @@ def needs_token(files: Iterable[FetchFile]) -> bool:
     return any(f.kind == "hf" and f.gated for f in files)
 
 
-def script_values(
-    files: Iterable[FetchFile], *, python: str, token_file: str, hf_home: str
-) -> dict[str, Any]:
+def script_values(files: Iterable[FetchFile], *, python: str, hf_home: str) -> dict[str, Any]:
     """The values of ``templates/remote/files.sh.j2`` that fetch ``files`` on the host.
 
-    Uploads are sent first by the launcher (over SFTP); the script then only checks they arrived.
+    Run the script with the Hugging Face token (if any) as its standard input, one line: it is
+    never written to the host. Uploads are sent first by the launcher (as for the base model
+    today); the script then only checks they arrived.
     """
     return {
         "python": python,
-        "token_file": token_file,
         "hf_home": hf_home,
         "files": [
             {

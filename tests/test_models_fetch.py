@@ -232,23 +232,13 @@ def hub(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     return fake_hub
 
 
-def _script(files: tuple[FetchFile, ...], models: Path, token_file: str) -> str:
+def _script(files: tuple[FetchFile, ...], models: Path) -> str:
     return render_script(
-        "files",
-        **script_values(
-            files, python=sys.executable, token_file=token_file, hf_home=str(models / "hf")
-        ),
+        "files", **script_values(files, python=sys.executable, hf_home=str(models / "hf"))
     )
 
 
-def _token_file(tmp_path: Path) -> Path:
-    path = tmp_path / ".hf-token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
-
-
-def test_files_script_fetches_every_file_once_with_the_token_from_a_file(tmp_path, hub):
+def test_files_script_fetches_every_file_once_with_the_token_on_stdin(tmp_path, hub):
     models = tmp_path / "models $(touch pwned) 模型"
     t5_url = f"{hub.url}/acme/te/resolve/main/t5xxl_fp16.safetensors"
     files = fetch_plan(
@@ -261,11 +251,10 @@ def test_files_script_fetches_every_file_once_with_the_token_from_a_file(tmp_pat
         },
         str(models),
     )
-    token_file = _token_file(tmp_path)
-    script = _script(files, models, str(token_file))
+    script = _script(files, models)
     assert TOKEN not in script
     host = LocalHost()
-    result = host.run(script, check=True)
+    result = host.run(script, stdin=TOKEN.encode() + b"\n", check=True)
     found = parse_kv(result.stdout)
     assert {k: v for k, v in found.items() if k.startswith("file.")} == {
         f"file.{key}": "downloaded" for key in (BASE_KEY, "clip_l", "t5xxl", "ae")
@@ -274,9 +263,11 @@ def test_files_script_fetches_every_file_once_with_the_token_from_a_file(tmp_pat
     for f in files:
         assert Path(found[f"path.{f.key}"]) == Path(f.remote_path)
         assert Path(f.remote_path).read_bytes() == wanted[f.key], f.key
-    assert not token_file.exists(), "the token file must be removed"
     assert f"Bearer {TOKEN}" in hub.auth_seen
     assert TOKEN not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):  # nothing on the "host" holds the token
+        if path.is_file() and not path.is_symlink():
+            assert TOKEN.encode() not in path.read_bytes(), path
     assert not (tmp_path / "pwned").exists()
 
     # Another family's run on the same host: the shared ae (and everything else) is cached.
@@ -289,7 +280,7 @@ def test_files_script_fetches_every_file_once_with_the_token_from_a_file(tmp_pat
         },
         str(models),
     )
-    again = parse_kv(host.run(_script(chroma, models, ""), check=True).stdout)
+    again = parse_kv(host.run(_script(chroma, models), check=True).stdout)
     assert again["file.ae"] == again["file.t5xxl"] == again[f"file.{BASE_KEY}"] == "cached"
 
 
@@ -306,7 +297,7 @@ def test_files_script_stops_clearly_on_a_gated_repo_without_a_token(tmp_path, hu
         str(models),
     )
     with pytest.raises(RemoteCommandError) as err:
-        LocalHost().run(_script(files, models, ""), check=True)
+        LocalHost().run(_script(files, models), check=True)
     assert err.value.returncode == 4
     assert "gated repos need a token" in err.value.output
     assert not Path(files[0].remote_path).exists()
@@ -326,10 +317,10 @@ def test_files_script_checks_that_uploads_arrived(tmp_path, hub):
         str(models),
     )
     with pytest.raises(RemoteCommandError) as err:
-        LocalHost().run(_script(files, models, ""), check=True)
+        LocalHost().run(_script(files, models), check=True)
     assert err.value.returncode == 3 and "missing on the host" in err.value.output
     upload = next(f for f in files if f.kind == "upload")
     Path(upload.remote_path).parent.mkdir(parents=True, exist_ok=True)
     Path(upload.remote_path).write_bytes(local.read_bytes())  # what the launcher's upload does
-    found = parse_kv(LocalHost().run(_script(files, models, ""), check=True).stdout)
+    found = parse_kv(LocalHost().run(_script(files, models), check=True).stdout)
     assert found["file.t5xxl"] == "cached" and found["file.ae"] == "downloaded"

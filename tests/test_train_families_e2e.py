@@ -66,10 +66,7 @@ def test_fake_flux_run_trains_pulls_and_reports(
             render_script(
                 "files",
                 **script_values(
-                    companions_only,
-                    python=sys.executable,
-                    token_file="",
-                    hf_home=str(work / "models" / "hf"),
+                    companions_only, python=sys.executable, hf_home=str(work / "models" / "hf")
                 ),
             ),
             check=True,
