@@ -53,6 +53,7 @@ class FetchFile:
     local_sha256: str = ""  # uploads: content hash (the host name is derived from it)
     size_gb: float | None = None  # known size (preset default or local file); None = unknown
     gated: bool = False  # the preset says the repo asks for a licence click-through (a token)
+    in_place: bool = False  # a local file used where it is (``--host local``): nothing copied
 
     def to_json(self) -> dict[str, Any]:
         """The file as data (``train --dry-run --json``)."""
@@ -75,6 +76,7 @@ def fetch_plan(
     *,
     base_model_file: str | None = None,
     sha256: Callable[[Path], str] | None = None,
+    in_place: bool = False,
 ) -> tuple[FetchFile, ...]:
     """Every file the run needs: the base model first, then the family's companion files.
 
@@ -82,7 +84,8 @@ def fetch_plan(
     user typed; a missing or empty one takes the preset's ``[files.*]`` default. ``models_dir`` is
     the host's model cache (absolute). A choice the family does not load, a required file with no
     default, or a name that is neither a file, a URL nor a repo file is a UsageError, raised here,
-    before anything is rented.
+    before anything is rented. ``in_place`` (the host is this machine): local files are used
+    where they are, neither hashed nor copied into the cache.
     """
     keys = [c.key for c in model.family_info.companions]
     stray = sorted(k for k, v in choices.items() if v and k != BASE_KEY and k not in keys)
@@ -92,7 +95,7 @@ def fetch_plan(
             + ", ".join(option_name(k) for k in stray),
             hint=f"its files: {', '.join(option_name(k) for k in [BASE_KEY, *keys])}",
         )
-    hasher = sha256 or file_sha256
+    hasher = _no_hash if in_place else (sha256 or file_sha256)
     files = [_base_file(model, choices.get(BASE_KEY), models_dir, base_model_file, hasher)]
     for companion in model.family_info.companions:
         found = _companion_file(
@@ -106,7 +109,15 @@ def fetch_plan(
             )
         if found is not None:
             files.append(found)
-    return tuple(files)
+    return tuple(_in_place(f) if in_place and f.kind == "upload" else f for f in files)
+
+
+def _no_hash(path: Path) -> str:
+    return ""
+
+
+def _in_place(found: FetchFile) -> FetchFile:
+    return replace(found, remote_path=found.source, local_sha256="", in_place=True)
 
 
 def _base_file(

@@ -145,6 +145,15 @@ def test_what_cannot_work_is_refused_before_renting(model, choices, message):
         fetch_plan(CATALOG.model(model), choices, MODELS)
 
 
+def test_on_this_machine_local_files_are_used_in_place(tmp_path):
+    local = tmp_path / "ae 模型.safetensors"
+    local.write_bytes(b"x")
+    files = by_key(fetch_plan(CATALOG.model("chroma"), {"ae": str(local)}, MODELS, in_place=True))
+    assert files["ae"].in_place and files["ae"].remote_path == str(local)
+    assert files["ae"].kind == "upload" and files["ae"].local_sha256 == ""
+    assert not files["t5xxl"].in_place and files["t5xxl"].remote_path.startswith(MODELS)
+
+
 def test_an_sd_base_model_may_still_be_a_whole_diffusers_repo():
     files = plan("sdxl", pretrained_model_name_or_path="someone/my-sdxl-finetune")
     assert (files[0].kind, files[0].filename) == ("hf", "")
