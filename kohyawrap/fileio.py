@@ -5,6 +5,7 @@ file a user points us at, so a device, a pipe or a huge file is refused instead 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import stat
@@ -43,6 +44,15 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while data := fh.read(chunk):
+            digest.update(data)
+    return digest.hexdigest()
 
 
 def dump_json(data: Any) -> bytes:

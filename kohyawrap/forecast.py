@@ -16,7 +16,7 @@ from kohyawrap.dataset.buckets import (
     BatchCount,
     BucketSettings,
     TrainingLength,
-    bucket_settings_for,
+    bucket_settings_from,
     count_batches,
     count_training_steps,
 )
@@ -115,15 +115,15 @@ def _pixels(resolution: Any) -> int:
     return int(width) * int(height or width)
 
 
-def _bucket_settings(options: Mapping[str, Any], family: str) -> BucketSettings:
-    # bucket_settings_for reads only the bucketing options out of the full set.
-    return bucket_settings_for(family, options)
+def _bucket_settings(options: Mapping[str, Any], model: ModelPreset) -> BucketSettings:
+    # bucket_settings_from reads only the bucketing options out of the full set.
+    return bucket_settings_from(model.dataset, model.family, options, where=model.path)
 
 
-def count_steps(rendered: RenderedRun, tdir: TrainingDir, family: str) -> Steps:
+def count_steps(rendered: RenderedRun, tdir: TrainingDir, model: ModelPreset) -> Steps:
     """Batches and optimizer steps exactly as sd-scripts will count them for this dataset."""
     options = dataset_options(rendered)
-    buckets = _bucket_settings(options, family)
+    buckets = _bucket_settings(options, model)
     length = training_length(options)
     batch = length.train_batch_size
     counted: BatchCount = count_batches(tdir.subset_sizes(), buckets, batch)
@@ -215,7 +215,7 @@ def preset_steps(
     basis = f"{source}: {', '.join(parts)}" + (f"; given {', '.join(others)}" if others else "")
     return PresetSteps(
         family=preset.family,
-        bucket=_bucket_settings(options, preset.family),
+        bucket=_bucket_settings(options, preset),
         length=replace(length, basis=basis),
     )
 
@@ -242,14 +242,42 @@ def seconds_per_step(
     if not options.get("network_train_unet_only"):
         per_image *= rules.number("text_encoder_training_slowdown")
         factors.append("text encoder trained")
+    if options.get("cpu_offload_checkpointing"):
+        per_image *= rules.number("cpu_offload_slowdown")
+        factors.append("cpu_offload_checkpointing")
     batch = int(options.get("train_batch_size", 1))
     accumulation = int(options.get("gradient_accumulation_steps", 1))
-    seconds = (speed.step_overhead_s + batch * per_image) * accumulation
+    swap = swap_seconds(model, options, rules)
+    seconds = (speed.step_overhead_s + swap + batch * per_image) * accumulation
     basis = (
         f"{speed.step_overhead_s:g} s + {batch} x {per_image:.3f} s/image "
         f"({gpu.name} [speed.{model.family}]"
     )
+    if swap:
+        factors.append(f"+{swap:.2f} s moving {_swapped(model, options)} swapped blocks")
     return seconds, basis + (", " + ", ".join(factors) if factors else "") + ")"
+
+
+def _swapped(model: ModelPreset, options: Mapping[str, Any]) -> int:
+    """How many blocks ``blocks_to_swap`` keeps off the card (0 for models without blocks)."""
+    value = options.get("blocks_to_swap")
+    if not model.vram.block_count or isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return max(0, min(value, model.vram.block_count))
+
+
+def _weight_scale(options: Mapping[str, Any]) -> float:
+    """fp8_base (and fp8_base_unet) store the transformer in 1 byte per weight instead of 2."""
+    return 0.5 if options.get("fp8_base") or options.get("fp8_base_unet") else 1.0
+
+
+def swap_seconds(model: ModelPreset, options: Mapping[str, Any], rules: Rules) -> float:
+    """Seconds per step spent moving swapped blocks to the card and back (blocks_to_swap)."""
+    swapped = _swapped(model, options)
+    if not swapped:
+        return 0.0
+    block_gb = model.vram.weights_gb * _weight_scale(options) / model.vram.block_count
+    return 2 * swapped * block_gb / rules.number("swap_gb_s")
 
 
 def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Part, ...]:
@@ -263,7 +291,12 @@ def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Part, ..
             "base_gb" + (" x2 (no mixed precision)" if full_precision else ""),
         )
     ]
-    if not options.get("cache_text_encoder_outputs"):
+    if v.weights_gb:
+        parts.append(_transformer_part(model, options, full_precision))
+    cached = options.get("cache_text_encoder_outputs") or options.get(
+        "cache_text_encoder_outputs_to_disk"
+    )  # sd-scripts turns caching on when _to_disk is set
+    if not cached:
         parts.append(
             Part("text encoders", v.text_encoder_gb, "text_encoder_gb (outputs not cached)")
         )
@@ -276,6 +309,27 @@ def vram_parts(model: ModelPreset, options: Mapping[str, Any]) -> tuple[Part, ..
     )
     parts.append(Part("activations", batch * per_image * scale, basis))
     return tuple(parts)
+
+
+def _transformer_part(model: ModelPreset, options: Mapping[str, Any], full: bool) -> Part:
+    """The DiT weights on the card: halved by fp8_base, less the blocks swapped to the CPU."""
+    v = model.vram
+    scale = _weight_scale(options)
+    swapped = _swapped(model, options)
+    resident = (v.block_count - swapped) / v.block_count if v.block_count else 1.0
+    gb = v.weights_gb * scale * resident * (2 if full and scale == 1 else 1)
+    basis = f"weights_gb {v.weights_gb:g}" + (" x0.5 (fp8_base)" if scale != 1 else "")
+    basis += " x2 (no mixed precision)" if full and scale == 1 else ""
+    if swapped:
+        basis += f" x {v.block_count - swapped}/{v.block_count} on the card ({swapped} swapped)"
+    return Part("transformer weights", gb, basis)
+
+
+def download_gb(model: ModelPreset) -> float:
+    """GB a cold host downloads for this preset: the base model plus its default companion
+    files (FLUX.1: clip_l, t5xxl, ae)."""
+    extra = sum(f.size_gb or 0.0 for key, f in model.files.items() if key != "base")
+    return model.vram.model_download_gb + extra
 
 
 def _sample_images(rendered: RenderedRun, epochs: int) -> int:
@@ -314,7 +368,10 @@ def _stages(
     install = (
         n("install_download_gb") * 1000 / host + n("install_s") if cold else n("install_warm_s")
     )
-    model_gb = model.vram.model_download_gb
+    model_gb = download_gb(model)
+    companions = " (with its companion files)" if len(model.files) > 1 else ""
+    load_s = model.plan.get("model_load_s", n("model_load_s"))
+    sample_steps = model.sample.steps or n("sample_steps")
     caching = len(plan_in.sizes) * per_image * n("latent_cache_fraction")
     return (
         Part("connect", n("ssh_connect_s"), "SSH connect and checks"),
@@ -326,10 +383,12 @@ def _stages(
         Part(
             "model download",
             model_gb * 1000 / host if cold else 0.0,
-            f"{model_gb:g} GB at {host:g} MB/s" if cold else "model already on the host",
+            f"{model_gb:g} GB{companions} at {host:g} MB/s"
+            if cold
+            else "model already on the host",
         ),
         Part("dataset upload", upload_mb / bandwidth, f"~{upload_mb:.0f} MB at {bandwidth:g} MB/s"),
-        Part("model load", n("model_load_s"), "sd-scripts start-up and model load"),
+        Part("model load", load_s, "sd-scripts start-up and model load"),
         Part(
             "latent caching",
             caching if options.get("cache_latents") else 0.0,
@@ -342,8 +401,8 @@ def _stages(
         ),
         Part(
             "sampling",
-            samples * n("sample_steps") * per_image * n("sampling_fraction"),
-            f"{samples} sample images x {n('sample_steps'):g} steps",
+            samples * sample_steps * per_image * n("sampling_fraction"),
+            f"{samples} sample images x {sample_steps:g} steps",
         ),
         Part("pull results", pull_mb / bandwidth, f"~{pull_mb:.0f} MB of checkpoints"),
     )
@@ -379,7 +438,7 @@ def build_forecast(
     options = dataset_options(rendered)
     sizes = tuple(i.stored_size for s in tdir.subsets for i in s.images if i.image_error is None)
     inputs = _Inputs(rendered, gpu, model, catalog.rules, options, sizes)
-    steps = count_steps(rendered, tdir, model.family)
+    steps = count_steps(rendered, tdir, model)
     per_step = seconds_per_step(gpu, model, options, catalog.rules)
     bandwidth = (
         bandwidth_mbps if bandwidth_mbps is not None else catalog.rules.number("upload_mb_s")
@@ -390,6 +449,7 @@ def build_forecast(
     vram = vram_parts(model, options)
     price = price_per_hour if price_per_hour is not None else gpu.price_per_hour
     estimate = _estimate(gpu, steps, stages, vram, price, catalog.rules)
+    estimate = replace(estimate, notes=(*estimate.notes, *_estimate_notes(gpu, model)))
     basis = "--price" if price_per_hour is not None else f"typical price in {gpu.path}"
     return Forecast(rendered, estimate, steps, stages, vram, gpu.title, per_step[0], basis, setup)
 
@@ -432,13 +492,30 @@ def _estimate(
     )
 
 
-def lint_forecast(plan: Forecast, tdir: TrainingDir, family: str) -> LintReport:
+def _estimate_notes(gpu: GpuPreset, model: ModelPreset) -> list[str]:
+    """Say which numbers were not measured (their source comment says "estimate")."""
+    notes = []
+    speed_source = gpu.sources.get(f"speed.{model.family}.s_per_image", "")
+    if "estimate" in speed_source:
+        notes.append(
+            f"seconds per step are an estimate: {gpu.path} [speed.{model.family}] has no "
+            "published measurement behind it"
+        )
+    vram_source = model.sources.get("vram.per_image_checkpointed_gb", "")
+    if model.vram.weights_gb and "estimate" in vram_source:
+        notes.append(f"VRAM need is an estimate ({model.path} [vram])")
+    return notes
+
+
+def lint_forecast(plan: Forecast, tdir: TrainingDir, model: ModelPreset) -> LintReport:
     """The dataset linter run with the plan's own options (batch, epochs, buckets, captions)."""
     options = dataset_options(plan.rendered)
+    short = model.dataset.get("min_short_side", model.resolution)
     return lint(
         tdir,
-        model=family,
-        bucket=_bucket_settings(options, family),
+        model=model.name,
+        min_short_side=int(short),
+        bucket=_bucket_settings(options, model),
         length=training_length(options),
         caption_extension=str(options.get("caption_extension", ".caption")),
     )

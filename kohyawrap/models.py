@@ -66,6 +66,9 @@ class RunSpec:
     # ("sample_prompts.txt", ".toml" or ".json": sd-scripts picks the syntax by the extension).
     sample_prompts_file: str | None = None
     sample_prompts_text: str | None = None
+    # Files the family's script loads besides the base model, as (option, path) pairs written into
+    # the config exactly as given: ("clip_l", ...), ("clip_g", ...), ("t5xxl", ...), ("ae", ...).
+    companions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

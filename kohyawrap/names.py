@@ -9,6 +9,7 @@ anything is rented.
 
 from __future__ import annotations
 
+import re
 import sys
 import unicodedata
 
@@ -107,3 +108,13 @@ def local_file_name(name: str, *, windows: bool) -> str:
     text = "".join("_" if c in _WINDOWS_FORBIDDEN else c for c in name).rstrip(" .") or "_"
     stem = text.split(".", 1)[0]
     return f"_{text}" if stem.upper() in WINDOWS_RESERVED else text
+
+
+_SLUG = re.compile(r"[^\w.-]+")  # letters and digits of any script stay
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe version of ``text`` for run ids and host folder names: letters and digits
+    of any script, ``.``, ``_`` and ``-``; anything else becomes ``-``."""
+    cleaned = _SLUG.sub("-", text).strip("-.") or "x"
+    return cleaned[:limit]

@@ -21,7 +21,7 @@ from typing import Any
 from kohyawrap.errors import ConfigError, UsageError, did_you_mean
 from kohyawrap.models import Finding
 from kohyawrap.resources import presets_dir
-from kohyawrap.sdscripts import FAMILIES, arguments
+from kohyawrap.sdscripts import FAMILIES, Family, arguments
 
 CONFIG_DIR_ENV = "KOHYAWRAP_CONFIG_DIR"  # overrides platformdirs' user config dir (tests, CI)
 _VRAM_NAME = re.compile(r"^vram-(\d+(?:\.\d+)?)$")
@@ -66,7 +66,12 @@ class GpuPreset:
 
 @dataclass(frozen=True)
 class VramModel:
-    """Inputs of the VRAM estimate for one model (see presets/models/*.toml [vram])."""
+    """Inputs of the VRAM estimate for one model (see presets/models/*.toml [vram]).
+
+    ``weights_gb`` (DiT families) is the part of the weights that ``fp8_base`` halves and
+    ``blocks_to_swap`` moves to the CPU, ``1 / block_count`` of it per swapped block; the SD
+    families count their weights in ``base_gb`` and leave both at 0.
+    """
 
     base_gb: float
     text_encoder_gb: float
@@ -74,6 +79,29 @@ class VramModel:
     per_image_checkpointed_gb: float
     model_download_gb: float
     lora_mb_per_dim: float
+    weights_gb: float = 0.0
+    block_count: int = 0
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A file a model preset fetches when the user names none: the base model (``base``) or a
+    companion file (``clip_l``, ``clip_g``, ``t5xxl``, ``ae``: the sd-scripts option it fills)."""
+
+    key: str
+    repo: str  # Hugging Face repo id
+    file: str  # path of the file inside the repo
+    size_gb: float | None  # None for the base model: its size is [vram] model_download_gb
+    gated: bool  # the repo asks for a license click-through: a token is needed
+
+
+@dataclass(frozen=True)
+class SampleDefaults:
+    """How sample_prompts.txt asks for images (``--s`` steps, ``--l`` CFG, ``--g`` guidance)."""
+
+    steps: int | None = None
+    cfg: float | None = None
+    guidance: float | None = None  # FLUX.1 embedded guidance; None = not written
 
 
 @dataclass(frozen=True)
@@ -89,6 +117,14 @@ class ModelPreset:
     path: str
     sources: Mapping[str, str] = field(default_factory=dict)
     base_model: str = ""  # [model] base_model: what --base-model means when it is not given
+    files: Mapping[str, ModelFile] = field(default_factory=dict)
+    sample: SampleDefaults = SampleDefaults()
+    plan: Mapping[str, float] = field(default_factory=dict)  # [plan] numbers that differ per model
+
+    @property
+    def family_info(self) -> Family:
+        """The sd-scripts facts of this preset's family (script, companions, LoRA module)."""
+        return FAMILIES[self.family]
 
     @property
     def script(self) -> str:
@@ -445,7 +481,6 @@ def _model_from_raw(raw: _RawPreset) -> ModelPreset:
             hint=did_you_mean(family, FAMILIES) or f"one of: {', '.join(FAMILIES)}",
         )
     vram = _table(raw.data, "vram", where)
-    num = (int, float)
     return ModelPreset(
         base_model=str(model.get("base_model", "")),
         name=raw.name,
@@ -455,21 +490,72 @@ def _model_from_raw(raw: _RawPreset) -> ModelPreset:
         train=_settings(
             _table(raw.data, "train", where), f"model {raw.name}", raw.comments, "train."
         ),
-        vram=VramModel(
-            *(
-                float(_need(vram, k, num, f"{where} [vram]"))
-                for k in (
-                    "base_gb",
-                    "text_encoder_gb",
-                    "per_image_gb",
-                    "per_image_checkpointed_gb",
-                    "model_download_gb",
-                    "lora_mb_per_dim",
-                )
-            )
-        ),
+        vram=_vram_model(vram, f"{where} [vram]"),
         path=where,
         sources=raw.comments,
+        files=_model_files(raw.data.get("files", {}), FAMILIES[family], where),
+        sample=_sample(raw.data.get("sample", {}), where),
+        plan=_plan_numbers(raw.data.get("plan", {}), where),
+    )
+
+
+_VRAM_REQUIRED = (
+    "base_gb",
+    "text_encoder_gb",
+    "per_image_gb",
+    "per_image_checkpointed_gb",
+    "model_download_gb",
+    "lora_mb_per_dim",
+)
+
+
+def _vram_model(vram: Mapping[str, Any], where: str) -> VramModel:
+    numbers = {k: float(_need(vram, k, (int, float), where)) for k in _VRAM_REQUIRED}
+    weights = float(_need(vram, "weights_gb", (int, float), where)) if "weights_gb" in vram else 0
+    blocks = int(_need(vram, "block_count", int, where)) if "block_count" in vram else 0
+    return VramModel(**numbers, weights_gb=weights, block_count=blocks)
+
+
+def _model_files(table: Any, family: Family, where: str) -> dict[str, ModelFile]:
+    """[files.<key>] tables: only ``base`` and the family's companion options are allowed."""
+    if not isinstance(table, dict):
+        raise ConfigError("[files] must be a table of [files.<name>] tables", where=where)
+    allowed = ["base", *(c.key for c in family.companions)]
+    out: dict[str, ModelFile] = {}
+    for key, entry in table.items():
+        at = f"{where} [files.{key}]"
+        if key not in allowed or not isinstance(entry, dict):
+            raise ConfigError(
+                f"[files.{key}] is not a file the {family.name} family loads",
+                where=where,
+                hint=did_you_mean(key, allowed) or f"one of: {', '.join(allowed)}",
+            )
+        size = entry.get("size_gb")
+        out[key] = ModelFile(
+            key,
+            str(_need(entry, "repo", str, at)),
+            str(_need(entry, "file", str, at)),
+            float(_need(entry, "size_gb", (int, float), at)) if size is not None else None,
+            bool(_need(entry, "gated", bool, at)),
+        )
+    return out
+
+
+def _plan_numbers(table: Any, where: str) -> dict[str, float]:
+    if not isinstance(table, dict):
+        raise ConfigError("[plan] must be a table", where=where)
+    return {k: float(_need(table, k, (int, float), f"{where} [plan]")) for k in table}
+
+
+def _sample(table: Any, where: str) -> SampleDefaults:
+    if not isinstance(table, dict):
+        raise ConfigError("[sample] must be a table", where=where)
+    num = (int, float)
+    at = f"{where} [sample]"
+    return SampleDefaults(
+        steps=int(_need(table, "steps", int, at)) if "steps" in table else None,
+        cfg=float(_need(table, "cfg", num, at)) if "cfg" in table else None,
+        guidance=float(_need(table, "guidance", num, at)) if "guidance" in table else None,
     )
 
 

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 from kohyawrap import __version__
 from kohyawrap.errors import ConfigError, UsageError
 from kohyawrap.models import Finding, RenderedRun, RunSpec
-from kohyawrap.presets import Catalog, Resolved, Setting, load_catalog, parse_override, resolve
+from kohyawrap.presets import (
+    Catalog,
+    Resolved,
+    SampleDefaults,
+    Setting,
+    load_catalog,
+    parse_override,
+    resolve,
+)
 from kohyawrap.prompts import PROMPT_FILES, generated_prompts
 from kohyawrap.resources import templates_dir
 from kohyawrap.sdscripts import PINNED_COMMIT
@@ -51,6 +59,11 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "model",
         (
             "pretrained_model_name_or_path",
+            "model_type",
+            "clip_l",
+            "clip_g",
+            "t5xxl",
+            "ae",
             "v2",
             "v_parameterization",
             "vae",
@@ -200,6 +213,7 @@ def _run_rows(spec: RunSpec) -> list[Setting]:
     """Options that come from the run itself (paths, names), written exactly as given."""
     rows = [
         ("pretrained_model_name_or_path", spec.base_model),
+        *spec.companions,  # clip_l / clip_g / t5xxl / ae paths, as given
         ("train_data_dir", spec.train_data_dir),
         ("reg_data_dir", spec.reg_data_dir),
         ("tokenizer_cache_dir", spec.tokenizer_cache_dir),
@@ -368,15 +382,19 @@ def _size(acc: Mapping[str, Setting], general: Mapping[str, Any]) -> tuple[int, 
     return int(width), int(height or width)
 
 
-def _sample_prompts(env: jinja2.Environment, prompts: list[str], size: tuple[int, int]) -> str:
+def _sample_prompts(
+    env: jinja2.Environment, prompts: list[str], size: tuple[int, int], sample: SampleDefaults
+) -> str:
     return env.get_template("sample_prompts.txt.j2").render(
         version=__version__,
         prompts=prompts,
         negative="lowres, blurry, bad anatomy",  # estimate: a common short negative prompt
         width=size[0],
         height=size[1],
-        cfg=7,  # estimate: a usual CFG scale for SD1.5/SDXL
-        steps=28,  # must match [plan] sample_steps in presets/tiers.toml
+        # estimate: a usual CFG scale for SD1.5/SDXL; DiT presets name theirs in [sample]
+        cfg=f"{sample.cfg:g}" if sample.cfg is not None else "7",
+        guidance=f"{sample.guidance:g}" if sample.guidance is not None else None,  # FLUX.1 --g
+        steps=sample.steps or 28,  # 28 must match [plan] sample_steps in presets/tiers.toml
     )
 
 
@@ -389,7 +407,7 @@ def accelerate_args(mixed_precision: str, *, cpu: bool) -> tuple[str, ...]:
     return ("--cpu", *args) if cpu else args
 
 
-_LATER_SPEC_FIELDS = ("prompt_subjects", "sample_prompts_file", "sample_prompts_text")
+_LATER_SPEC_FIELDS = ("prompt_subjects", "sample_prompts_file", "sample_prompts_text", "companions")
 
 
 def inputs_hash(
@@ -462,7 +480,9 @@ def render_run(
         ),
     }
     if prompts:
-        files[SAMPLE_PROMPTS] = _sample_prompts(env, prompts, _size(acc, general))
+        files[SAMPLE_PROMPTS] = _sample_prompts(
+            env, prompts, _size(acc, general), resolved.model.sample
+        )
     if user_prompts and spec.sample_prompts_file and spec.sample_prompts_text is not None:
         files[spec.sample_prompts_file] = spec.sample_prompts_text  # byte for byte
     if spec.use_dataset_config:

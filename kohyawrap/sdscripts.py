@@ -1,8 +1,8 @@
 """Facts about kohya-ss/sd-scripts, as data.
 
 Which script trains which model family, every argument each script accepts (extracted from the real
-parsers at the pinned commit and shipped in ``kohyawrap/data``). A new
-model family (FLUX.1, SD3) is a new row in ``FAMILIES``, not new code.
+parsers at the pinned commit and shipped in ``kohyawrap/data``). A new model family is a new
+row in ``FAMILIES``, not new code: FLUX.1, Chroma and SD3.5 came that way.
 """
 
 from __future__ import annotations
@@ -21,17 +21,49 @@ DEFAULT_REPO = "https://github.com/kohya-ss/sd-scripts.git"
 
 
 @dataclass(frozen=True)
+class Companion:
+    """A file a family's script loads besides the base model (an option holding its path)."""
+
+    key: str  # the sd-scripts option: "clip_l", "clip_g", "t5xxl", "ae"
+    title: str
+    required: bool  # False: the script can also find it inside the base checkpoint
+
+
+@dataclass(frozen=True)
 class Family:
-    """A model family: the script that trains it and what that script needs."""
+    """A model family: the script that trains it and what that script needs.
+
+    Every value is a fact about sd-scripts at ``PINNED_COMMIT``; the comment beside each row names
+    the file it was read from.
+    """
 
     name: str
     script: str
     args_file: str
     base_model_version: str  # ss_base_model_version written by sd-scripts
-    tokenizers: tuple[
-        str, ...
-    ]  # Hugging Face repos fetched at training time (docs/sources.md [44])
+    tokenizers: tuple[str, ...]  # fetched at training time ([44])
+    title: str = ""
+    network_module: str = "networks.lora"  # the LoRA module this family's script trains
+    companions: tuple[Companion, ...] = ()
+    sample_script: str = "gen_img.py"  # stand-alone image generation (sample grids)
+    bucket_multiple: int = 64  # bucket_reso_steps must be a multiple of this (start-up assert)
+    model_type: str | None = None  # --model_type of flux_train_network.py
+    needs_file: bool = False  # the base model must be one .safetensors file (no Diffusers repo)
+    max_blocks_to_swap: int = 0  # blocks_to_swap above this fails an assertion (0: no block swap)
+    modelspec_architecture: str = ""  # modelspec.architecture of the LoRA sd-scripts saves
 
+
+_CLIP_L = Companion("clip_l", "CLIP-L text encoder", True)
+_T5XXL = Companion("t5xxl", "T5-XXL text encoder", True)
+_AE = Companion("ae", "FLUX.1 autoencoder", True)
+# SD3.5: "Skip these if the base model is a single file" (docs/sd3_train_network.md:147); the
+# official sd3.5_*.safetensors files hold the MMDiT and VAE only, so kohyawrap passes all three.
+_SD3_TEXT = (
+    Companion("clip_l", "CLIP-L text encoder", False),
+    Companion("clip_g", "CLIP-G text encoder", False),
+    Companion("t5xxl", "T5-XXL text encoder", False),
+)
+_DIT_TOKENIZERS = ("openai/clip-vit-large-patch14", "google/t5-v1_1-xxl")  # strategy_flux.py:19-20
 
 FAMILIES: dict[str, Family] = {
     "sd15": Family(
@@ -40,6 +72,8 @@ FAMILIES: dict[str, Family] = {
         "train_network_args.json",
         "sd_v1",
         ("openai/clip-vit-large-patch14",),
+        title="Stable Diffusion 1.x",
+        modelspec_architecture="stable-diffusion-v1",
     ),
     "sd2": Family(
         "sd2",
@@ -47,6 +81,8 @@ FAMILIES: dict[str, Family] = {
         "train_network_args.json",
         "sd_v2",
         ("stabilityai/stable-diffusion-2",),
+        title="Stable Diffusion 2.x",
+        modelspec_architecture="stable-diffusion-v2-768-v",
     ),
     "sdxl": Family(
         "sdxl",
@@ -54,8 +90,101 @@ FAMILIES: dict[str, Family] = {
         "sdxl_train_network_args.json",
         "sdxl_base_v1-0",
         ("openai/clip-vit-large-patch14", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+        title="Stable Diffusion XL",
+        bucket_multiple=32,  # sdxl_train_network.py verifies 32 (config_file_semantics.md §5)
+        modelspec_architecture="stable-diffusion-xl-v1-base",
+    ),
+    # flux_train_network.py @ PINNED_COMMIT: model_version "flux1" unless --model_type chroma
+    # (:159); LoRA module networks.lora_flux (docs/flux_train_network.md:133); clip_l, t5xxl and ae
+    # required (docs :205-214); train_network's assert_extra_args (called at :46) checks a multiple
+    # of 64 before FLUX's own 32 (:95, train_network.py:175).
+    "flux": Family(
+        "flux",
+        "flux_train_network.py",
+        "flux_train_network_args.json",
+        "flux1",
+        _DIT_TOKENIZERS,
+        title="FLUX.1",
+        network_module="networks.lora_flux",
+        companions=(_CLIP_L, _T5XXL, _AE),
+        sample_script="flux_minimal_inference.py",
+        model_type="flux",
+        needs_file=True,
+        max_blocks_to_swap=35,  # docs/flux_train_network.md:296, library/flux_models.py:977
+        modelspec_architecture="flux-1-dev",  # "flux-1-schnell" for schnell (sai_model_spec.py:76)
+    ),
+    # Chroma: the same script with --model_type chroma; no CLIP-L (flux_train_network.py:53, docs
+    # :87), base model version "chroma" (library/flux_utils.py:26).
+    "chroma": Family(
+        "chroma",
+        "flux_train_network.py",
+        "flux_train_network_args.json",
+        "chroma",
+        _DIT_TOKENIZERS,
+        title="Chroma",
+        network_module="networks.lora_flux",
+        companions=(_T5XXL, _AE),
+        sample_script="flux_minimal_inference.py",
+        model_type="chroma",
+        needs_file=True,
+        max_blocks_to_swap=35,  # the same 19 double / 38 single blocks (library/chroma_models.py:491)
+        modelspec_architecture="chroma",
+    ),
+    # sd3_train_network.py: model_version is the MMDiT's model_type, "5-large" / "5-medium" for
+    # SD3.5 (library/sd3_utils.py:56-58); networks.lora_sd3 (README.md @ 884fc8c7^ "Specify
+    # networks.lora_sd3"); verify_bucket_reso_steps(32) (sd3_train_network.py:62).
+    "sd35-large": Family(
+        "sd35-large",
+        "sd3_train_network.py",
+        "sd3_train_network_args.json",
+        "5-large",
+        (*_DIT_TOKENIZERS[:1], "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", _DIT_TOKENIZERS[1]),
+        title="Stable Diffusion 3.5 Large",
+        network_module="networks.lora_sd3",
+        companions=_SD3_TEXT,
+        sample_script="sd3_minimal_inference.py",
+        bucket_multiple=32,
+        needs_file=True,
+        max_blocks_to_swap=36,  # 38 joint blocks - 2 (library/sd3_models.py:1079)
+        modelspec_architecture="stable-diffusion-3-5-large",
+    ),
+    "sd35-medium": Family(
+        "sd35-medium",
+        "sd3_train_network.py",
+        "sd3_train_network_args.json",
+        "5-medium",
+        (*_DIT_TOKENIZERS[:1], "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", _DIT_TOKENIZERS[1]),
+        title="Stable Diffusion 3.5 Medium",
+        network_module="networks.lora_sd3",
+        companions=_SD3_TEXT,
+        sample_script="sd3_minimal_inference.py",
+        bucket_multiple=32,
+        needs_file=True,
+        max_blocks_to_swap=22,  # 24 joint blocks - 2 (library/sd3_models.py:1079)
+        modelspec_architecture="stable-diffusion-3-5-medium",
     ),
 }
+
+
+def scripts() -> tuple[str, ...]:
+    """Every training script kohyawrap knows, in FAMILIES order (no repeats)."""
+    return tuple(dict.fromkeys(f.script for f in FAMILIES.values()))
+
+
+def families_of(script: str) -> tuple[Family, ...]:
+    """The families ``script`` trains (``flux_train_network.py``: FLUX.1 and Chroma)."""
+    return tuple(f for f in FAMILIES.values() if f.script == script)
+
+
+def lora_module_scripts() -> dict[str, tuple[str, ...]]:
+    """Each family's LoRA module -> the scripts it works with (``networks.lora_flux`` ->
+    flux_train_network.py; ``networks.lora`` -> train_network.py and sdxl_train_network.py)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for family in FAMILIES.values():
+        scripts_so_far = found.get(family.network_module, ())
+        if family.script not in scripts_so_far:
+            found[family.network_module] = (*scripts_so_far, family.script)
+    return found
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,24 @@ from typing import Any
 from kohyawrap.errors import ConfigError, suggest
 from kohyawrap.models import Finding
 from kohyawrap.optimizers import optimizer_findings
-from kohyawrap.sdscripts import FAMILIES, Argument, arguments, dataset_config_schema
+from kohyawrap.sdscripts import (
+    FAMILIES,
+    Argument,
+    arguments,
+    dataset_config_schema,
+    families_of,
+    lora_module_scripts,
+    scripts,
+)
 
 # sd-scripts' training scripts take about 200 options (data/*_args.json); a file with five times
 # that is no config, and each unknown key costs a spelling search.
 MAX_CONFIG_OPTIONS = 1000
 SDXL_SCRIPT = FAMILIES["sdxl"].script
 SD_SCRIPT = FAMILIES["sd15"].script
+FLUX_SCRIPT = FAMILIES["flux"].script
+SD3_SCRIPT = FAMILIES["sd35-large"].script
+DIT_SCRIPTS = (FLUX_SCRIPT, SD3_SCRIPT)
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
 
 # Names people write that are not --config_file options, and what they meant.
@@ -128,6 +139,9 @@ def choose_script(settings: Mapping[str, Any], family: str | None) -> tuple[str,
                 f"unknown model family {family!r}", hint=f"one of: {', '.join(FAMILIES)}"
             )
         return FAMILIES[family].script, f"--model {family}"
+    guessed = _guess_dit_script(settings)
+    if guessed is not None:
+        return guessed
     sdxl_only = sorted(set(settings) & _sdxl_only_keys())
     if sdxl_only:
         return SDXL_SCRIPT, f"SDXL-only options present ({', '.join(sdxl_only)})"
@@ -136,6 +150,32 @@ def choose_script(settings: Mapping[str, Any], family: str | None) -> tuple[str,
 
 def _sdxl_only_keys() -> set[str]:
     return set(arguments(SDXL_SCRIPT)) - set(arguments(SD_SCRIPT))
+
+
+def _guess_dit_script(settings: Mapping[str, Any]) -> tuple[str, str] | None:
+    """FLUX.1/Chroma or SD3 when the LoRA module or the options say so (None: neither)."""
+    module = settings.get("network_module")
+    owners = lora_module_scripts().get(module, ()) if isinstance(module, str) else ()
+    if len(owners) == 1 and owners[0] in DIT_SCRIPTS:
+        return owners[0], f"network_module = {module!r}"
+    flux, sd3 = set(arguments(FLUX_SCRIPT)), set(arguments(SD3_SCRIPT))
+    others = set(arguments(SDXL_SCRIPT))
+    for script, own in ((FLUX_SCRIPT, flux - sd3 - others), (SD3_SCRIPT, sd3 - flux - others)):
+        present = sorted(set(settings) & own)
+        if present:
+            return script, f"{_titles(script)} options present ({', '.join(present)})"
+    shared = sorted(set(settings) & ((flux & sd3) - others))
+    if shared:
+        return FLUX_SCRIPT, (
+            f"FLUX.1/SD3 options present ({', '.join(shared)}): assuming FLUX.1 "
+            "(--model names the family)"
+        )
+    return None
+
+
+def _titles(script: str) -> str:
+    """``FLUX.1 / Chroma`` for flux_train_network.py."""
+    return " / ".join(f.title for f in families_of(script))
 
 
 def check_config_text(
@@ -235,6 +275,10 @@ def _unknown_keys(ctx: _Ctx) -> Iterator[Finding]:
                 "train SDXL with sdxl_train_network.py (kohyawrap --model sdxl), or remove the key",
             )
             continue
+        elsewhere = [s for s in scripts() if s != ctx.script and key in arguments(s)]
+        if elsewhere:
+            yield _wrong_script_key(ctx, key, elsewhere)
+            continue
         close = suggest(key, ctx.args)
         hint = _MEANT.get(key) or ("did you mean " + " or ".join(close) + "?" if close else None)
         yield Finding(
@@ -244,6 +288,18 @@ def _unknown_keys(ctx: _Ctx) -> Iterator[Finding]:
             f"{key} is not an option of {ctx.script}: sd-scripts ignores it without a word",
             hint or "remove it; `kohyawrap presets show` lists the options kohyawrap sets",
         )
+
+
+def _wrong_script_key(ctx: _Ctx, key: str, elsewhere: list[str]) -> Finding:
+    return Finding(
+        "error",
+        "wrong-script-key",
+        key,
+        f"{key} is an option of {' and '.join(elsewhere)}, not of {ctx.script}: it is ignored "
+        "without a word",
+        f"train {_titles(elsewhere[0])} with {elsewhere[0]} (a matching --model preset, "
+        "`kohyawrap presets list`), or remove the key",
+    )
 
 
 def _types(ctx: _Ctx) -> Iterator[Finding]:
@@ -293,7 +349,7 @@ def _type_problem(arg: Argument, value: Any) -> tuple[str, str] | None:
 
 def _scalar_problem(arg: Argument, value: Any) -> tuple[str, str] | None:
     kind = arg.type
-    if kind in ("str", "pathlib.Path"):
+    if kind in ("str", "pathlib.Path") or kind is None:  # argparse's type None keeps the string
         if isinstance(value, str):
             return None
         if arg.name in ("resolution", "face_crop_aug_range"):
@@ -427,12 +483,13 @@ def _network_module(ctx: _Ctx) -> Iterator[Finding]:
             "dataset and loading the model ('import network module: None')",
             'network_module = "networks.lora"',
         )
-    elif isinstance(module, str) and module != "networks.lora":
+    elif isinstance(module, str) and module not in lora_module_scripts():
+        expected = " or ".join(sorted({f.network_module for f in families_of(ctx.script)}))
         yield Finding(
             "note",
             "network-module",
             "network_module",
-            f"network_module = {module!r}: kohyawrap's presets train plain LoRA (networks.lora); "
+            f"network_module = {module!r}: kohyawrap's presets train plain LoRA ({expected}); "
             "other modules need their own package on the host",
         )
 
@@ -495,7 +552,7 @@ def _resolution_pair(value: Any) -> tuple[int, int] | None:
 
 def _buckets(ctx: _Ctx) -> Iterator[Finding]:
     steps = ctx.num("bucket_reso_steps", 64)
-    need = 32 if ctx.sdxl else 64
+    need = max(f.bucket_multiple for f in families_of(ctx.script))
     if steps % need:
         yield Finding(
             "error",
@@ -641,7 +698,7 @@ def _model_family(ctx: _Ctx) -> Iterator[Finding]:
             "sdxl_train_network.py refuses v2 (SDXL is not SD2)",
             "remove v2",
         )
-    if not ctx.sdxl and ctx.on("v_parameterization") and not ctx.on("v2"):
+    if ctx.script == SD_SCRIPT and ctx.on("v_parameterization") and not ctx.on("v2"):
         yield Finding(
             "warning",
             "v-param-without-v2",
@@ -659,7 +716,7 @@ def _model_family(ctx: _Ctx) -> Iterator[Finding]:
             "remove clip_skip",
         )
     name = str(s.get("pretrained_model_name_or_path", ""))
-    if not ctx.sdxl and re.search(r"xl", name, re.IGNORECASE):
+    if ctx.script == SD_SCRIPT and re.search(r"xl", name, re.IGNORECASE):
         yield Finding(
             "warning",
             "sdxl-model-wrong-script",
@@ -753,6 +810,240 @@ def _counts(ctx: _Ctx) -> Iterator[Finding]:
             yield Finding("error", "count", key, f"{key} = {value}: {why}", f"{key} = 1 or more")
 
 
+# FLUX.1 / Chroma (flux_train_network.py) and SD3.5 (sd3_train_network.py): their start-up
+# assertions and the documented traps (sd-scripts @ PINNED_COMMIT, file:line in each message).
+
+
+def _dit_network_module(ctx: _Ctx) -> Iterator[Finding]:
+    module = ctx.settings.get("network_module")
+    owners = lora_module_scripts().get(module, ()) if isinstance(module, str) else ()
+    if not owners or ctx.script in owners:
+        return
+    wanted = families_of(ctx.script)[0].network_module
+    yield Finding(
+        "error",
+        "network-module-family",
+        "network_module",
+        f"network_module = {module!r} is the LoRA for {' and '.join(owners)}: on {ctx.script} it "
+        "finds none of the layers it looks for, so the LoRA trains nothing useful"
+        + (
+            " (sd-scripts' own SD3 doc example says networks.lora; its README says networks.lora_sd3)"
+            if ctx.script == SD3_SCRIPT
+            else ""
+        ),
+        f'network_module = "{wanted}"',
+    )
+
+
+def _dit_companions(ctx: _Ctx) -> Iterator[Finding]:
+    if ctx.script not in DIT_SCRIPTS:
+        return
+    chroma = ctx.settings.get("model_type") == "chroma"
+    family = FAMILIES["chroma"] if chroma else families_of(ctx.script)[0]
+    for companion in family.companions:
+        if ctx.settings.get(companion.key):
+            continue
+        yield Finding(
+            "error" if companion.required else "warning",
+            "missing-companion" if companion.required else "companion-from-checkpoint",
+            companion.key,
+            f"{companion.key} ({companion.title}) is not set: "
+            + (
+                f"{ctx.script} loads it from that path and fails at start-up without it"
+                if companion.required
+                else "sd3_train_network.py then looks for it inside the base checkpoint; the "
+                "official sd3.5_*.safetensors files do not hold the text encoders"
+            ),
+            f'{companion.key} = "/path/to/{companion.key}.safetensors"',
+        )
+    if chroma and ctx.settings.get("clip_l"):
+        yield Finding(
+            "note",
+            "chroma-clip-l",
+            "clip_l",
+            "Chroma uses no CLIP-L: clip_l is not loaded (docs/flux_train_network.md:87)",
+            "remove clip_l",
+        )
+
+
+def _dit_single_file(ctx: _Ctx) -> Iterator[Finding]:
+    name = ctx.settings.get("pretrained_model_name_or_path")
+    if ctx.script not in DIT_SCRIPTS or not isinstance(name, str) or not name:
+        return
+    if not name.lower().endswith((".safetensors", ".sft")):
+        yield Finding(
+            "warning",
+            "dit-needs-a-file",
+            "pretrained_model_name_or_path",
+            f"{name!r} does not look like a .safetensors file: {ctx.script} loads the base model "
+            "from one file; Diffusers repos and folders are not supported "
+            "(docs/flux_train_network.md:203)",
+            'pretrained_model_name_or_path = "/path/to/model.safetensors"',
+        )
+
+
+def _block_swap(ctx: _Ctx) -> Iterator[Finding]:
+    if ctx.script not in DIT_SCRIPTS:
+        return
+    swap = ctx.num("blocks_to_swap")
+    if swap > 0 and ctx.on("cpu_offload_checkpointing"):
+        yield Finding(
+            "error",
+            "swap-with-offload",
+            "cpu_offload_checkpointing",
+            f"blocks_to_swap cannot be used with cpu_offload_checkpointing ({ctx.script} "
+            "assertion at start-up)",
+            "remove cpu_offload_checkpointing (blocks_to_swap saves more)",
+        )
+    most = max(f.max_blocks_to_swap for f in families_of(ctx.script))
+    if swap > most:
+        yield Finding(
+            "error",
+            "too-many-blocks",
+            "blocks_to_swap",
+            f"blocks_to_swap = {swap:g}: {ctx.script} can swap at most {most} blocks and stops "
+            "with an assertion when the model loads",
+            f"blocks_to_swap = {most}",
+        )
+    if ctx.script == SD3_SCRIPT and ctx.on("cpu_offload_checkpointing"):
+        yield Finding(
+            "error",
+            "offload-unsupported",
+            "cpu_offload_checkpointing",
+            "cpu_offload_checkpointing crashes sd3_train_network.py: the MMDiT's "
+            "enable_gradient_checkpointing takes no cpu_offload (library/sd3_models.py:921)",
+            "remove cpu_offload_checkpointing; use blocks_to_swap",
+        )
+
+
+def _dit_text_encoder_cache(ctx: _Ctx) -> Iterator[Finding]:
+    cached = ctx.on("cache_text_encoder_outputs") or ctx.on("cache_text_encoder_outputs_to_disk")
+    if ctx.script not in DIT_SCRIPTS or not cached:
+        return
+    for key in (
+        "shuffle_caption",
+        "caption_dropout_rate",
+        "caption_tag_dropout_rate",
+        "token_warmup_step",
+    ):
+        if ctx.on(key):
+            yield Finding(
+                "error",
+                "cache-te-caption-changes",
+                key,
+                f"{key} changes captions every step, which cached text encoder outputs cannot "
+                f"follow ({ctx.script} assertion at start-up)",
+                f"remove {key}, or set cache_text_encoder_outputs = false",
+            )
+    network_args = ctx.settings.get("network_args")
+    if isinstance(network_args, list) and any(
+        isinstance(a, str) and a.replace(" ", "").lower() == "train_t5xxl=true"
+        for a in network_args
+    ):
+        yield Finding(
+            "error",
+            "cache-te-train-t5",
+            "network_args",
+            "train_t5xxl=True trains the T5-XXL LoRA, so its outputs cannot be cached "
+            f"({ctx.script} raises ValueError after loading the model)",
+            "remove train_t5xxl=True, or set cache_text_encoder_outputs = false",
+        )
+
+
+def _flux_guidance(ctx: _Ctx) -> Iterator[Finding]:
+    if ctx.script != FLUX_SCRIPT:
+        return
+    chroma = ctx.settings.get("model_type") == "chroma"
+    guidance = ctx.settings.get("guidance_scale")
+    if chroma and not ctx.on("apply_t5_attn_mask"):
+        yield Finding(
+            "error",
+            "chroma-t5-mask",
+            "apply_t5_attn_mask",
+            "Chroma needs apply_t5_attn_mask (flux_train_network.py:54 asserts it at start-up)",
+            "apply_t5_attn_mask = true",
+        )
+    if chroma and _is_number(guidance) and guidance != 0:
+        yield Finding(
+            "warning",
+            "chroma-guidance",
+            "guidance_scale",
+            f"guidance_scale = {guidance}: Chroma is not guidance-distilled and needs 0.0 "
+            "(docs/flux_train_network.md:217)",
+            "guidance_scale = 0.0",
+        )
+    if guidance is None:
+        yield Finding(
+            "warning",
+            "flux-guidance-default",
+            "guidance_scale",
+            "guidance_scale is not set: sd-scripts then trains with 3.5, FLUX.1 [dev]'s inference "
+            "value; training dev wants 1.0 and Chroma 0.0 (docs/flux_train_network.md:216-217)",
+            "guidance_scale = 1.0  (0.0 for Chroma)",
+        )
+
+
+def _split_mode(ctx: _Ctx) -> Iterator[Finding]:
+    if ctx.on("split_mode"):
+        yield Finding(
+            "error",
+            "split-mode",
+            "split_mode",
+            "split_mode is deprecated: sd-scripts replaces it with blocks_to_swap = 18 unless "
+            "blocks_to_swap is set (flux_train_network.py, docs/flux_train_network.md:243)",
+            "remove split_mode; set blocks_to_swap (e.g. 18) instead",
+        )
+
+
+def _dit_sd_options(ctx: _Ctx) -> Iterator[Finding]:
+    if ctx.script not in DIT_SCRIPTS:
+        return
+    for key in ("v2", "v_parameterization", "clip_skip", "max_token_length"):
+        if ctx.settings.get(key) not in (None, False):
+            yield Finding(
+                "warning",
+                "sd-only-option",
+                key,
+                f"{key} is a Stable Diffusion 1.x/2.x option that {ctx.script} does not use "
+                "(docs/flux_train_network.md:241-242)",
+                "t5xxl_max_token_length" if key == "max_token_length" else f"remove {key}",
+            )
+
+
+def _flow_shift(ctx: _Ctx) -> Iterator[Finding]:
+    sampling = ctx.settings.get("timestep_sampling", "sigma")
+    if ctx.script == FLUX_SCRIPT and "discrete_flow_shift" in ctx.settings and sampling != "shift":
+        yield Finding(
+            "note",
+            "flow-shift-unused",
+            "discrete_flow_shift",
+            f'discrete_flow_shift is only used with timestep_sampling = "shift" (it is '
+            f"{sampling!r}; docs/flux_train_network.md:338)",
+        )
+
+
+# A base model named like another family's: the wrong script fails after the dataset is prepared.
+_NAME_HINTS = {
+    FLUX_SCRIPT: re.compile(r"flux|chroma", re.IGNORECASE),
+    SD3_SCRIPT: re.compile(r"sd3|stable-diffusion-3", re.IGNORECASE),
+}
+
+
+def _model_name_family(ctx: _Ctx) -> Iterator[Finding]:
+    name = str(ctx.settings.get("pretrained_model_name_or_path", ""))
+    for script, pattern in _NAME_HINTS.items():
+        if script != ctx.script and pattern.search(name):
+            yield Finding(
+                "warning",
+                "model-wrong-script",
+                "pretrained_model_name_or_path",
+                f"{name!r} looks like a {_titles(script)} model: {ctx.script} cannot train it and "
+                "fails while loading the model, after dataset preparation",
+                f"train it with {script} (a matching --model preset)",
+            )
+            return
+
+
 _RULES: tuple[Rule, ...] = (
     _unknown_keys,
     _types,
@@ -771,6 +1062,16 @@ _RULES: tuple[Rule, ...] = (
     _notes,
     _training,
     _counts,
+    _dit_network_module,
+    _dit_companions,
+    _dit_single_file,
+    _block_swap,
+    _dit_text_encoder_cache,
+    _flux_guidance,
+    _split_mode,
+    _dit_sd_options,
+    _flow_shift,
+    _model_name_family,
 )
 
 

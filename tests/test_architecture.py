@@ -25,6 +25,7 @@ PURE_CORE = [
     "render.py",
     "validate.py",
     "forecast.py",
+    "models_fetch.py",
     "logparse.py",
     "tensorboard.py",
     "safetensors_header.py",

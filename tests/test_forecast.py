@@ -81,7 +81,7 @@ def test_reg_images_are_repeated_to_match_the_train_images(tmp_path):
 def test_without_epochs_sd_scripts_trains_its_default_1600_steps(tdir):
     rendered = build_forecast(spec(), tdir, catalog=CATALOG).rendered
     settings = {k: v for k, v in rendered.settings.items() if k != "max_train_epochs"}
-    s = count_steps(replace(rendered, settings=settings), tdir, "sd15")
+    s = count_steps(replace(rendered, settings=settings), tdir, CATALOG.model("sd15"))
     assert (s.total_steps, s.epochs) == (1600, math.ceil(1600 / 16))
     assert "default 1600" in s.basis
 

@@ -27,7 +27,7 @@ GPUS = (
     "a100-80gb",
     "h100",
 )
-MODELS = ("sd15", "sd2", "sdxl")
+MODELS = ("sd15", "sd2", "sdxl", "flux-dev", "flux-schnell", "chroma", "sd35-large", "sd35-medium")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_every_required_gpu_and_model_is_shipped(catalog):
         gpu = catalog.gpus[name]
         assert gpu.vram_gb >= 12 and gpu.bf16 is True
         assert gpu.price_range[0] <= gpu.price_per_hour <= gpu.price_range[1]
-        assert set(gpu.speed) == set(MODELS)
+        assert set(gpu.speed) == {catalog.models[m].family for m in MODELS}
 
 
 def _numbers(data, prefix=""):
@@ -248,3 +248,49 @@ def test_broken_user_preset_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_catalog(user_dir=tmp_path)
     assert "vram_gb" in str(err.value)
+
+
+def test_model_files_and_sample_tables_are_checked(tmp_path):
+    _write(
+        tmp_path / "models" / "my-chroma.toml",
+        'extends = "chroma"\n[files.clip_l]\nrepo = "a/b"\nfile = "c"\ngated = false\n',
+    )
+    with pytest.raises(ConfigError) as err:
+        load_catalog(user_dir=tmp_path)
+    assert "clip_l" in str(err.value) and "my-chroma.toml" in str(err.value)
+    _write(
+        tmp_path / "models" / "my-chroma.toml",
+        'extends = "chroma"\n[files.t5xxl]\nsize_gb = "big"\n',
+    )
+    with pytest.raises(ConfigError, match="size_gb"):
+        load_catalog(user_dir=tmp_path)
+    _write(tmp_path / "models" / "my-chroma.toml", 'extends = "chroma"\nplan = 3\n')
+    with pytest.raises(ConfigError, match="plan"):
+        load_catalog(user_dir=tmp_path)
+    _write(
+        tmp_path / "models" / "my-chroma.toml",
+        'extends = "chroma"\n[files.t5xxl]\nfile = "t5xxl_fp8_e4m3fn.safetensors"\n'
+        "size_gb = 4.89  # HF\n[sample]\nsteps = 30  # mine\n",
+    )
+    mine = load_catalog(user_dir=tmp_path).model("my-chroma")
+    assert mine.files["t5xxl"].repo == "comfyanonymous/flux_text_encoders"  # merged from chroma
+    assert (mine.files["t5xxl"].file, mine.files["t5xxl"].size_gb) == (
+        "t5xxl_fp8_e4m3fn.safetensors",
+        4.89,
+    )
+    assert (mine.sample.steps, mine.sample.cfg, mine.family) == (30, 4.0, "chroma")
+
+
+def test_flux_tiers_follow_the_sd_scripts_table(catalog):
+    flux = {
+        t.min_vram_gb: dict((s.key, s.value) for s in t.settings)
+        for t in catalog.rules.tiers["flux"]
+    }
+    # docs/flux_train_network.md:284-290, all "with --fp8_base"
+    assert flux[24]["train_batch_size"] == 2 and "blocks_to_swap" not in flux[24]
+    assert flux[12]["blocks_to_swap"] == 16 and flux[12]["optimizer_type"] == "AdamW8bit"
+    assert (flux[10]["blocks_to_swap"], flux[8]["blocks_to_swap"]) == (22, 28)
+    assert all(flux[v]["fp8_base"] for v in (8, 10, 12, 16, 24))
+    assert not flux[40]["fp8_base"] and not flux[80]["gradient_checkpointing"]
+    assert all("split_mode" not in t for t in flux.values())
+    assert resolve(catalog, "rtx4090", "flux-schnell").tier.label == "tier flux >= 24 GB"

@@ -15,8 +15,21 @@ def test_list_json_has_every_preset(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path))
     code, text = run(["presets", "list", "--json"], capsys)
     data = json.loads(text)
-    assert code == 0 and len(data["gpus"]) == 11 and set(data["models"]) == {"sd15", "sd2", "sdxl"}
+    assert code == 0 and len(data["gpus"]) == 11
+    assert set(data["models"]) == {
+        *("sd15", "sd2", "sdxl", "flux-dev", "flux-schnell", "chroma", "sd35-large", "sd35-medium")
+    }
     assert data["models"]["sdxl"]["script"] == "sdxl_train_network.py"
+    flux = data["models"]["flux-dev"]
+    assert (flux["family"], flux["script"], flux["network_module"]) == (
+        "flux",
+        "flux_train_network.py",
+        "networks.lora_flux",
+    )
+    assert flux["companions"] == ["clip_l", "t5xxl", "ae"]
+    assert data["models"]["chroma"]["companions"] == ["t5xxl", "ae"]
+    assert data["models"]["sd35-large"]["script"] == "sd3_train_network.py"
+    assert data["gpus"]["rtx4090"]["speed"]["flux"]["s_per_image"] > 0
     assert data["gpus"]["rtx4090"]["speed"]["sdxl"]["s_per_image"] > 0
 
 
@@ -53,3 +66,32 @@ def test_show_explains_each_value(capsys, monkeypatch, tmp_path):
         assert needle in text, needle
     code, text = run(["presets", "show", "rtx4090", "--model", "sdxx"], capsys)
     assert code == 2 and "sdxl" in text
+    code, text = run(["presets", "show", "rtx4090", "--model", "flux-devv"], capsys)
+    assert code == 2 and "flux-dev" in text
+
+
+def test_list_shows_the_new_families(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path))
+    code, text = run(["presets", "list"], capsys)
+    assert code == 0
+    for needle in (
+        "FLUX.1 [dev]",
+        "FLUX.1 [schnell]",
+        "Chroma1-Base",
+        "flux_train_network.py",
+        "Stable Diffusion 3.5 Large",
+        "sd3_train_network.py",
+        "clip_l, clip_g, t5xxl",
+    ):
+        assert needle in text, needle
+
+
+def test_show_flux_explains_its_tier_with_the_sd_scripts_doc(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KOHYAWRAP_CONFIG_DIR", str(tmp_path))
+    code, text = run(["presets", "show", "rtx3060-12gb", "--model", "flux-dev", "--json"], capsys)
+    settings = {s["key"]: s for s in json.loads(text)["settings"]}
+    assert code == 0
+    assert settings["blocks_to_swap"]["value"] == 16
+    assert settings["blocks_to_swap"]["origin"] == "tier flux >= 12 GB"
+    assert "flux_train_network.md:288" in settings["blocks_to_swap"]["source"]
+    assert settings["guidance_scale"]["value"] == 1.0 and "split_mode" not in settings

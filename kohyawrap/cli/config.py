@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Files the DiT families load beside the base model: option name -> sd-scripts key.
+COMPANION_OPTIONS = {"clip_l": "--clip-l", "clip_g": "--clip-g", "t5xxl": "--t5xxl", "ae": "--ae"}
+
 
 def run_options(func: F) -> F:
     """The options that describe a run (shared by ``config render`` and ``plan``)."""
@@ -44,12 +47,25 @@ def run_options(func: F) -> F:
             help="Model preset (kohyawrap presets list): sd15, sd2, sdxl or your own.",
         ),
         click.option(
+            "--model",
+            required=True,
+            help="Model preset, e.g. sdxl or flux-dev (`kohyawrap presets list`; or your own).",
+        ),
+        click.option(
             "--dataset", required=True, type=path, help="Parent of the <repeats>_<concept> folders."
         ),
         click.option("--reg", type=path, help="Regularisation folder (default: <dataset>/reg)."),
         click.option(
             "--base-model",
-            help="Repo id, URL or path; default: the model preset's base_model.",
+            help="Repo id, URL or path; default: the model preset's base model.",
+        ),
+        click.option(
+            "--clip-l", help="CLIP-L file (FLUX.1, SD3.5); default models/clip_l.safetensors."
+        ),
+        click.option("--clip-g", help="CLIP-G file (SD3.5); default models/clip_g.safetensors."),
+        click.option("--t5xxl", help="T5-XXL file (FLUX.1, Chroma, SD3.5); default models/<file>."),
+        click.option(
+            "--ae", help="FLUX.1 autoencoder file (FLUX.1, Chroma); default models/ae.safetensors."
         ),
         click.option(
             "--name",
@@ -131,6 +147,7 @@ def build_spec(params: dict[str, Any], run_dir: Path, model: ModelPreset) -> Run
     (the file travels with the configs)."""
     from kohyawrap.dataset.layout import concept_name
     from kohyawrap.models import RunSpec
+    from kohyawrap.models_fetch import render_paths
     from kohyawrap.prompts import parse_sets
 
     dataset: Path = params["dataset"]
@@ -138,10 +155,12 @@ def build_spec(params: dict[str, Any], run_dir: Path, model: ModelPreset) -> Run
     overrides, prompts = parse_sets(params.get("sets", ()), model.script)
     trigger, class_word = params.get("trigger") or "", params.get("class_word") or ""
     subject = concept_name(trigger, class_word) if trigger else class_word
+    base, companions = render_paths(model, given_files(params, run_dir))
     return RunSpec(
         gpu=gpu_name(params.get("gpu"), params.get("vram")),
         model=params["model"],
-        base_model=params.get("base_model") or model.base_model,
+        base_model=base,
+        companions=companions,
         output_name=params["name"],
         train_data_dir=relative_to_run(dataset, run_dir),
         reg_data_dir=relative_to_run(reg, run_dir) if reg is not None else None,
@@ -168,6 +187,18 @@ def with_dataset_subjects(spec: RunSpec, tdir: TrainingDir | None) -> RunSpec:
     return replace(spec, prompt_subjects=subjects_from_dataset(tdir))
 
 
+def given_files(params: dict[str, Any], run_dir: Path) -> dict[str, str | None]:
+    """--base-model (as given) and the companion files (relative paths re-based onto
+    ``run_dir``, like --dataset), by sd-scripts option."""
+    from kohyawrap.models_fetch import BASE_KEY
+
+    given: dict[str, str | None] = {BASE_KEY: params.get("base_model")}
+    for key in COMPANION_OPTIONS:
+        value = params.get(key)
+        given[key] = relative_to_run(Path(value), run_dir) if value else None
+    return given
+
+
 def scan_dataset(params: dict[str, Any], *, required: bool) -> TrainingDir | None:
     """Read the dataset folder as sd-scripts will; None when it is missing and not required."""
     from kohyawrap.dataset.scan import read_training_dir
@@ -187,6 +218,7 @@ def config() -> None:
     \b
     Examples:
       kohyawrap config render --gpu rtx4090 --model sd15 --dataset ./training_data -o ./my_lora
+      kohyawrap config render --gpu rtx4090 --model flux-dev --dataset ./training_data -o ./flux
       kohyawrap config check training_config.toml --model sdxl
     """
 
@@ -210,15 +242,22 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
       kohyawrap config render --gpu rtx4090 --model sd15 --dataset ./training_data \\
           --base-model stable-diffusion-v1-5/stable-diffusion-v1-5 --name my_lora -o ./my_lora \\
           --set network_dim=16 --set sample_prompts=./my_prompts.txt --trigger sks --class-word dog
+      kohyawrap config render --gpu rtx3090 --model flux-dev --dataset ./training_data \\
+          --t5xxl /data/models/t5xxl_fp8_e4m3fn.safetensors -o ./flux_lora
 
-    Relative --dataset paths are written relative to the output folder, because launch.sh runs
-    sd-scripts from there.
+    Relative --dataset (and --clip-l/--clip-g/--t5xxl/--ae) paths are written relative to the
+    output folder, because launch.sh runs sd-scripts from there. FLUX.1, Chroma and SD3.5 load
+    single files: those not given are expected in <output>/models/ (the output lists where to get
+    them; `kohyawrap train` fetches them on the host itself).
     """
+    from kohyawrap.models_fetch import render_downloads
     from kohyawrap.presets import load_catalog
     from kohyawrap.render import findings, render_run
 
     catalog = load_catalog()
-    spec = build_spec(params, output, catalog.model(params["model"]))
+    model = catalog.model(params["model"])
+    spec = build_spec(params, output, model)
+    downloads = render_downloads(model, given_files(params, output))
     tdir = scan_dataset(params, required=spec.use_dataset_config)
     spec = with_dataset_subjects(spec, tdir)
     rendered = render_run(spec, tdir=tdir, catalog=catalog)
@@ -234,12 +273,15 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
                 "inputs_hash": rendered.inputs_hash,
                 "findings": [f.to_json() for f in notes],
                 "dataset_found": tdir is not None,
+                "downloads": downloads,
             }
         )
         return
     from kohyawrap.console.config import show_rendered
 
-    show_rendered(output, rendered, written, notes, dataset_found=tdir is not None)
+    show_rendered(
+        output, rendered, written, notes, dataset_found=tdir is not None, downloads=downloads
+    )
 
 
 def write_run_files(folder: Path, files: dict[str, str], *, force: bool) -> dict[str, str]:

@@ -57,7 +57,7 @@ def dataset() -> None:
     "--model",
     required=True,
     shell_complete=model_names,
-    help="Model preset: sd15, sd2 or sdxl (decides repeats and the default --max-side).",
+    help="Model preset, e.g. sdxl or flux-dev (decides repeats and the default --max-side).",
 )
 @click.option(
     "--gpu",
@@ -187,7 +187,7 @@ def build(
     "--model",
     required=True,
     shell_complete=model_names,
-    help="Model preset: sd15, sd2 or sdxl (resolution, buckets, epochs).",
+    help="Model preset, e.g. sdxl or flux-dev (resolution, buckets, epochs).",
 )
 @click.option(
     "--gpu",

@@ -48,6 +48,7 @@ def plan(
     Examples:
       kohyawrap plan --gpu rtx4090 --model sd15 --dataset ./training_data --price 0.70
       kohyawrap plan --gpu rtx3090 --model sdxl --dataset ./training_data --compare --json
+      kohyawrap plan --gpu rtx4090 --model flux-dev --dataset ./training_data --compare
     """
     from kohyawrap.cli.config import build_spec, scan_dataset, with_dataset_subjects
     from kohyawrap.forecast import (
@@ -73,7 +74,7 @@ def plan(
     )
     if not force:
         require_fit(result)
-    report = lint_forecast(result, tdir, model.family)
+    report = lint_forecast(result, tdir, model)
     notes = findings(result.rendered, catalog=catalog)
     table = (
         compare_forecasts(spec, tdir, bandwidth_mbps=bandwidth, setup=kind, catalog=catalog)

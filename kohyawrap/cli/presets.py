@@ -64,6 +64,8 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
             "title": m.title,
             "family": m.family,
             "script": m.script,
+            "network_module": m.family_info.network_module,
+            "companions": [c.key for c in m.family_info.companions],
             "resolution": m.resolution,
             "base_model": m.base_model,
             "file": m.path,
@@ -79,7 +81,7 @@ def catalog_json(catalog: Any) -> dict[str, Any]:
     "--model",
     required=True,
     shell_complete=model_names,
-    help="Model preset: sd15, sd2, sdxl (or a user preset).",
+    help="Model preset, e.g. sdxl or flux-dev (or a user preset).",
 )
 @click.option("--vram", type=VRAM_GB, help="Override the card's VRAM in GB (picks another tier).")
 @click.option(
@@ -95,6 +97,7 @@ def show(
     \b
     Examples:
       kohyawrap presets show rtx4090 --model sdxl
+      kohyawrap presets show rtx3090 --model flux-dev
       kohyawrap presets show vram-10 --model sdxl --set network_dim=8
     """
     from kohyawrap.presets import load_catalog, parse_overrides, refuse_bad_overrides, resolve

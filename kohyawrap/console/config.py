@@ -35,6 +35,7 @@ def show_rendered(
     notes: Sequence[Finding],
     *,
     dataset_found: bool,
+    downloads: Sequence[Mapping[str, str]] = (),
 ) -> None:
     """The files written, warnings about the options, and how to launch."""
     from rich.markup import escape
@@ -55,6 +56,14 @@ def show_rendered(
             "found; the config refers to it anyway"
         )
     show_findings(notes)
+    for d in downloads:
+        gated = (
+            " (gated: accept its licence on huggingface.co first)" if d["gated"] == "yes" else ""
+        )
+        con.print(
+            f"[cyan]needs[/] {escape(str(folder / d['path']))} ({escape(d['option'])}): "
+            f"{escape(d['url'])}{gated}"
+        )
     con.print(
         f"script: {rendered.script}   accelerate: {escape(' '.join(rendered.accelerate_args))}"
     )

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 def show_catalog(catalog: Catalog, user_dir: Path) -> None:
     """A table of GPU presets and one of model presets."""
+    from rich.markup import escape
     from rich.table import Table
 
     con = wide()
@@ -24,13 +25,14 @@ def show_catalog(catalog: Catalog, user_dir: Path) -> None:
         price = f"{g.price_per_hour:.2f} ({low:.2f}-{high:.2f})"
         bf16 = "yes" if g.bf16 else "no"
         speed = f"{g.relative_speed:.2f}x"
-        gpus.add_row(g.name, g.title, f"{g.vram_gb:g} GB", g.arch, bf16, price, speed)
+        gpus.add_row(g.name, escape(g.title), f"{g.vram_gb:g} GB", g.arch, bf16, price, speed)
     con.print(gpus)
     models = Table(title="Model presets", title_justify="left")
-    for column in ("name", "model", "script", "resolution"):
-        models.add_column(column)
+    for column in ("name", "model", "script", "resolution", "also loads"):
+        models.add_column(column, no_wrap=column == "script")
     for m in sorted(catalog.models.values(), key=lambda m: m.name):
-        models.add_row(m.name, m.title, m.script, str(m.resolution))
+        extra = ", ".join(c.key for c in m.family_info.companions) or "-"
+        models.add_row(m.name, escape(m.title), m.script, str(m.resolution), extra)
     con.print(models)
     con.print(
         f'User presets (may `extends = "rtx4090"`): {user_dir}/gpus/*.toml, '

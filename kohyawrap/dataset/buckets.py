@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kohyawrap.errors import ConfigError, UsageError, did_you_mean
+from kohyawrap.sdscripts import FAMILIES
 
 _BUCKET_KEYS = (
     "resolution",
@@ -70,9 +71,25 @@ def bucket_settings_for(model: str, overrides: Mapping[str, Any] | None = None) 
     int or a ``[w, h]`` list; ``enable_bucket``, ``min_bucket_reso``, ...). Other keys are
     ignored, so a whole training-options mapping can be passed.
     """
-    table = dict(_preset_dataset_table(model))
+    return bucket_settings_from(
+        _preset_dataset_table(model),
+        _preset_family(model),
+        overrides,
+        where=f"presets/models/{model}.toml [dataset]",
+    )
+
+
+def bucket_settings_from(
+    dataset: Mapping[str, Any],
+    family: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    where: str = "[dataset]",
+) -> BucketSettings:
+    """Bucket settings from a model preset's ``[dataset]`` table (any preset, user ones too) and
+    its family (which decides the bucket_reso_steps multiple sd-scripts asserts)."""
+    table = dict(dataset)
     table.update({k: v for k, v in (overrides or {}).items() if k in _BUCKET_KEYS})
-    where = f"presets/models/{model}.toml [dataset]"
     settings = BucketSettings(
         resolution=parse_resolution(table.get("resolution"), where=where),
         enable_bucket=_bool(table, "enable_bucket", True, where),
@@ -81,7 +98,7 @@ def bucket_settings_for(model: str, overrides: Mapping[str, Any] | None = None) 
         bucket_reso_steps=_int(table, "bucket_reso_steps", 64, where),
         bucket_no_upscale=_bool(table, "bucket_no_upscale", False, where),
     )
-    check_settings(settings, model)
+    check_settings(settings, family)
     return settings
 
 
@@ -118,14 +135,14 @@ def parse_resolution(value: Any, *, where: str = "resolution") -> tuple[int, int
     return (sizes[0], sizes[-1])
 
 
-def check_settings(settings: BucketSettings, model: str | None = None) -> None:
+def check_settings(settings: BucketSettings, family: str | None = None) -> None:
     """Raise ConfigError where sd-scripts would stop on these settings (its start-up assertions)."""
     if not settings.enable_bucket:
         return
     steps = settings.bucket_reso_steps
-    # sdxl_train_network.py accepts steps divisible by 32, train_network.py needs 64
-    # (docs/sources.md [5]).
-    need = 32 if model == "sdxl" else 64
+    # sdxl/sd3 scripts accept steps divisible by 32, train_network.py and FLUX.1 need 64 (docs/sources.md
+    # [5]; the multiple is in sdscripts.FAMILIES).
+    need = FAMILIES[family].bucket_multiple if family in FAMILIES else 64
     if steps <= 0 or steps % need:
         raise ConfigError(
             f"bucket_reso_steps {steps} must be a multiple of {need} for this model",
@@ -383,6 +400,17 @@ def _preset_dataset_table(model: str) -> Mapping[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError("[dataset] is not a table", where=str(path))
     return table
+
+
+def _preset_family(model: str) -> str:
+    """The ``[model] family`` of a shipped model preset (its name when the file gives none)."""
+    import tomlkit
+
+    from kohyawrap.resources import presets_dir
+
+    data = tomlkit.parse((presets_dir() / "models" / f"{model}.toml").read_text("utf-8")).unwrap()
+    family = data.get("model", {}).get("family", model)
+    return str(family)
 
 
 def _int(table: Mapping[str, Any], key: str, default: int, where: str) -> int:

@@ -42,6 +42,11 @@ PER_EPOCH_TARGET = {
     "sd15": (300, "≈200-400 images × repeats per epoch for SD1.5, ~10 epochs (Kohya Colab)"),
     "sd2": (300, "≈200-400 images × repeats per epoch as for SD1.5, ~10 epochs (Kohya Colab)"),
     "sdxl": (100, "≈100 images × repeats per epoch for SDXL, ~10 epochs (Kohya Colab XL)"),
+    # No published rule for the 1024 px DiT families: SDXL's (an estimate, said so in the notes).
+    **{
+        model: (100, "estimate: ≈100 images × repeats per epoch as for SDXL at 1024 px, ~10 epochs")
+        for model in ("flux-dev", "flux-schnell", "chroma", "sd35-large", "sd35-medium")
+    },
 }
 SUGGESTED_EPOCHS = 10
 

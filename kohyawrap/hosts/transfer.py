@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from kohyawrap.errors import HostError, UsageError
+from kohyawrap.fileio import file_sha256 as file_sha256
 from kohyawrap.hosts.base import ProgressFn, TransferStats, quote
 from kohyawrap.names import remote_name_problem
 
@@ -91,15 +92,6 @@ def local_target(target_dir: Path, remote_name: str) -> Path:
             hint="only plain file names are fetched; nothing was written",
         )
     return target_dir / remote_name
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a local file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def describe_local(files: Mapping[str, Path]) -> list[LocalFile]:

@@ -18,14 +18,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-_SLUG = re.compile(r"[^\w.-]+")  # letters and digits of any script stay
+from kohyawrap.names import slug
+
 RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[\w.-]{1,40}-[0-9a-f]{6}$")
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe version of ``text`` (used in run ids and remote folder names)."""
-    cleaned = _SLUG.sub("-", text).strip("-.") or "x"
-    return cleaned[:limit]
 
 
 def make_run_id(name: str, now: datetime, salt: str) -> str:

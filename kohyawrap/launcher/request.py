@@ -17,7 +17,7 @@ from pathlib import Path
 from kohyawrap.errors import HostError, UsageError
 from kohyawrap.hosts.facts import HostFacts
 from kohyawrap.hosts.transfer import file_sha256
-from kohyawrap.launcher.layout import RemoteLayout, make_run_id, slug
+from kohyawrap.launcher.layout import RemoteLayout, make_run_id
 from kohyawrap.launcher.runplan import (
     ModelSource,
     MoneyOptions,
@@ -25,7 +25,7 @@ from kohyawrap.launcher.runplan import (
     SetupOptions,
 )
 from kohyawrap.models import RunSpec
-from kohyawrap.names import check_output_name
+from kohyawrap.names import check_output_name, slug
 
 # The single-file checkpoints people mean when they name these repos.
 KNOWN_FILES = {

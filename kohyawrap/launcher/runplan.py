@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kohyawrap import __version__
-from kohyawrap.launcher.layout import RemoteLayout, slug
+from kohyawrap.launcher.layout import RemoteLayout
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
+from kohyawrap.names import slug
 from kohyawrap.sdscripts import DEFAULT_REPO, PINNED_COMMIT
 
 # sd-scripts' README names torch 2.6.0 as tested, with CUDA 12.4 wheels (docs/sources.md [13]).

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from library import kw_safetensors, kw_tensorboard
+from library import fake_dit, kw_safetensors, kw_tensorboard
 
 _SD1_MODULES = {
     "te": [
@@ -46,6 +46,28 @@ _SDXL_MODULES = {
         "lora_unet_output_blocks_0_1_proj_out",
     ],
 }
+# networks.lora_flux / lora_sd3 name their modules like this (ComfyUI-compatible prefixes).
+_FLUX_MODULES = {
+    "te": ["lora_te1_text_model_encoder_layers_0_mlp_fc1"],
+    "unet": [
+        "lora_unet_double_blocks_0_img_attn_qkv",
+        "lora_unet_double_blocks_0_txt_mlp_0",
+        "lora_unet_single_blocks_0_linear1",
+    ],
+}
+_SD3_MODULES = {
+    "te": [
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1",
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+    ],
+    "unet": [
+        "lora_unet_joint_blocks_0_context_block_attn_qkv",
+        "lora_unet_joint_blocks_0_x_block_attn_qkv",
+        "lora_unet_final_layer_linear",
+    ],
+}
+_MODULES = {"sdxl": _SDXL_MODULES, "flux": _FLUX_MODULES, "chroma": _FLUX_MODULES}
+_MODULES["sd3"] = _SD3_MODULES
 _FEATURES = 8  # in/out features of every fake module: tiny on purpose
 
 
@@ -71,10 +93,10 @@ def _pack(values: list[float], dtype: str) -> bytes:
 
 
 def lora_tensors(
-    options: dict[str, Any], sdxl: bool, step: int
+    options: dict[str, Any], family: str, step: int
 ) -> dict[str, tuple[str, list[int], bytes]]:
     """Small LoRA tensors whose values depend on the step (so each save differs)."""
-    modules = _SDXL_MODULES if sdxl else _SD1_MODULES
+    modules = _MODULES.get(family, _SD1_MODULES)
     parts = []
     if not options.get("network_train_text_encoder_only"):
         parts += modules["unet"]
@@ -96,6 +118,8 @@ def lora_tensors(
 
 def _architecture(family: str, options: dict[str, Any]) -> tuple[str, str, str]:
     """(ss_base_model_version, modelspec.architecture, modelspec.implementation)."""
+    if family in fake_dit.DIT_FAMILIES:
+        return fake_dit.architecture(family, options)
     if family == "sdxl":
         return (
             "sdxl_base_v1-0",
@@ -176,6 +200,10 @@ def metadata(run: Any, *, epoch: int, step: int, tensors: dict[str, Any]) -> dic
         "sshs_model_hash": model_hash,
         "sshs_legacy_hash": model_hash[:8],
     }
+    if run.family in fake_dit.DIT_FAMILIES:
+        meta.update(fake_dit.extra_metadata(run.family, o))
+    if run.family in ("flux", "chroma"):  # FLUX has no prediction_type (sai_model_spec.py:432)
+        del meta["modelspec.prediction_type"]
     if o.get("network_args"):
         meta["ss_network_args"] = json.dumps(dict(a.split("=", 1) for a in o["network_args"]))
     return meta

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from library import fake_config, fake_outputs, kw_safetensors
+from library import fake_config, fake_dit, fake_outputs, kw_safetensors
 from library.fake_console import Console, format_num, frame
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,14 +157,18 @@ def _load_model(run: Run) -> None:
     con.info("preparing accelerator", "train_network.py:593")
     cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
     con.print(f"accelerator device: {'cpu' if cpu else 'cuda'}")
-    con.info("loading model for process 0/1", "train_util.py:5574")
-    con.info(
-        f"load StableDiffusion checkpoint: {o.get('pretrained_model_name_or_path')}",
-        "train_util.py:5530",
-    )
-    time.sleep(float(run.behaviour["startup_seconds"]))
-    for part in ("u-net", "vae", "text encoder"):
-        con.info(f"loading {part}: <All keys matched successfully>", "model_util.py:1011")
+    if run.family in fake_dit.DIT_FAMILIES:
+        time.sleep(float(run.behaviour["startup_seconds"]))
+        fake_dit.load(run)
+    else:
+        con.info("loading model for process 0/1", "train_util.py:5574")
+        con.info(
+            f"load StableDiffusion checkpoint: {o.get('pretrained_model_name_or_path')}",
+            "train_util.py:5530",
+        )
+        time.sleep(float(run.behaviour["startup_seconds"]))
+        for part in ("u-net", "vae", "text encoder"):
+            con.info(f"loading {part}: <All keys matched successfully>", "model_util.py:1011")
     module_name = o.get("network_module")
     con.print(f"import network module: {module_name}")
     # None crashes here exactly as in sd-scripts (importlib calls None.startswith).
@@ -296,7 +300,7 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         path = f"{out.as_posix()}/{stem}.{self.o.get('save_model_as') or 'safetensors'}"
         self.con.print(f"\nsaving checkpoint: {path}")
-        tensors = fake_outputs.lora_tensors(self.o, self.run.family == "sdxl", self.step)
+        tensors = fake_outputs.lora_tensors(self.o, self.run.family, self.step)
         meta = {}
         if not self.o.get("no_metadata"):
             meta = fake_outputs.metadata(self.run, epoch=epoch, step=self.step, tensors=tensors)
@@ -330,7 +334,7 @@ class Trainer:
             f" at epoch {epoch} step {self.step}",
             "train_network.py:946",
         )
-        tensors = fake_outputs.lora_tensors(self.o, self.run.family == "sdxl", self.step)
+        tensors = fake_outputs.lora_tensors(self.o, self.run.family, self.step)
         fake_outputs.save_state(folder, tensors, epoch, self.step)
         self.con.info(
             f"Model weights saved in {folder.as_posix()}/model.safetensors", "checkpointing.py:108"
@@ -384,15 +388,31 @@ class Trainer:
         self._bar(end="\n")
 
 
+_FAMILIES = {
+    "train_network.py": "sd",
+    "sdxl_train_network.py": "sdxl",
+    "flux_train_network.py": "flux",  # "chroma" with --model_type chroma
+    "sd3_train_network.py": "sd3",
+}
+
+
 def main(script: str, argv: list[str]) -> None:
-    """Run the fake training for ``script`` (``train_network.py`` or ``sdxl_train_network.py``)."""
+    """Run the fake training for ``script`` (train_network.py, sdxl_train_network.py,
+    flux_train_network.py or sd3_train_network.py)."""
     console = Console()
     options = _load_options(argv, console)
-    run = Run("sdxl" if script.startswith("sdxl") else "sd", options, console, _behaviour())
+    family = _FAMILIES[script]
+    if family == "flux" and options.get("model_type") == "chroma":
+        family = "chroma"
+    run = Run(family, options, console, _behaviour())
+    if family in fake_dit.DIT_FAMILIES:
+        fake_dit.tokenizer_strategy(run)
     num_images = _prepare_dataset(run)
     if num_images == 0:
         console.error(_NO_DATA, "train_network.py:569")
         return  # sd-scripts returns here: exit status 0
+    if family in fake_dit.DIT_FAMILIES:
+        fake_dit.assert_extra_args(run)
     _load_model(run)
     _prepare_optimizer(run)
     run.schedule = fake_config.schedule(num_images, options)

@@ -1,0 +1,13 @@
+"""Fake ``networks.lora_sd3``: imported by name from ``network_module`` like the real one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe(console: Any, unet_only: bool) -> None:
+    """Log the modules the LoRA wraps, as the real module does when it creates the network."""
+    if not unet_only:
+        console.info("create LoRA for Text Encoder 1: 72 modules.", "lora_sd3.py:426")
+        console.info("create LoRA for Text Encoder 2: 192 modules.", "lora_sd3.py:426")
+    console.info("create LoRA for SD3 MMDiT: 152 modules.", "lora_sd3.py:455")
