@@ -281,6 +281,9 @@ class LogParser:
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self._frame: str | None = None  # last steps frame, not yet in the tail
         self._last_key: tuple[int, int, str | None] | None = None
+        # The newest drawing of a step, not yet reported (see _on_frame), and its step.
+        self._held: tuple[Progress, str | None] | None = None
+        self._seen_step: tuple[int, int] | None = None
         self._epoch: int | None = None
         self._block: dict[str, int] | None = None
         self._accelerate: list[str] | None = None
@@ -295,6 +298,7 @@ class LogParser:
     def close(self) -> list[Event]:
         """Events of whatever remained unterminated at the end of the log."""
         events = self._handle(self._stream.feed(b"", final=True))
+        events += self._release()
         events += self._end_blocks()
         self._flush_frame()
         return events
@@ -319,26 +323,53 @@ class LogParser:
             self._frame = None
 
     def _on_frame(self, frame: _Frame) -> list[Event]:
-        if frame.desc != "steps":
-            return []
+        """Progress, with each step's own loss.
+
+        sd-scripts draws each step twice: ``progress_bar.update(1)`` shows step N with the
+        previous step's ``avr_loss`` still in the postfix, then ``set_postfix`` redraws step N with
+        its own (tqdm may skip the first drawing, never the second). So the last drawing of a step
+        is the true one: a frame is reported when a second drawing of its step arrives, or when
+        anything else follows it (the next step, a log line, the end of the log).
+        """
+        if frame.desc != "steps" or frame.text == self._frame:
+            return []  # not the step bar, or the same drawing again (seen early, then whole)
         self._frame = frame.text
         progress, raw_loss = _progress(frame, self._epoch)
         events: list[Event] = []
-        key = (frame.n, frame.total, raw_loss)
-        if key != self._last_key:
-            self._last_key = key
-            events.append(progress)
         loss = progress.avr_loss
         if loss is not None and not math.isfinite(loss) and not self._nan_seen:
             self._nan_seen = True
             events += self._fail(_nan_failure(frame.text, self._settings))
+        step = (frame.n, frame.total)
+        again = step == self._seen_step  # a second drawing of the step seen last
+        self._seen_step = step
+        if again:
+            self._held = None  # the earlier drawing of this step carried the previous loss
+        events = self._release() + events
+        if raw_loss is None or again:
+            events += self._report(progress, raw_loss)  # no loss to mix up, or the true drawing
+        else:
+            self._held = (progress, raw_loss)
         return events
 
+    def _report(self, progress: Progress, raw_loss: str | None) -> list[Event]:
+        key = (progress.step, progress.total, raw_loss)
+        if key == self._last_key:
+            return []
+        self._last_key = key
+        return [progress]
+
+    def _release(self) -> list[Event]:
+        """The held drawing, if any: something followed it, so it was the last of its step."""
+        held, self._held = self._held, None
+        return self._report(*held) if held is not None else []
+
     def _on_message(self, message: _Message) -> list[Event]:
+        released = self._release()
         self._flush_frame()
         if message.text.strip():
             self._tail.append(_render(message))
-        events = self._in_blocks(message)
+        events = released + self._in_blocks(message)
         if message.level is None:
             events += self._traceback(message.text)
         return events + self._match(message)

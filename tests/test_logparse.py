@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from pathlib import Path
 from typing import TypeVar
@@ -355,3 +356,20 @@ def test_a_killed_script_hints_at_host_memory() -> None:
     failure = diagnose(tail)
     assert failure is not None
     assert "ran out of RAM" in failure.hint
+
+
+def test_the_loss_shown_for_a_step_is_that_steps_loss() -> None:
+    # sd-scripts draws step N first with step N-1's loss, then with its own. Whatever the chunks
+    # a follower reads, a reported step never carries the previous step's loss: the real run's
+    # frames are checked against its own TensorBoard scalars (loss/average per step).
+    scalars = json.loads((DATA / "sample_run_tensorboard_scalars.json").read_text())["scalars"]
+    average = {int(step): value for step, value in scalars["loss/average"]}
+    data = log("sample_run_stdout.log")
+    for seed in (0, 1, 2, 3):
+        rng = random.Random(seed)
+        sizes = [rng.randint(1, 200) for _ in range(len(data))]
+        reported = [e for e in chunked(data, sizes) if isinstance(e, Progress)]
+        with_loss = [p for p in reported if p.avr_loss is not None]
+        assert len({p.step for p in with_loss}) == 80, "every step is reported with its loss"
+        for p in with_loss:
+            assert p.avr_loss == float(f"{average[p.step]:.3g}"), (p.step, p.avr_loss)
