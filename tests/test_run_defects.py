@@ -16,8 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from kohyawrap.errors import HostError
+from kohyawrap.hosts.connect import ConnectOptions
 from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.manifest import RunStatus, StopReason
+from kohyawrap.launcher.report import SilentReporter
+from kohyawrap.launcher.runstore import RunDir, RunStore
+from kohyawrap.launcher.stages import FollowOptions
+from kohyawrap.launcher.verbs import Launcher
 from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
 from tests.fixtures.hub import FakeHub
 from tests.fixtures.runs import (
@@ -409,3 +415,45 @@ def test_pulled_files_match_the_host_byte_for_byte(
     for rel, info in m.pulled.items():
         assert file_sha256(Path(m.remote_run_dir) / rel) == info.sha256
     assert m.stop_reason is None or m.stop_reason is not StopReason.MANUAL
+
+
+class _CutAfterStop(SilentReporter):
+    """Reports nothing; drops the network the moment the job is reported stopped."""
+
+    def __init__(self, relay: TcpRelay) -> None:
+        self.relay = relay
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+        if message.startswith("the training stopped"):
+            self.relay.close()
+
+
+@pytest.mark.slow
+def test_stop_that_cannot_pull_says_the_training_was_stopped(
+    world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
+) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.2))
+    args = train_args(world, fake_sdscripts, commit, target=sshd.target, epochs=50)
+    with TcpRelay(sshd.port) as relay:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kohyawrap", *args, *ssh_args(sshd, relay.port)],
+            cwd=world.root,
+            env=world.environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for(lambda: _started_steps(world), 60, "training to start")
+        proc.kill()  # the laptop is gone; the job goes on
+        proc.wait()
+        run = RunDir(only_run(world))
+        reporter = _CutAfterStop(relay)
+        launcher = Launcher(RunStore(world.runs), reporter, options=FollowOptions(0.2, 0))
+        with pytest.raises(HostError) as failed:
+            launcher.stop(run, ConnectOptions())
+    message = str(failed.value)
+    assert "the training was stopped, but its files could not be pulled" in message
+    assert "goes on" not in message and "kohyawrap pull" in message
+    remote = Path(run.load().remote_run_dir)
+    assert (remote / "exit_code").read_text().strip() == "143", "the trainer really was stopped"
