@@ -16,8 +16,11 @@ from kohyawrap.hosts.facts import HostFacts, parse_facts
 from kohyawrap.hosts.local import LocalHost
 from kohyawrap.launcher import watchdog
 from kohyawrap.launcher.budget import Budget
+from kohyawrap.launcher.fetch import Puller
+from kohyawrap.launcher.follow import Follower
 from kohyawrap.launcher.manifest import (
     FinishRecord,
+    FollowState,
     HostRecord,
     HostStop,
     HubPush,
@@ -25,9 +28,12 @@ from kohyawrap.launcher.manifest import (
     StopReason,
 )
 from kohyawrap.launcher.money import check_money, check_provider
+from kohyawrap.launcher.reconnect import Reconnector
+from kohyawrap.launcher.report import SilentReporter
 from kohyawrap.launcher.request import TrainRequest, build_run_plan
 from kohyawrap.launcher.runplan import MoneyOptions
-from kohyawrap.models import RunSpec
+from kohyawrap.launcher.runstore import RunDir
+from kohyawrap.models import Event, Progress, RunSpec
 from kohyawrap.presets import load_catalog
 from tests.fixtures.cli import run_cli
 from tests.test_forecast import make_dataset
@@ -266,3 +272,51 @@ def test_watchdog_config_carries_the_plan_and_the_set_up_spent(tmp_path: Path) -
     from kohyawrap.hostside.watchdog import Config
 
     assert set(config) <= set(Config.__dataclass_fields__), "the host reads every key"
+
+
+class _Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class _Seen(SilentReporter):
+    def __init__(self) -> None:
+        self.money: list[tuple[int, float, float | None]] = []
+
+    def event(self, event: Event, dollars_so_far: float, dollars_projected: float | None) -> None:
+        if isinstance(event, Progress):
+            self.money.append((event.step, dollars_so_far, dollars_projected))
+
+
+def test_live_dollars_include_the_set_up_already_paid(tmp_path: Path) -> None:
+    """Spent and projected dollars count from the connect (set-up is paid time), not the launch."""
+    remote = tmp_path / "host run"
+    remote.mkdir()
+    frames = "".join(
+        f"\rsteps:  {n}%|#   | {n}/100 [00:{n:02d}<01:00,  1.00s/it, avr_loss=0.1]" for n in (1, 30)
+    )
+    (remote / "run.log").write_text(frames + "\n")
+    (remote / "exit_code").write_text("0\n")
+    host, clock, seen = LocalHost(), _Clock(1000.0), _Seen()
+    budget = Budget(price_per_hour=36.0, started_at=400.0, launched_at=700.0)  # 300 s of set-up
+    run = RunDir(tmp_path / "local run")
+    run.path.mkdir()
+    follower = Follower(
+        host=host, run=run, run_dir=str(remote), reporter=seen, clock=clock, settings={},
+        budget=budget, puller=Puller(host, run, str(remote), seen, {}, {}),
+        reconnector=Reconnector(host, seen, clock, 1), state=FollowState(),
+    )  # fmt: skip
+    assert follower.poll_once() is not None
+    step, spent, projected = seen.money[-1]
+    assert step == 30
+    assert spent == pytest.approx(36.0 * (1000 - 400) / 3600)  # the set-up's 300 s included
+    assert projected == pytest.approx(spent + 36.0 * 70 * 1.0 / 3600)  # 70 steps left at 1 s

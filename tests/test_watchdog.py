@@ -451,3 +451,19 @@ def test_a_hub_whose_hash_differs_does_not_count(
     assert record["missing"] == ["demo.safetensors (not verified on a laptop or the Hub)"]
     hub = json.loads((run / "watchdog" / "hub.json").read_text())
     assert list(hub["files"]) == ["demo-000001.safetensors"]
+
+
+def test_with_save_state_a_save_is_complete_once_its_state_folder_settles(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    state = output / "柴犬-000001-state"
+    state.mkdir(parents=True)
+    (output / "柴犬-000001.safetensors").write_bytes(lora_bytes(1))
+    saves = wd.Saves(output, save_state=True)
+    announced = [("柴犬-000001.safetensors", 10)]
+    assert not saves.update(announced), "no train_state.json yet"
+    (state / "train_state.json").write_text('{"current_step": 10}')
+    assert not saves.update(announced), "accelerate may still be writing"
+    (state / "optimizer.bin").write_bytes(b"\0" * 100)
+    assert not saves.update(announced), "it grew since the last look"
+    assert saves.update(announced) and saves.done == announced
+    assert not saves.update(announced), "reported once"

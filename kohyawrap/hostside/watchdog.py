@@ -298,14 +298,26 @@ class Saves:
             path = self.output / name
             whole = complete(path, last_size=self.sizes.get(name))
             if whole and self.save_state:
-                stem = name.rsplit(".", 1)[0]
-                whole = (self.output / f"{stem}-state" / "train_state.json").is_file()
+                whole = self._state_saved(name.rsplit(".", 1)[0])
             if whole:
                 self.done.append((name, step))
                 fresh = True
             with contextlib.suppress(OSError):
                 self.sizes[name] = path.stat().st_size
         return fresh
+
+    def _state_saved(self, stem: str) -> bool:
+        """``<stem>-state/`` holds train_state.json and kept its size since the last look
+        (accelerate writes the optimizer and random states after sd-scripts' train_state.json)."""
+        folder = self.output / f"{stem}-state"
+        try:
+            size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        except OSError:
+            return False
+        key = f"{stem}-state/"
+        stable = self.sizes.get(key) == size
+        self.sizes[key] = size
+        return stable and (folder / "train_state.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -804,11 +816,12 @@ def decide(paths: Paths, cfg: Config, by: str, why: str, clock: Clock) -> dict[s
 
 def act(paths: Paths, cfg: Config) -> dict[str, Any]:
     """Carry out the recorded decision, once; record how it went (if the host is still here)."""
-    record = read_json(paths.finish) or {}
-    if record.get("result") != "pending":
-        return record
-    record["result"] = "started"
-    write_json(paths.finish, record)
+    with locked(paths.own("act.lock")) as mine:
+        record = read_json(paths.finish) or {}
+        if not mine or record.get("result") != "pending":
+            return record
+        record["result"] = "started"
+        write_json(paths.finish, record)
     provider = Provider(str(record.get("provider", "none")), str(record.get("instance", "")))
     choice = Choice(str(record.get("action", "")), str(record.get("message", "")))
     result = carry_out(choice, cfg, provider, paths.run)
