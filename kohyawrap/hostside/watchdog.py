@@ -579,38 +579,33 @@ def choose(asked: str, provider: Provider, safety: Safety) -> Choice:
     where = {"runpod": "RunPod pod", "vast": "Vast.ai instance"}.get(provider.name, "")
     if asked in ("", "none"):
         return Choice("none", "--on-finish none: the host is left running")
-    if (
-        asked in ("stop", "destroy", "shutdown")
-        and provider.name != "none"
-        and not provider.instance
-    ):
+    if asked in ("stop", "destroy") and not where:
+        return Choice("", f"--on-finish {asked} needs RunPod or Vast.ai; neither was found")
+    if where and not provider.instance and asked in ("stop", "destroy", "shutdown"):
         return Choice("", f"no {where} id in the host's environment: nothing was stopped")
-    if asked == "stop" or (asked == "shutdown" and where):
-        extra = " (a container cannot power its machine off)" if asked == "shutdown" else ""
-        if not where:
-            return Choice("", "--on-finish stop needs RunPod or Vast.ai; neither was found")
-        return Choice("stop", f"stopping the {where}{extra}; its disk is still billed")
-    if asked == "shutdown":
+    if asked == "shutdown" and not where:
         return Choice("shutdown", "shutting the machine down (shutdown -h now)")
-    if not safety.safe:
-        missing = "; ".join(safety.missing[:5]) + (" ..." if len(safety.missing) > 5 else "")
-        if asked == "destroy" and where:
-            return Choice(
-                "stop",
-                f"destroy refused: {len(safety.missing)} checkpoint(s) are not safe ({missing}); "
-                f"stopped the {where} instead, so its disk keeps them (and is still billed)",
-            )
-        return Choice(
-            "",
-            f"--on-finish {asked!r} refused: {len(safety.missing)} checkpoint(s) are not safe "
-            f"({missing}); it may destroy them",
+    if asked in ("stop", "shutdown"):
+        why = " (a container cannot power its machine off)" if asked == "shutdown" else ""
+        return Choice("stop", f"stopping the {where}{why}; its disk is still billed")
+    # destroy, or the user's command (which may destroy): only when every checkpoint is safe
+    if safety.safe:
+        what = (
+            f"destroying the {where}" if asked == "destroy" else "running the --on-finish command"
         )
+        return Choice("destroy" if asked == "destroy" else "command",
+                      f"{what}: every checkpoint is safe ({safety.how})")  # fmt: skip
+    missing = "; ".join(safety.missing[:5]) + (" ..." if len(safety.missing) > 5 else "")
     if asked == "destroy":
-        if not where:
-            return Choice("", "--on-finish destroy needs RunPod or Vast.ai; neither was found")
-        return Choice("destroy", f"destroying the {where}: every checkpoint is safe ({safety.how})")
+        return Choice(
+            "stop",
+            f"destroy refused: {len(safety.missing)} checkpoint(s) are not safe ({missing}); "
+            f"stopped the {where} instead, so its disk keeps them (and is still billed)",
+        )
     return Choice(
-        "command", f"running the --on-finish command: every checkpoint is safe ({safety.how})"
+        "",
+        f"the --on-finish command was not run: {len(safety.missing)} checkpoint(s) are not safe "
+        f"({missing}) and it may destroy them",
     )
 
 

@@ -311,9 +311,12 @@ def verdict(m: RunManifest) -> RunStatus:
 
 def finishable(m: RunManifest) -> str | None:
     """Why ``--on-finish`` must wait for now (None: the laptop carries it out now)."""
-    if m.status is RunStatus.STOPPED and m.stop_reason in (StopReason.BUDGET, StopReason.DEADLINE):
-        pass  # a limit ended it: spending should stop as well
-    elif m.status is not RunStatus.FINISHED:
+    # A run that a limit ended is done too: spending should stop with it.
+    limit = m.status is RunStatus.STOPPED and m.stop_reason in (
+        StopReason.BUDGET,
+        StopReason.DEADLINE,
+    )
+    if m.status is not RunStatus.FINISHED and not limit:
         return f"the run is {m.status.value}"
     if m.missing():
         return f"{len(m.missing())} checkpoint(s) are not on the laptop"
@@ -323,7 +326,7 @@ def finishable(m: RunManifest) -> str | None:
 def _finish(s: RunSession) -> None:
     m = s.manifest
     action = m.plan.money.on_finish
-    if action in ("", "none") or (m.finish is not None and m.finish.result not in ("pending",)):
+    if action in ("", "none") or (m.finish is not None and m.finish.result != "pending"):
         return
     waiting = finishable(m)
     if waiting is not None:
