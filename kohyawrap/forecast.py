@@ -559,3 +559,100 @@ def require_fit(forecast: Forecast, *, force_hint: str = "--force to plan it any
         hint="--set gradient_checkpointing=true, --set train_batch_size=1, a larger card "
         f"(`kohyawrap plan --compare`), or {force_hint}",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Money: a budget before renting, and what each --on-finish choice costs afterwards
+
+
+def require_budget(
+    forecast: Forecast,
+    max_dollars: float | None,
+    alternatives: Iterable[Forecast],
+    *,
+    force_hint: str = "",
+) -> None:
+    """Refuse a run predicted to cost more than ``--max-dollars``; name the cheapest preset GPU
+    that fits the VRAM and the budget (``alternatives``: the same run on every preset)."""
+    est = forecast.estimate
+    if max_dollars is None or est.dollars <= max_dollars:
+        return
+    fitting = [
+        f
+        for f in alternatives
+        if f.estimate.fits and f.estimate.dollars <= max_dollars and f.estimate.gpu != est.gpu
+    ]
+    cheapest = min(fitting, key=lambda f: (f.estimate.dollars, f.estimate.gpu), default=None)
+    if cheapest is not None:
+        c = cheapest.estimate
+        hint = (
+            f"--gpu {c.gpu} fits in VRAM and costs ~${c.dollars:.2f} at its typical "
+            f"${c.price_per_hour:.2f}/h (`kohyawrap plan --compare`)"
+        )
+    else:
+        hint = (
+            "no GPU preset fits both the VRAM and the budget: train fewer steps "
+            "(--set max_train_epochs=N)"
+        )
+    raise UsageError(
+        f"this run is predicted to cost ~${est.dollars:.2f}, over --max-dollars ${max_dollars:.2f}",
+        evidence=[
+            f"{duration_text(forecast.total_seconds)} at ${est.price_per_hour:.2f}/h on {est.gpu}",
+            *(f"{p.name}: {duration_text(p.seconds)}" for p in forecast.stages if p.seconds >= 1),
+        ],
+        hint=f"{hint}; or raise --max-dollars{force_hint}",
+    )
+
+
+def duration_text(seconds: float) -> str:
+    """``1h05m``, ``12m30s``, ``45s``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@dataclass(frozen=True)
+class FinishChoice:
+    """What the host costs per day after the run for one ``--on-finish`` choice."""
+
+    action: str  # none | stop | destroy | shutdown
+    provider: str  # runpod | vast | any
+    dollars_per_day: float | None  # None: depends on the provider
+    note: str
+
+
+def finish_choices(price_per_hour: float, disk_gb: float, rules: Rules) -> tuple[FinishChoice, ...]:
+    """Each choice's cost once the run is over (disk prices sourced in presets/tiers.toml)."""
+    per_gb_day = {
+        "runpod": rules.number("stopped_disk_runpod_usd_gb_month") / 30,
+        "vast": rules.number("stopped_disk_vast_usd_gb_month") / 30,
+    }
+    return (
+        FinishChoice(
+            "none", "any", price_per_hour * 24, "the GPU keeps billing until someone stops it"
+        ),
+        FinishChoice(
+            "stop",
+            "runpod",
+            disk_gb * per_gb_day["runpod"],
+            f"disk still billed: {disk_gb:g} GB x ${rules.number('stopped_disk_runpod_usd_gb_month'):.2f}/GB/month",
+        ),
+        FinishChoice(
+            "stop",
+            "vast",
+            disk_gb * per_gb_day["vast"],
+            f"disk still billed: {disk_gb:g} GB x ~${rules.number('stopped_disk_vast_usd_gb_month'):.2f}/GB/month "
+            "(each host sets its price)",
+        ),
+        FinishChoice("destroy", "runpod", 0.0, "nothing billed; the pod and its disk are gone"),
+        FinishChoice("destroy", "vast", 0.0, "nothing billed; the instance and its disk are gone"),
+        FinishChoice(
+            "shutdown",
+            "any",
+            None,
+            "your own machine or VM: a powered-off VM may still bill its disk",
+        ),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kohyawrap.launcher.scripts import parse_kv, render_script
+from kohyawrap.launcher.watchdog import script_text
 
 
 def bash(script: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -197,7 +199,7 @@ def _fake_launcher(root: Path, body: str) -> tuple[Path, Path]:
     return sds, run_dir
 
 
-def _start(sds: Path, run_dir: Path, max_seconds: int = 0) -> None:
+def _start(sds: Path, run_dir: Path, max_hours: float | None = None) -> None:
     wrapper = render_script(
         "run",
         run_dir=str(run_dir),
@@ -205,10 +207,14 @@ def _start(sds: Path, run_dir: Path, max_seconds: int = 0) -> None:
         python=sys.executable,
         hf_home=str(run_dir / "hf"),
         accelerate_args=["--num_processes", "1"],
-        max_seconds=max_seconds,
         script=str(sds / "train_network.py"),
     )
     (run_dir / "run.sh").write_text(wrapper)
+    # The watchdog run.sh starts beside the job (what launcher.watchdog.install uploads).
+    (run_dir / "watchdog.py").write_bytes(script_text())
+    (run_dir / "watchdog").mkdir(exist_ok=True)
+    config = {"max_hours": max_hours, "poll_seconds": 0.1}
+    (run_dir / "watchdog" / "config.json").write_text(json.dumps(config))
     subprocess.run(
         f"cd '{run_dir}' && setsid -f nohup bash run.sh >/dev/null 2>&1 </dev/null",
         shell=True,
@@ -296,16 +302,19 @@ def test_model_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: ob
     assert parse_kv(again.stdout)["model"] == "cached"
 
 
-def test_run_wrapper_enforces_the_deadline_on_its_own(tmp_path: Path) -> None:
+def test_run_wrapper_starts_the_watchdog_which_holds_the_deadline(tmp_path: Path) -> None:
     sds, run_dir = _fake_launcher(tmp_path, "import time\ntime.sleep(60)\n")
-    _start(sds, run_dir, max_seconds=1)
+    _start(sds, run_dir, max_hours=1 / 3600)
     assert _wait_exit_code(run_dir, timeout=20) == 143
     assert (run_dir / "deadline").read_text().strip() == "1"
+    stop = json.loads((run_dir / "watchdog" / "stop.json").read_text())
+    assert stop["reason"] == "deadline"
 
 
-def test_run_wrapper_cancels_the_deadline_when_done(tmp_path: Path) -> None:
+def test_a_quick_job_is_not_stopped_and_the_watchdog_ends_with_it(tmp_path: Path) -> None:
     sds, run_dir = _fake_launcher(tmp_path, "print('quick')\n")
-    _start(sds, run_dir, max_seconds=2)
+    _start(sds, run_dir, max_hours=2 / 3600)
     assert _wait_exit_code(run_dir) == 0
     time.sleep(2.5)
     assert not (run_dir / "deadline").exists()
+    assert (run_dir / "watchdog" / "log").read_text().rstrip().endswith("done")

@@ -224,16 +224,16 @@ def questions(yes: bool) -> Questions:
             )
         return click.confirm("Start this run?", default=True, err=True)
 
-    def shutdown_this_machine(target: str) -> bool:
+    def finish_this_machine(target: str, action: str) -> bool:
         if not sys.stdin.isatty():
             return False
         return click.confirm(
-            f"--on-finish shutdown will power off {target}, which looks like THIS machine. Really?",
+            f"--on-finish {action} acts on {target}, which looks like THIS machine. Really?",
             default=False,
             err=True,
         )
 
-    return Questions(start=start, shutdown_this_machine=shutdown_this_machine)
+    return Questions(start=start, finish_this_machine=finish_this_machine)
 
 
 def launch(

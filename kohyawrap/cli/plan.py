@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ from kohyawrap.cli.types import BANDWIDTH, PRICE
     show_default=True,
     help="cold: bare host (install + model download); warm: both already there.",
 )
+@click.option(
+    "--max-dollars",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Refuse a plan predicted to cost more, naming the cheapest preset GPU that fits.",
+)
 @click.option("--compare", is_flag=True, help="Also show the same run on every GPU preset.")
 @click.option(
     "--force", is_flag=True, help="Plan it even when the estimate says it will not fit in VRAM."
@@ -37,6 +43,7 @@ def plan(
     price: float | None,
     bandwidth: float | None,
     setup: str,
+    max_dollars: float | None,
     compare: bool,
     force: bool,
     as_json: bool,
@@ -49,13 +56,16 @@ def plan(
       kohyawrap plan --gpu rtx4090 --model sd15 --dataset ./training_data --price 0.70
       kohyawrap plan --gpu rtx3090 --model sdxl --dataset ./training_data --compare --json
       kohyawrap plan --gpu rtx4090 --model flux-dev --dataset ./training_data --compare
+      kohyawrap plan --gpu a100-80gb --model sdxl --dataset ./training_data --max-dollars 2
     """
     from kohyawrap.cli.config import build_spec, scan_dataset, with_dataset_subjects
     from kohyawrap.forecast import (
         Setup,
         build_forecast,
         compare_forecasts,
+        finish_choices,
         lint_forecast,
+        require_budget,
         require_fit,
     )
     from kohyawrap.presets import load_catalog
@@ -74,12 +84,19 @@ def plan(
     )
     if not force:
         require_fit(result)
-    report = lint_forecast(result, tdir, model)
     notes = findings(result.rendered, catalog=catalog)
+    needs_all = compare or (max_dollars is not None and result.estimate.dollars > max_dollars)
     table = (
         compare_forecasts(spec, tdir, bandwidth_mbps=bandwidth, setup=kind, catalog=catalog)
-        if compare
+        if needs_all
         else ()
+    )
+    require_budget(result, max_dollars, table)
+    report = lint_forecast(result, tdir, model)
+    choices = finish_choices(
+        result.estimate.price_per_hour,
+        catalog.rules.number("typical_disk_gb"),
+        catalog.rules,
     )
     if as_json:
         from kohyawrap.cli import echo_json
@@ -91,6 +108,7 @@ def plan(
             "warnings": len(report.warnings),
             "findings": [f.to_json() for f in (*report.errors, *report.warnings)],
         }
+        data["finish_choices"] = [asdict(c) for c in choices]
         if compare:
             data["compare"] = [
                 p.to_json()["estimate"]
@@ -100,9 +118,15 @@ def plan(
         echo_json(data)
         return
     from kohyawrap.console.config import show_findings
-    from kohyawrap.console.forecast import show_compare, show_forecast, show_lint
+    from kohyawrap.console.forecast import (
+        show_compare,
+        show_finish_choices,
+        show_forecast,
+        show_lint,
+    )
 
     show_forecast(result)
+    show_finish_choices(choices)
     show_findings(notes)
     show_lint(report)
     if compare:

@@ -17,7 +17,15 @@ from kohyawrap.cli.options import (
     read_token,
     runs_dir_option,
 )
-from kohyawrap.cli.types import CAPTION_EXTENSION, DOLLARS, HOURS, PRICE, VRAM_GB, WORDS
+from kohyawrap.cli.types import (
+    CAPTION_EXTENSION,
+    DOLLARS,
+    HOURS,
+    MINUTES,
+    PRICE,
+    VRAM_GB,
+    WORDS,
+)
 
 if TYPE_CHECKING:
     from kohyawrap.launcher.request import TrainRequest
@@ -138,11 +146,27 @@ setup_options = option_group(
 
 
 def _money(
-    price: float | None, max_dollars: float | None, max_hours: float | None, on_finish: str
+    price: float | None,
+    max_dollars: float | None,
+    max_hours: float | None,
+    on_finish: str,
+    idle_minutes: float,
+    provider: str,
+    push_to_hub: str | None,
+    hub_public: bool,
 ) -> MoneyOptions:
     from kohyawrap.launcher.runplan import MoneyOptions
 
-    return MoneyOptions(price, max_dollars, max_hours, on_finish.strip() or "none")
+    return MoneyOptions(
+        price,
+        max_dollars,
+        max_hours,
+        on_finish.strip() or "none",
+        idle_minutes=idle_minutes,
+        provider=provider,
+        push_to_hub=(push_to_hub or "").strip(),
+        hub_private=not hub_public,
+    )
 
 
 money_options = option_group(
@@ -153,12 +177,22 @@ money_options = option_group(
         (("--price",), {"type": PRICE, "default": None,
                         "help": "$ per hour of the host (default: the preset's typical)."}),
         (("--max-dollars",), {"type": DOLLARS, "default": None,
-                              "help": "Stop the run (and pull) when it has cost this much."}),
+                              "help": "Refuse a plan predicted to cost more; stop the run (right after a "
+                              "checkpoint save) before it does. Held on the host, laptop or not."}),
         (("--max-hours",), {"type": HOURS, "default": None,
-                            "help": "Stop the run (and pull) this many hours after its launch."}),
+                            "help": "Stop the run this many hours after its launch (held on the host)."}),
         (("--on-finish",), {"default": "none", "show_default": True,
-                            "help": "After every checkpoint is verified locally: none, shutdown, or a shell "
-                            "command for the host."}),
+                            "help": "When the run has ended and its checkpoints are safe: none, stop, destroy, "
+                            "shutdown, or a shell command for the host (docs/money.md)."}),
+        (("--idle-minutes",), {"type": MINUTES, "default": 30.0, "show_default": True,
+                               "help": "The host carries out --on-finish by itself when no laptop has "
+                               "finished the run this long after it ended."}),
+        (("--provider",), {"type": click.Choice(["auto", "runpod", "vast", "none"]), "default": "auto",
+                           "show_default": True, "help": "Who rents the host (auto: read from the host)."}),
+        (("--push-to-hub",), {"default": None, "metavar": "USER/REPO",
+                              "help": "The host pushes every checkpoint to this Hugging Face repo (private) "
+                              "and checks the Hub's sha256 of each."}),
+        (("--hub-public",), {"is_flag": True, "help": "Make a repo that --push-to-hub creates public."}),
     ],
 )  # fmt: skip
 
@@ -216,6 +250,9 @@ def train(
           --base-model ./models/v1-5-pruned-emaonly.safetensors --name 柴犬 --yes
       kohyawrap train --host gpu-box --model sd15 --dataset ./training_data --base-model ./m.safetensors \\
           --name test --smoke --dry-run
+      kohyawrap train --host root@1.2.3.4 -p 22022 --model sdxl --dataset ./training_data \\
+          --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora --price 0.44 \\
+          --max-dollars 3 --on-finish destroy --push-to-hub me/my_lora --yes
     """
     from dataclasses import replace
 

@@ -7,20 +7,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kohyawrap.console import wide
+from kohyawrap.forecast import duration_text as duration
 
 if TYPE_CHECKING:
     from kohyawrap.dataset.lint import LintReport
-    from kohyawrap.forecast import Forecast
-
-
-def duration(seconds: float) -> str:
-    """``1h 05m``, ``12m 30s``, ``45s``."""
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    from kohyawrap.forecast import FinishChoice, Forecast
 
 
 def show_forecast(plan: Forecast) -> None:
@@ -68,6 +59,18 @@ def show_forecast(plan: Forecast) -> None:
         "Speeds and VRAM are estimates from published figures (kohyawrap presets show ... "
         "lists each source)."
     )
+
+
+def show_finish_choices(choices: Sequence[FinishChoice]) -> None:
+    """What the host costs per day after the run, for each --on-finish choice."""
+    from rich.markup import escape
+
+    con = wide()
+    con.print("after the run (--on-finish), per day:")
+    for c in choices:
+        where = "" if c.provider == "any" else f" on {c.provider}"
+        cost = "?" if c.dollars_per_day is None else f"${c.dollars_per_day:.2f}"
+        con.print(f"  {c.action}{where}: {cost}  {escape(c.note)}")
 
 
 def show_lint(report: LintReport, shown: int = 6) -> None:

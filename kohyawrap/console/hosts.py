@@ -46,7 +46,20 @@ def facts_rows(facts: HostFacts) -> list[tuple[str, str]]:
         ("uv", _or_missing(facts.uv_version)),
         ("torch", _or_missing(torch)),
         ("sd-scripts", ", ".join(facts.sdscripts_checkouts) or "[dim]not set up yet[/]"),
+        ("provider", _provider(facts)),
     ]
+
+
+def _provider(facts: HostFacts) -> str:
+    """Who rents the host, and what --on-finish can do there."""
+    from rich.markup import escape
+
+    if facts.provider == "runpod":
+        tool = "runpodctl found" if facts.provider_tool else "[yellow]runpodctl not found[/]"
+        return f"RunPod pod {escape(facts.provider_id)} ({tool}): --on-finish stop | destroy"
+    if facts.provider == "vast":
+        return f"Vast.ai instance {escape(facts.provider_id)}: --on-finish stop | destroy"
+    return "[dim]none detected[/] (--on-finish shutdown or a command; --provider to force)"
 
 
 def print_facts(facts: HostFacts) -> None:

@@ -180,16 +180,28 @@ def show_run_plan(plan: RunPlan) -> None:
             f"{plan.money.max_hours:g} h from the launch" if plan.money.max_hours else "",
         ]
         rows.append(("limits", ", ".join(x for x in limits if x)))
-    if plan.money.on_finish not in ("", "none"):
+    money = plan.money
+    if money.on_finish not in ("", "none"):
         rows.append(
-            ("on finish", f"{plan.money.on_finish} (once every checkpoint is verified here)")
+            (
+                "on finish",
+                f"{money.on_finish} once the run has ended and its checkpoints are safe (the "
+                f"host does it by itself after {money.idle_minutes:g} idle minutes)",
+            )
+        )
+    if money.push_to_hub:
+        rows.append(
+            ("hub", f"{money.push_to_hub} ({'private' if money.hub_private else 'public'})")
         )
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
         table.add_row(key, escape(value))
-    stderr().print(table)
+    con = stderr()
+    con.print(table)
+    for note in plan.notes:
+        con.print(f"[yellow]note:[/] {escape(note)}")
 
 
 def show_outcome(manifest: RunManifest, path: Path) -> None:
@@ -208,6 +220,14 @@ def show_outcome(manifest: RunManifest, path: Path) -> None:
     if m.cost is not None:
         cost = f", {dollars(m.cost.actual)} (estimated {dollars(m.cost.estimated)})"
     con.print(f"[{colour}]{m.status.value}[/]{escape(why + code + cost)}: {escape(m.run_id)}")
+    if m.host_stop is not None:
+        con.print(f"    the host stopped it: {escape(m.host_stop.message)}")
+    if m.hub is not None:
+        state = f"error: {m.hub.error}" if m.hub.error else f"{len(m.hub.files)} file(s) verified"
+        con.print(f"    hub {escape(m.hub.repo)}: {escape(state)}")
+    if m.finish is not None:
+        result = f" ({m.finish.result})" if m.finish.result else ""
+        con.print(f"    on finish ({escape(m.finish.by)}): {escape(m.finish.message + result)}")
     for info in sorted(m.pulled.values(), key=lambda f: f.path):
         if info.path.startswith("checkpoints/"):
             con.print(f"    {escape(str(path / info.path))}")

@@ -8,6 +8,7 @@ literal ``nvidia-smi`` output. A host without ``nvidia-smi`` has an empty GPU li
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,20 @@ command -v uv >/dev/null 2>&1 && one UV "$(uv --version 2>&1)"
 one WORK_DIR "$w"
 for x in "$w"/sd-scripts/*/; do [ -d "$x" ] && one SDSCRIPTS "$(basename -- "$x")"; done
 for x in "$w"/venvs/*/; do [ -d "$x" ] && one VENV "$(basename -- "$x")"; done
+# Who rents the host: RunPod keeps RUNPOD_POD_ID in /etc/rp_environment (an SSH session may lack
+# it); Vast.ai puts CONTAINER_ID / CONTAINER_API_KEY in the container's first process. The key is
+# never printed, only whether it is there.
+penv() {{ {{ tr '\0' '\n' </proc/1/environ; }} 2>/dev/null | sed -n "s/^$1=//p" | head -n 1; }}
+rp=${{RUNPOD_POD_ID:-}}
+[ -z "$rp" ] && [ -r /etc/rp_environment ] && rp=$(sed -n 's/^\(export \)\{{0,1\}}RUNPOD_POD_ID=//p' /etc/rp_environment | head -n 1 | tr -d "\"'")
+[ -z "$rp" ] && rp=$(penv RUNPOD_POD_ID)
+one RUNPOD_POD_ID "$rp"
+vid=${{CONTAINER_ID:-}}; vkey=${{CONTAINER_API_KEY:+yes}}
+[ -z "$vid" ] && vid=$(penv CONTAINER_ID)
+[ -z "$vkey" ] && [ -n "$(penv CONTAINER_API_KEY)" ] && vkey=yes
+one VAST_CONTAINER_ID "$vid"
+one VAST_API_KEY "$vkey"
+command -v runpodctl >/dev/null 2>&1 && one RUNPODCTL "$(command -v runpodctl)"
 if [ -n "{probe_torch}" ] && command -v python3 >/dev/null 2>&1; then
   timeout 120 python3 -c 'import torch; print("TORCH=" + torch.__version__)
 print("TORCH_CUDA=" + str(torch.cuda.is_available()))' 2>/dev/null
@@ -87,6 +102,9 @@ class HostFacts:
     torch_cuda: bool | None
     sdscripts_checkouts: tuple[str, ...]
     venvs: tuple[str, ...]
+    provider: str = "none"  # runpod | vast | none: who rents the host, from its environment
+    provider_id: str = ""  # the RunPod pod id or Vast.ai instance id
+    provider_tool: str = ""  # runpodctl's path (RunPod stops and destroys a pod with it)
 
     @property
     def disk_free_gb(self) -> float | None:
@@ -130,6 +148,8 @@ class HostFacts:
         fields["sdscripts_checkouts"] = tuple(data.get("sdscripts_checkouts") or ())
         fields["venvs"] = tuple(data.get("venvs") or ())
         fields["nvidia_smi"] = bool(data.get("nvidia_smi"))
+        for key, default in (("provider", "none"), ("provider_id", ""), ("provider_tool", "")):
+            fields[key] = str(data.get(key) or default)
         for key in ("label", "os", "kernel", "arch", "work_dir", "disk_path"):
             fields[key] = str(fields[key] or "")
         return cls(**fields)
@@ -209,7 +229,21 @@ def parse_facts(text: str, *, label: str) -> HostFacts:
         torch_cuda=None if torch_cuda is None else torch_cuda == "True",
         sdscripts_checkouts=tuple(values.get("SDSCRIPTS", [])),
         venvs=tuple(values.get("VENV", [])),
+        **_provider(one),
     )
+
+
+def _provider(one: Callable[[str], str | None]) -> dict[str, str]:
+    """RunPod when the pod id is there; Vast.ai when the instance id AND its key are."""
+    if one("RUNPOD_POD_ID"):
+        return {
+            "provider": "runpod",
+            "provider_id": one("RUNPOD_POD_ID") or "",
+            "provider_tool": one("RUNPODCTL") or "",
+        }
+    if one("VAST_CONTAINER_ID") and one("VAST_API_KEY") == "yes":
+        return {"provider": "vast", "provider_id": one("VAST_CONTAINER_ID") or ""}
+    return {"provider": "none"}
 
 
 def check_disk(facts: HostFacts, need_gb: float) -> None:

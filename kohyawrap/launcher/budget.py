@@ -4,9 +4,11 @@ Two moments count (both on the laptop's clock, recorded in the manifest):
 - ``started_at``: when work on the host began (connect). Dollars are spent from here: set-up on a
   rented box is paid time too.
 - ``launched_at``: when the detached job was started. ``--max-hours`` counts from here, on the
-  host (run.sh's own timer, started by the launch) and on the laptop alike. The host's timer
-  starts a moment *before* the laptop records the launch, so the host always stops the job first;
-  the laptop steps in only if the host has not stopped it ``grace_seconds`` later.
+  host (its watchdog, started by the launch) and on the laptop alike.
+
+The host's watchdog (kohyawrap/hostside/watchdog.py) holds both limits by itself, a look before
+they are passed; the laptop's checks are the backup: it steps in only if the host has not stopped
+the job ``grace_seconds`` after a limit (the dollars of that grace included).
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ class Budget:
     def over(self, now: float) -> tuple[StopReason, str] | None:
         """Which limit the run is over at ``now`` (and the sentence that says so), or None."""
         spent = self.spent(now)
-        if self.max_dollars is not None and spent > self.max_dollars:
+        if self.max_dollars is not None and self.spent(now - self.grace_seconds) > self.max_dollars:
             return StopReason.BUDGET, (
-                f"spent {dollars(spent)}, over the {dollars(self.max_dollars)} budget (--max-dollars)"
+                f"spent {dollars(spent)}, over the {dollars(self.max_dollars)} budget "
+                "(--max-dollars), and the host did not stop it"
             )
         if self.max_hours is not None:
             limit = self.max_hours * 3600 + self.grace_seconds

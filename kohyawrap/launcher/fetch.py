@@ -18,6 +18,7 @@ from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.manifest import PulledFile
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
+from kohyawrap.launcher.watchdog import write_receipt
 from kohyawrap.names import local_file_name, remote_name_problem
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt")
@@ -79,6 +80,9 @@ class Puller:
                 self.reporter.info(f"not kept: {name} is incomplete ({broken})")
                 return self._reject(rel, broken)
             self.reporter.pulled(target.name, target.stat().st_size)
+        if is_checkpoint(rel):
+            # The host's watchdog may destroy the host only once every checkpoint has a receipt.
+            write_receipt(self.host, self.run_dir, rel, digest)
         self.pulled[rel] = PulledFile(
             sha256=digest,
             bytes=target.stat().st_size,

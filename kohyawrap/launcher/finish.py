@@ -1,35 +1,61 @@
-"""FINISH: what happens to the host once every file of a finished run is safe on the laptop."""
+"""FINISH: what happens to the host once a run has ended and its checkpoints are on the laptop.
+
+One rule, kept on the host (kohyawrap/hostside/watchdog.py), whether the laptop or the host's
+watchdog finishes: ``--on-finish destroy`` (or a command) only when every checkpoint is safe, by
+a receipt the laptop left after verifying it or on the Hugging Face Hub; ``stop`` and
+``shutdown`` at any time, since a stopped host keeps its disk. The laptop asks the host to
+decide (and records the decision), then to carry it out.
+"""
 
 from __future__ import annotations
 
+import json
+import posixpath
+
 from kohyawrap.errors import HostError
-from kohyawrap.hosts.base import Host
+from kohyawrap.hosts.base import Host, sh
+from kohyawrap.launcher import watchdog
+from kohyawrap.launcher.manifest import FinishRecord
 from kohyawrap.launcher.report import Reporter
+from kohyawrap.launcher.runplan import RunPlan
+from kohyawrap.launcher.scripts import parse_kv
 
-# RunPod keeps RUNPOD_POD_ID in /etc/rp_environment (sourced only by interactive shells).
-SHUTDOWN = (
-    "[ -f /etc/rp_environment ] && . /etc/rp_environment; "
-    'if command -v runpodctl >/dev/null && [ -n "${RUNPOD_POD_ID:-}" ]; '
-    'then runpodctl stop pod "$RUNPOD_POD_ID"; '
-    "else sudo -n shutdown -h now 2>/dev/null || shutdown -h now; fi"
-)
+# Actions after which the host may drop the connection: that is success, not failure.
+GOES_AWAY = ("stop", "destroy", "shutdown")
 
 
-def on_finish(host: Host, action: str, reporter: Reporter) -> None:
-    """Carry out ``--on-finish``. The caller guarantees every announced file is verified locally."""
-    if action in ("", "none"):
-        return
-    reporter.stage("finish", action)
-    if action == "shutdown":
-        reporter.info("shutting the host down (--on-finish shutdown)")
-        command = SHUTDOWN
-    else:
-        reporter.info(f"running the --on-finish command on the host: {action}")
-        command = action
+def _ask(host: Host, plan: RunPlan, python: str, flag: str) -> FinishRecord:
+    run = plan.layout.run_dir
+    command = f"cd {sh(run)} && " + sh(python, watchdog.SCRIPT, "finish", run, flag)
+    result = host.run(command, check=True, timeout=3900)  # a push to the Hub may come first
+    text = parse_kv(result.stdout).get("finish", "")
     try:
-        host.run(command, check=True, timeout=120)
+        record = watchdog.finish_record(json.loads(text))
+    except (ValueError, RecursionError):
+        record = None
+    if record is None:
+        raise HostError(
+            f"the host's watchdog gave no finish decision ({posixpath.join(run, watchdog.SCRIPT)})",
+            evidence=(result.stdout + result.stderr).strip().splitlines()[-5:],
+        )
+    return record
+
+
+def decide(host: Host, plan: RunPlan, python: str) -> FinishRecord:
+    """Ask the host what ``--on-finish`` may do now (decided once; later calls read it back)."""
+    watchdog.ensure_installed(host, plan)
+    return _ask(host, plan, python, "--decide")
+
+
+def act(host: Host, plan: RunPlan, python: str, record: FinishRecord, reporter: Reporter) -> str:
+    """Carry out the decision; returns the result ("ok", "failed: ...")."""
+    if record.action in ("", "none"):
+        return record.result
+    reporter.stage("finish", record.action)
+    try:
+        return _ask(host, plan, python, "--act").result
     except HostError as err:
-        # A shutdown drops our connection: that is success, not failure.
-        if action != "shutdown":
+        if record.action not in GOES_AWAY:
             raise
         reporter.info(f"the host went away as asked ({err.message})")
+        return f"ok (the connection closed: {err.message})"[:500]

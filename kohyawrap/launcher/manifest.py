@@ -130,6 +130,46 @@ class FollowState:
     last_loss: float | None = None  # sd-scripts' running average loss at that step
 
 
+# -- what the host's watchdog decided (kohyawrap/hostside/watchdog.py; read by launcher.watchdog) --
+
+
+@dataclass(frozen=True)
+class HostStop:
+    """The host's watchdog stopped the job: why, whether right after a save, and at what cost."""
+
+    reason: StopReason  # BUDGET or DEADLINE
+    graceful: bool  # right after a complete checkpoint save: nothing trained was lost
+    spent: float  # dollars when it decided (set-up included)
+    message: str
+    after: str = ""  # the checkpoint it stopped after
+    at: float = 0.0  # the host's clock
+
+
+@dataclass(frozen=True)
+class HubPush:
+    """The host pushed the checkpoints to the Hugging Face Hub (``--push-to-hub``)."""
+
+    repo: str
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 the Hub reported, = ours
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class FinishRecord:
+    """What happened to the host after the run (``--on-finish``), who decided it, and why."""
+
+    asked: str  # the --on-finish value
+    action: str  # carried out: none | stop | destroy | shutdown | command; "" = refused
+    message: str
+    by: str  # laptop | watchdog
+    provider: str = "none"  # runpod | vast | none
+    safe: bool = False  # every checkpoint verified on a laptop or on the Hub
+    safe_by: str = ""
+    missing: tuple[str, ...] = ()  # checkpoints that were not safe, with why
+    result: str = ""  # ok | failed: ... | pending | started
+    at: float = 0.0  # the host's clock
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Git state of the local inputs, when they live in a git repository (reproducibility)."""
@@ -166,6 +206,9 @@ class RunManifest:
     error: str | None = None
     stop_reason: StopReason | None = None
     provenance: tuple[Provenance, ...] = ()
+    host_stop: HostStop | None = None  # the host's watchdog stopped the job
+    hub: HubPush | None = None  # the host pushed the checkpoints to the Hub
+    finish: FinishRecord | None = None  # what happened to the host after the run
 
     @property
     def remote_run_dir(self) -> str:
@@ -206,6 +249,9 @@ class RunManifest:
             "error": self.error,
             "stop_reason": self.stop_reason.value if self.stop_reason else None,
             "provenance": [asdict(p) for p in self.provenance],
+            "host_stop": _opt(self.host_stop),
+            "hub": _opt(self.hub),
+            "finish": _opt(self.finish),
         }
 
     @classmethod
@@ -270,7 +316,22 @@ def _from_current(data: dict[str, Any]) -> RunManifest:
         error=data.get("error"),
         stop_reason=StopReason(data["stop_reason"]) if data.get("stop_reason") else None,
         provenance=tuple(Provenance(**p) for p in data.get("provenance") or ()),
+        host_stop=_host_stop(data.get("host_stop")),
+        hub=_maybe(HubPush, data.get("hub")),
+        finish=_finish(data.get("finish")),
     )
+
+
+def _host_stop(value: Any) -> HostStop | None:
+    if value is None:
+        return None
+    return HostStop(**{**value, "reason": StopReason(value["reason"])})
+
+
+def _finish(value: Any) -> FinishRecord | None:
+    if value is None:
+        return None
+    return FinishRecord(**{**value, "missing": tuple(value.get("missing") or ())})
 
 
 def _maybe(kind: Any, value: Any) -> Any:

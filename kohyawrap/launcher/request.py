@@ -13,11 +13,13 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kohyawrap.errors import HostError, UsageError
 from kohyawrap.hosts.facts import HostFacts
 from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.layout import RemoteLayout, make_run_id
+from kohyawrap.launcher.money import check_money
 from kohyawrap.launcher.runplan import (
     ModelSource,
     MoneyOptions,
@@ -26,6 +28,9 @@ from kohyawrap.launcher.runplan import (
 )
 from kohyawrap.models import RunSpec
 from kohyawrap.names import check_output_name, slug
+
+if TYPE_CHECKING:
+    from kohyawrap.forecast import Forecast
 
 # The single-file checkpoints people mean when they name these repos.
 KNOWN_FILES = {
@@ -80,6 +85,7 @@ def check_request(request: TrainRequest) -> TrainRequest:
     """Refuse what can never work, before anything is contacted; the request with the name
     normalised."""
     name = check_output_name(request.spec.output_name)
+    check_money(request.money)
     for key, _ in request.spec.overrides:
         if key in RUN_MANAGED:
             raise UsageError(
@@ -276,6 +282,7 @@ def build_run_plan(
     )
     if not request.force and not spec.smoke:
         require_fit(forecast, force_hint="--force to try anyway")
+        _require_budget(forecast, request, host_spec, tdir)
     run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
     return RunPlan(
         run_id=run_id,
@@ -293,4 +300,57 @@ def build_run_plan(
         money=replace(request.money, price_per_hour=forecast.estimate.price_per_hour),
         smoke=spec.smoke,
         pull_state=request.pull_state,
+        notes=money_notes(request.money, forecast, facts),
     )
+
+
+def _require_budget(forecast: Forecast, request: TrainRequest, spec: RunSpec, tdir: Any) -> None:
+    """``--max-dollars`` below the prediction: refused, naming the cheapest preset that fits."""
+    from kohyawrap.forecast import compare_forecasts, require_budget
+
+    if request.money.max_dollars is None or forecast.estimate.dollars <= request.money.max_dollars:
+        return
+    others = compare_forecasts(
+        spec, tdir, bandwidth_mbps=request.bandwidth_mbps, setup=forecast.setup
+    )
+    require_budget(
+        forecast,
+        request.money.max_dollars,
+        others,
+        force_hint=" (--force starts it anyway: the limit still stops it)",
+    )
+
+
+def money_notes(
+    money: MoneyOptions, forecast: Forecast, facts: HostFacts | None
+) -> tuple[str, ...]:
+    """What the plan says about money beyond the estimate: each finish choice's cost, and the
+    traps (a limit with nothing saved before the end, a stopped Vast.ai disk)."""
+    from kohyawrap.launcher.money import finish_note, provider_of
+    from kohyawrap.presets import load_catalog
+
+    rules = load_catalog().rules
+    provider = provider_of(money, facts) if facts is not None else money.provider
+    disk = (facts.disk_total_bytes or 0) / 1e9 if facts is not None else 0.0
+    notes = [
+        finish_note(
+            provider,
+            forecast.estimate.price_per_hour,
+            disk or rules.number("typical_disk_gb"),
+            rules,
+        )
+    ]
+    settings = forecast.rendered.settings
+    if (money.max_dollars or money.max_hours) and not (
+        settings.get("save_every_n_epochs") or settings.get("save_every_n_steps")
+    ):
+        notes.append(
+            "no checkpoint is saved before the end (no save_every_n_epochs / save_every_n_steps): "
+            "a --max-dollars or --max-hours stop would keep nothing"
+        )
+    if provider == "vast" and money.on_finish == "stop":
+        notes.append(
+            "a stopped Vast.ai instance still bills its disk: --on-finish destroy is the "
+            "money-saving choice (refused until every checkpoint is safe)"
+        )
+    return tuple(notes)

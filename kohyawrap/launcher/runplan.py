@@ -59,7 +59,11 @@ class MoneyOptions:
     price_per_hour: float | None = None  # None = the GPU preset's typical price
     max_dollars: float | None = None
     max_hours: float | None = None  # counted from the launch, on the host and on the laptop
-    on_finish: str = "none"  # none | shutdown | a shell command, after every file is verified
+    on_finish: str = "none"  # none | stop | destroy | shutdown | a shell command (docs/money.md)
+    idle_minutes: float = 30.0  # the host finishes by itself when no laptop did by then
+    provider: str = "auto"  # auto | runpod | vast | none: who rents the host
+    push_to_hub: str = ""  # "user/repo": the host pushes the checkpoints there
+    hub_private: bool = True
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,6 @@ def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) ->
         python=python,
         hf_home=posixpath.join(plan.layout.models, "hf"),
         accelerate_args=list(plan.rendered.accelerate_args),
-        max_seconds=int(plan.money.max_hours * 3600) if plan.money.max_hours else 0,
         script=posixpath.join(sd_scripts, plan.rendered.script),
     )
     host.put_bytes(wrapper.encode(), plan.layout.in_run("run.sh"), mode=0o755)

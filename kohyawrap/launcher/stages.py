@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from kohyawrap.clock import Clock, Timings
+from kohyawrap.errors import HostError
 from kohyawrap.hosts.base import Host
-from kohyawrap.launcher import job, setup
+from kohyawrap.launcher import finish, job, setup, watchdog
 from kohyawrap.launcher.budget import Budget
-from kohyawrap.launcher.fetch import Puller
-from kohyawrap.launcher.finish import on_finish
+from kohyawrap.launcher.fetch import Puller, is_checkpoint
 from kohyawrap.launcher.follow import Follower
 from kohyawrap.launcher.manifest import (
     Cost,
@@ -164,6 +164,7 @@ def _upload(s: RunSession) -> None:
 def _train(s: RunSession) -> None:
     plan = s.manifest.plan
     s.reporter.stage("train", f"{plan.rendered.script} on {s.host.label}")
+    _install_watchdog(s)
     pid = s.reconnector.call(
         lambda: job.launch(s.host, plan.layout.run_dir, s.clock), "checking the launch"
     )
@@ -173,6 +174,22 @@ def _train(s: RunSession) -> None:
     names = s.reconnector.call(lambda: setup.packages(s.host, python), "reading the packages")
     if s.manifest.environment is not None:
         s.update(environment=replace(s.manifest.environment, packages=names))
+
+
+def _install_watchdog(s: RunSession) -> None:
+    """The host's own money guard, told what the set-up cost so far (run.sh starts it)."""
+    m = s.manifest
+    spent = budget_of(m, s.clock).spent(s.clock.now())
+    s.reconnector.call(
+        lambda: watchdog.install(
+            s.host,
+            m.plan,
+            spent_before_launch=spent,
+            poll_seconds=s.options.poll_seconds,
+            hf_token=s.hf_token,
+        ),
+        "installing the watchdog",
+    )
 
 
 def budget_of(m: RunManifest, clock: Clock) -> Budget:
@@ -232,8 +249,14 @@ def _record_end(s: RunSession, ended: job.JobExit, follower: Follower) -> None:
     m = s.manifest
     launched = m.launched_at if m.launched_at is not None else s.clock.now()
     finished = launched + ended.seconds if ended.seconds is not None else s.clock.now()
+    report = s.reconnector.call(
+        lambda: watchdog.read_report(s.host, m.remote_run_dir), "reading the watchdog's record"
+    )
     reason = follower.stop_reason
-    if reason is None and ended.deadline:
+    if reason is None and report.stop is not None:
+        reason = report.stop.reason  # the host acted first (it always should)
+        s.reporter.info(f"the host stopped the training: {report.stop.message}")
+    elif reason is None and ended.deadline:
         reason = StopReason.DEADLINE
     elif reason is None and ended.stop_requested:
         reason = StopReason.MANUAL
@@ -246,7 +269,10 @@ def _record_end(s: RunSession, ended: job.JobExit, follower: Follower) -> None:
         finished_at=finished,
         stop_reason=reason,
         failure=failure,
-        error=follower.stop_message or m.error,
+        error=follower.stop_message or (report.stop.message if report.stop else "") or m.error,
+        host_stop=report.stop,
+        hub=report.hub or m.hub,
+        finish=report.finish or m.finish,
         cost=Cost(
             estimated=m.plan.estimate.dollars,
             actual=round(budget.spent(finished), 4),
@@ -283,18 +309,50 @@ def verdict(m: RunManifest) -> RunStatus:
     return RunStatus.FINISHED
 
 
+def finishable(m: RunManifest) -> str | None:
+    """Why ``--on-finish`` must wait for now (None: the laptop carries it out now)."""
+    # A run that a limit ended is done too: spending should stop with it.
+    limit = m.status is RunStatus.STOPPED and m.stop_reason in (
+        StopReason.BUDGET,
+        StopReason.DEADLINE,
+    )
+    if m.status is not RunStatus.FINISHED and not limit:
+        return f"the run is {m.status.value}"
+    if m.missing():
+        return f"{len(m.missing())} checkpoint(s) are not on the laptop"
+    return None
+
+
 def _finish(s: RunSession) -> None:
     m = s.manifest
     action = m.plan.money.on_finish
-    if action in ("", "none"):
+    if action in ("", "none") or (m.finish is not None and m.finish.result != "pending"):
         return
-    if m.status is not RunStatus.FINISHED or m.missing():
+    waiting = finishable(m)
+    if waiting is not None:
         s.reporter.info(
-            f"--on-finish {action!r} not carried out: the run is {m.status.value}"
-            + (f", {len(m.missing())} checkpoint(s) not on the laptop" if m.missing() else "")
+            f"--on-finish {action!r} not carried out here: {waiting}; the host's watchdog carries "
+            f"it out after {m.plan.money.idle_minutes:g} idle minutes, if every checkpoint is safe"
         )
         return
-    on_finish(s.host, action, s.reporter)
+    _, python = _environment(s)
+    checkpoints = {rel: f for rel, f in m.pulled.items() if is_checkpoint(rel)}
+    s.reconnector.call(
+        lambda: watchdog.ensure_receipts(s.host, m.remote_run_dir, checkpoints),
+        "leaving the receipts",
+    )
+    record = s.reconnector.call(
+        lambda: finish.decide(s.host, m.plan, python), "asking the host again"
+    )
+    s.reporter.info(record.message)
+    s.update(finish=record)
+    result = finish.act(s.host, m.plan, python, record, s.reporter)
+    s.update(finish=replace(record, result=result))
+    if result.startswith("failed"):
+        raise HostError(
+            f"--on-finish {record.action} failed on the host: {result}",
+            hint="the host may still be running (and billing): stop it yourself",
+        )
 
 
 STAGES: dict[Stage, Callable[[RunSession], None]] = {

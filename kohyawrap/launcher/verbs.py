@@ -55,7 +55,8 @@ class Questions:
     """What the launcher may ask the person (the CLI answers from --yes or a terminal)."""
 
     start: Callable[[RunPlan], bool] = lambda plan: True
-    shutdown_this_machine: Callable[[str], bool] = lambda target: False
+    # --on-finish shutdown|stop|destroy on a target that looks like this machine: really?
+    finish_this_machine: Callable[[str, str], bool] = lambda target, action: False
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Launcher:
     ) -> TrainResult:
         """connect -> facts -> plan -> preflight -> confirm -> execute every stage."""
         request = check_request(request)
-        _check_finish_action(request, target, questions)
+        _check_finish_action(request, target, questions, hf_token)
         if dry_run and request.spec.gpu != "auto":
             # Nothing to ask the host: its home is shown as ~.
             plan = build_run_plan(request, target=target, home="~", now=self.now())
@@ -103,9 +104,11 @@ class Launcher:
         self.reporter.stage("connect", target)
         with _opened(target, connect) as host:
             from kohyawrap.hosts.facts import read_facts
+            from kohyawrap.launcher.money import check_provider
             from kohyawrap.launcher.setup import preflight
 
             facts = read_facts(host, request.work_dir)
+            check_provider(request.money, facts)
             timings.lap("connect")
             plan = build_run_plan(
                 request, target=target, home=host.home(), now=self.now(), facts=facts
@@ -258,15 +261,25 @@ def _opened(target: str, connect: ConnectOptions) -> Iterator[Host]:
         host.close()
 
 
-def _check_finish_action(request: TrainRequest, target: str, questions: Questions) -> None:
-    if request.money.on_finish != "shutdown" or not looks_local(target):
+def _check_finish_action(
+    request: TrainRequest, target: str, questions: Questions, hf_token: str | None
+) -> None:
+    """What ``--on-finish`` and ``--push-to-hub`` need, before connecting."""
+    from kohyawrap.launcher.money import need_token
+
+    need_token(request.money, hf_token)
+    action = request.money.on_finish
+    if action not in ("shutdown", "stop", "destroy") or not looks_local(target):
         return
-    if not questions.shutdown_this_machine(target):
+    if not questions.finish_this_machine(target, action):
         raise UsageError(
-            f"--on-finish shutdown would power off {target!r}, which looks like this machine",
-            hint="answer yes when asked (on a terminal), or leave --on-finish out and shut it "
-            "down yourself",
+            f"--on-finish {action} would {_VERB[action]} {target!r}, which looks like this machine",
+            hint="answer yes when asked (on a terminal), or leave --on-finish out and do it "
+            "yourself",
         )
+
+
+_VERB = {"shutdown": "power off", "stop": "stop", "destroy": "destroy"}
 
 
 def _local_sd_scripts(plan: RunPlan) -> SdScriptsRecord | None:
