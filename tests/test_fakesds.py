@@ -392,3 +392,65 @@ def test_fake_needs_nothing_installed(sds: Path) -> None:
     assert not (sds / "setup.py").exists()
     assert (sds / "networks" / "lora.py").is_file()
     assert (sds / "accelerate" / "commands" / "launch.py").is_file()
+
+
+def test_a_second_resume_miscounts_like_sd_scripts_unless_told_the_epoch(
+    sds: Path, run_dir: Path
+) -> None:
+    """sd-scripts restarts its step count in a resumed run, so the state that run saves holds
+    only its own steps; resuming from that alone repeats an epoch. --initial_epoch fixes it
+    (what kohyawrap passes, launcher/states.py)."""
+    three = ("--max_train_epochs", "3", "--save_state")
+    assert launch(sds, run_dir, *three)[0] == 0
+    leg2 = ("--resume", "output/demo-000001-state", "--output_dir", "out2")
+    rc, log = launch(sds, run_dir, *three, *leg2, columns="250")
+    assert rc == 0
+    assert b"load train state from output/demo-000001-state/train_state.json:" in log
+    assert of(parse(log), EpochStart) == [EpochStart(2, 3), EpochStart(3, 3)]
+    state = json.loads((run_dir / "out2" / "demo-000002-state" / "train_state.json").read_text())
+    assert state == {"current_epoch": 2, "current_step": 40}  # not 80: the leg's own count
+
+    naive = ("--resume", "out2/demo-000002-state", "--output_dir", "out3")
+    rc, log = launch(sds, run_dir, *three, *naive)
+    assert rc == 0
+    assert of(parse(log), EpochStart)[0] == EpochStart(2, 3)  # epoch 2 again: the miscount
+
+    told = (*naive[:2], "--initial_epoch", "3", "--output_dir", "out4")
+    rc, log = launch(sds, run_dir, *three, *told, columns="250")
+    assert rc == 0
+    assert of(parse(log), EpochStart) == [EpochStart(3, 3)]
+    assert b"steps from the state is ignored because initial_step is specified" in log
+    meta = read_header(run_dir / "out4" / "demo.safetensors")[1]
+    assert (meta["ss_epoch"], meta["ss_steps"]) == ("3", "40")
+
+
+def test_resume_past_the_last_epoch_is_refused_like_sd_scripts(sds: Path, run_dir: Path) -> None:
+    assert launch(sds, run_dir, "--save_state")[0] == 0
+    rc, log = launch(sds, run_dir, "--resume", "output/demo-state", "--output_dir", "o2")
+    assert rc == 1
+    assert b"max_train_steps should be greater than initial step" in log
+
+
+@pytest.fixture(scope="module")
+def small_card(fake_sdscripts: FakeSdScripts, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Out of memory above batch 2, unless gradient checkpointing is on."""
+    sha = fake_sdscripts.commit_behaviour(
+        FakeBehaviour(fail="oom", fail_at_step=1, oom_max_batch=2, oom_fixed_by_checkpointing=True)
+    )
+    return fake_sdscripts.clone(tmp_path_factory.mktemp("small") / "sd-scripts", sha)
+
+
+@pytest.mark.parametrize(
+    ("args", "fails"),
+    [
+        (("--train_batch_size", "4"), True),
+        (("--train_batch_size", "2"), False),
+        (("--train_batch_size", "4", "--gradient_checkpointing"), False),
+    ],
+)
+def test_out_of_memory_depends_on_the_settings(
+    small_card: Path, run_dir: Path, args: tuple[str, ...], fails: bool
+) -> None:
+    rc, log = launch(small_card, run_dir, *args)
+    assert (rc == 1) == fails
+    assert (b"CUDA out of memory" in log) == fails
