@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.fakesds",
     "tests.fixtures.hub",
+    "tests.fixtures.gpu",
 ]
 
 
