@@ -35,6 +35,11 @@ PURE_CORE = [
     "launcher/runplan.py",
     "launcher/manifest.py",
     "launcher/budget.py",
+    "ladder.py",
+    "slowrun.py",
+    "launcher/states.py",
+    "launcher/legs.py",
+    "launcher/installfail.py",
 ]
 WORLD = {"subprocess", "socket", "paramiko", "urllib", "http", "huggingface_hub", "git", "requests"}
 
