@@ -152,7 +152,7 @@ _LIST_STATES = """for d in {dirs}; do
   for f in "$d"/output/*-state/train_state.json; do
     [ -f "$f" ] && printf '%s\\0%s\\0' "$f" "$(head -c 4096 "$f")"
   done
-done; true"""
+done | head -c {limit}; true"""
 
 
 def host_states(host: Host, m: RunManifest, key: str) -> list[StateRef]:
@@ -165,8 +165,8 @@ def host_states(host: Host, m: RunManifest, key: str) -> list[StateRef]:
     legs = {d: n for d, n in legs.items() if d}
     if not legs:
         return []
-    out = host.run(_LIST_STATES.format(dirs=sh(*legs)), check=False, timeout=120).stdout
-    fields = out[:_MAX_LISTING].split("\0")
+    command = _LIST_STATES.format(dirs=sh(*legs), limit=_MAX_LISTING)
+    fields = host.run(command, check=False, timeout=120).stdout.split("\0")
     found = []
     for path, text in zip(fields[0::2], fields[1::2], strict=False):  # a cut-off last pair
         folder_path = posixpath.dirname(path)
@@ -191,7 +191,9 @@ def pull_state(
     leg_dir = posixpath.dirname(posixpath.dirname(ref.remote))
     own = m.pulled if ref.leg == m.leg_number else m.legs[ref.leg - 1].pulled
     puller = Puller(host, leg_run, leg_dir, reporter, dict(own), {})
-    names = host.run(f"cd {sh(ref.remote)} && find . -maxdepth 1 -type f -print0").stdout
+    names = host.run(
+        f"cd {sh(ref.remote)} && find . -maxdepth 1 -type f -print0 | head -c {_MAX_LISTING}"
+    ).stdout
     local = leg_run.checkpoints / ref.folder
     for name in sorted(n.removeprefix("./") for n in names.split("\0") if n):
         puller.pull(f"output/{ref.folder}/{name}", local)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 GPU_LOG = "gpu.log"
 GPU_TAIL_BYTES = 32_000  # the last few minutes of samples
+LISTING_BYTES = 1 << 20  # of state file names from the host (a few hundred names at most)
 _DEVICE = re.compile(rb"accelerator device: (\w+)")
 
 
@@ -117,8 +118,8 @@ class StatePuller:
 
     def pull_states(self) -> None:
         out = self.host.run(
-            f"cd {sh(self.run_dir)} && find output -mindepth 2 -maxdepth 2 -type f "
-            "-path 'output/*-state/*' -print0 2>/dev/null; true",
+            f"cd {sh(self.run_dir)} && {{ find output -mindepth 2 -maxdepth 2 -type f "
+            f"-path 'output/*-state/*' -print0 2>/dev/null | head -c {LISTING_BYTES}; }}; true",
             check=False,
             timeout=120,
         ).stdout
