@@ -123,3 +123,22 @@ def test_leg_folders_on_the_laptop(tmp_path: Path) -> None:
     assert leg.checkpoints == run.path / "checkpoints" / "leg3"
     assert leg.leg_config == run.path / "config" / "leg3"
     assert leg.manifest_path == run.manifest_path
+
+
+def test_a_state_from_a_leg_with_another_network_is_refused(plan: RunPlan) -> None:
+    from kohyawrap.errors import UsageError
+    from kohyawrap.launcher.continuing import check_state_fits, leg_settings
+    from kohyawrap.launcher.states import StateRef, TrainState
+    from kohyawrap.render import render_run
+
+    m = _manifest(plan)
+    smaller = replace(plan.spec, overrides=(*plan.spec.overrides, ("network_dim", 8)))
+    retry_plan = replace(plan, rendered=render_run(smaller))
+    leg2 = Leg(2, "retry", "root@gpu", changed={"network_dim": 8, "network_alpha": None})
+    m = begin_leg(m, leg2, retry_plan, m.host, now=T0 + 100)
+    assert leg_settings(m, 2)["network_dim"] == 8 and "network_alpha" not in leg_settings(m, 2)
+    assert leg_settings(m, 1)["network_dim"] == 16
+    old = StateRef(1, "柴犬-000001-state", "epoch", TrainState(1, 10))
+    with pytest.raises(UsageError, match="network_dim 16 there, 8 now"):
+        check_state_fits(m, old, retry_plan)
+    check_state_fits(m, replace(old, leg=2), retry_plan)  # the retry's own state fits

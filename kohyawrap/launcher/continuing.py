@@ -282,6 +282,39 @@ def changed_settings(first: RunPlan, plan: RunPlan) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+# Options that decide what a state holds: the network's tensors and the optimizer's. A state saved
+# with others cannot be loaded (an OOM retry may have changed them).
+STATE_SHAPE = (
+    "network_module", "network_dim", "network_args", "network_train_unet_only",
+    "network_train_text_encoder_only", "optimizer_type",
+)  # fmt: skip
+
+
+def leg_settings(m: RunManifest, leg: int) -> dict[str, Any]:
+    """The options leg ``leg`` trained with (the first leg's, with what the leg changed)."""
+    settings = dict(m.original_plan.rendered.settings)
+    changed = next((x.changed for x in m.legs if x.number == leg), {}) if leg > 1 else {}
+    for key, value in changed.items():
+        if value is None:
+            settings.pop(key, None)
+        else:
+            settings[key] = value
+    return settings
+
+
+def check_state_fits(m: RunManifest, ref: StateRef, plan: RunPlan) -> None:
+    """Refuse a state saved with a different network or optimizer than the next leg's."""
+    saved, wanted = leg_settings(m, ref.leg), plan.rendered.settings
+    differ = [k for k in STATE_SHAPE if saved.get(k) != wanted.get(k)]
+    if differ:
+        pairs = ", ".join(f"{k} {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differ)
+        raise UsageError(
+            f"the newest state ({ref.label}) was saved with other settings: {pairs}",
+            hint="it cannot be loaded into this network or optimizer; start again with the "
+            "settings that fit: `kohyawrap reproduce RUN --run HOST`, or a new `train`",
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Putting the state beside the new leg
 

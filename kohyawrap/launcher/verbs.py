@@ -361,6 +361,7 @@ class Launcher:
             price=c.money_for(m, same, request.price),
             pull_state=request.pull_state or None,
         )
+        c.check_state_fits(m, ref, plan)
         preflight(host, plan, facts, self.reporter, force=request.force or plan.smoke)
         on_plan(plan, ref)
         if not questions.start(plan):
