@@ -454,3 +454,46 @@ def test_out_of_memory_depends_on_the_settings(
     rc, log = launch(small_card, run_dir, *args)
     assert (rc == 1) == fails
     assert (b"CUDA out of memory" in log) == fails
+
+
+CHAIN = DATA / "resume_chain"
+
+
+def _chain_facts(log: bytes) -> tuple[list[EpochStart], tuple[int, int], list[str]]:
+    events = parse(log)
+    last = of(events, Progress)[-1]
+    text = log.decode("utf-8", "replace")
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.startswith(("load train state", "save train state", "steps from the state"))
+    ]
+    return of(events, EpochStart), (last.step, last.total), lines
+
+
+def test_the_resume_chain_matches_the_real_one(sds: Path, tmp_path: Path) -> None:
+    """The fake, run through the same chain as tests/data/sdscripts/resume_chain, prints the same
+    epochs, step counts and train-state lines as the real sd-scripts did."""
+    run = tmp_path / "chain"
+    concept = run / "train" / "1_sks thing"
+    concept.mkdir(parents=True)
+    for i, color in enumerate(["red", "blue"]):
+        Image.new("RGB", (64, 64), color).save(concept / f"img{i}.png")
+        (concept / f"img{i}.txt").write_text(f"sks thing, {color}\n")
+    (run / "config.toml").write_text((CHAIN / "config.toml").read_text())
+    legs = {
+        "leg1": (),
+        "leg2": ("--resume", "output/demo-000001-state", "--output_dir", "out2", "--logging_dir",
+                 "logs2"),
+        "leg3naive": ("--resume", "out2/demo-000002-state", "--output_dir", "out3"),
+        "leg3told": ("--resume", "out2/demo-000002-state", "--initial_epoch", "3", "--output_dir",
+                     "out4"),
+    }  # fmt: skip
+    for name, args in legs.items():
+        rc, log = launch(sds, run, *args)
+        assert rc == 0, log.decode()[-2000:]
+        assert _chain_facts(log) == _chain_facts((CHAIN / f"{name}.log").read_bytes()), name
+    for leg, folder in (("leg1", "output"), ("leg2", "out2")):
+        real = json.loads((CHAIN / f"train_state_{leg}_demo-000002-state.json").read_text())
+        fake = json.loads((run / folder / "demo-000002-state" / "train_state.json").read_text())
+        assert fake == real, leg
