@@ -151,7 +151,10 @@ def resolve_device(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
 # listings; SD2.1 ~5.2 GB).
 MODEL_GB = {"sd15": 4.3, "sd2": 5.3, "sdxl": 7.0}
 VENV_GB = 6.0  # torch + CUDA wheels unpacked (~5 GB) plus sd-scripts' requirements
-OUTPUT_GB = 1.0  # checkpoints, states and logs of one LoRA run
+# Checkpoints, training states and logs of one LoRA run. Estimate: an SDXL dim-32 state holds the
+# network in float32 (~0.35 GB) and the optimizer's moments (~0.2 GB 8-bit, ~0.7 GB AdamW); the
+# default keeps 2 states plus the final one (--keep-states).
+OUTPUT_GB = 3.0
 
 
 def disk_needed_gb(plan: RunPlan, *, model_present: bool, venv_present: bool) -> float:
