@@ -242,6 +242,9 @@ def test_extend_a_finished_run(world: Env, fake_sdscripts: FakeSdScripts) -> Non
     assert read_header(run / "checkpoints" / "leg2" / "demo.safetensors")[1]["ss_epoch"] == "4"
     assert final.read_bytes() == before, "the first leg's LoRA is kept as it was"
     assert "copied on the host" in result.stderr
+    listed = kohyawrap(world, "runs", "list", "--runs-dir", str(world.runs), "--json")
+    (row,) = json.loads(listed.stdout)
+    assert (row["status"], row["legs"], row["checkpoints"]) == ("finished", 2, 4)
 
 
 def _without_batch(args: list[str]) -> list[str]:

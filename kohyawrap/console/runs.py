@@ -38,6 +38,8 @@ def _date(m: RunManifest) -> str:
 
 def run_row(entry: RunEntry) -> dict[str, Any]:
     """One run as the data of a table row (``runs list --json``)."""
+    from kohyawrap.launcher.legs import pulled_everywhere
+
     m = entry.manifest
     if m is None:
         return {"run_id": entry.run.run_id, "status": "broken", "why": entry.problem}
@@ -49,8 +51,13 @@ def run_row(entry: RunEntry) -> dict[str, Any]:
         "target": m.host.target,
         "gpu": m.plan.spec.gpu,
         "steps": m.plan.estimate.steps,
-        "checkpoints": sum(1 for f in m.pulled.values() if f.path.startswith("checkpoints/")),
+        "checkpoints": sum(
+            1
+            for f in pulled_everywhere(m).values()
+            if f.path.startswith("checkpoints/") and "-state/" not in f.path
+        ),
         "cost": m.cost.actual if m.cost else None,
+        "legs": m.leg_number,
     }
 
 
