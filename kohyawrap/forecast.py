@@ -448,7 +448,10 @@ def build_forecast(
     stages = _stages(inputs, steps, per_step, bandwidth, setup)
     vram = vram_parts(model, options)
     price = price_per_hour if price_per_hour is not None else gpu.price_per_hour
-    estimate = _estimate(gpu, steps, stages, vram, price, catalog.rules)
+    estimate = replace(
+        _estimate(gpu, steps, stages, vram, price, catalog.rules),
+        seconds_per_step=round(per_step[0], 4),
+    )
     estimate = replace(estimate, notes=(*estimate.notes, *_estimate_notes(gpu, model)))
     basis = "--price" if price_per_hour is not None else f"typical price in {gpu.path}"
     return Forecast(rendered, estimate, steps, stages, vram, gpu.title, per_step[0], basis, setup)

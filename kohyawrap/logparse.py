@@ -226,8 +226,11 @@ _BLOCK_FIELDS = {
 _ACCELERATE_DEFAULTS = "The following values were not passed to `accelerate launch`"
 # Plain lines worth showing when console_log_simple hides the level (rich shows WARNING itself).
 _PLAIN_WARNINGS = re.compile(r"ignore directory without repeats|No caption file found for")
-# Warnings every run without regularisation images prints: not worth a user's attention.
-_BENIGN_WARNINGS = re.compile(r"^no regularization images")
+# Warnings every run without regularisation images prints, and every leg kohyawrap resumes (it
+# passes initial_epoch on purpose: states.py): not worth a user's attention.
+_BENIGN_WARNINGS = re.compile(
+    r"^no regularization images|^steps from the state is ignored because initial_step"
+)
 _NO_DATA = re.compile(r"No data found\b")
 
 
@@ -520,20 +523,74 @@ def _oom_hint(m: re.Match[str], s: Mapping[str, Any], lines: list[str]) -> str:
     return "the GPU ran out of memory; try, in this order: " + "; ".join(steps[:3])
 
 
-def _nan_hint(s: Mapping[str, Any]) -> str:
-    tips = []
+# Optimizers that pick their own step size: a learning rate near 1.0 is how they are used.
+_ADAPTIVE_OPTIMIZERS = ("prodigy", "dadapt")
+# estimate: the presets use 1e-4 to 5e-4 (field_notes §2: "1e-4 common, 1e-5 if burning");
+# ten times the usual is where a LoRA's loss starts to blow up.
+_HIGH_LEARNING_RATE = 1e-3
+# Options only sdxl_train_network.py has (config_file_semantics.md §5): an SDXL run's settings.
+_SDXL_ONLY = ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
+              "disable_mmap_load_safetensors")  # fmt: skip
+
+
+def _learning_rate(s: Mapping[str, Any]) -> tuple[str, float] | None:
     for key in ("unet_lr", "learning_rate"):
         lr = s.get(key)
         if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0:
-            tips.append(f"lower the learning rate (--set {key}={lr / 2:g}, now {lr:g})")
-            break
+            return key, float(lr)
+    return None
+
+
+def _nan_causes(s: Mapping[str, Any]) -> list[str]:
+    """The likely causes of a NaN loss in these settings, most likely first, each with its fix."""
+    causes = []
+    optimizer = str(s.get("optimizer_type") or "AdamW").lower()
+    fp16 = s.get("mixed_precision") == "fp16" or bool(s.get("full_fp16"))
+    if fp16 and optimizer.startswith("prodigy"):
+        causes.append(
+            "Prodigy with fp16, a known NaN source (field notes §2): --set mixed_precision=bf16 "
+            "where the GPU has bf16, or --set optimizer_type=AdamW8bit"
+        )
+    if fp16 and any(key in s for key in _SDXL_ONLY) and not s.get("no_half_vae"):
+        causes.append(
+            "SDXL in fp16 without no_half_vae: SDXL's VAE overflows in fp16 "
+            "(sd-scripts docs/sdxl_train_network.md): --set no_half_vae=true"
+        )
+    rate = _learning_rate(s)
+    if rate is not None and not optimizer.startswith(_ADAPTIVE_OPTIMIZERS):
+        key, lr = rate
+        if lr >= _HIGH_LEARNING_RATE:
+            causes.append(
+                f"a learning rate too high for {s.get('optimizer_type') or 'AdamW'} ({key}={lr:g};"
+                f" the presets use 1e-4 to 5e-4): --set {key}={lr / 10:g}"
+            )
+    return causes
+
+
+def _nan_tips(s: Mapping[str, Any]) -> list[str]:
+    """What else to try when nothing in the settings stands out."""
+    tips = []
+    rate = _learning_rate(s)
+    if rate is not None:
+        key, lr = rate
+        tips.append(f"lower the learning rate (--set {key}={lr / 2:g}, now {lr:g})")
     else:
         tips.append("lower the learning rate")
     if s.get("mixed_precision") in ("fp16", None):
         tips.append("use --set mixed_precision=bf16 where the GPU supports it (fp16 overflows)")
     if s.get("mixed_precision") in ("fp16", None) and not s.get("no_half_vae"):
         tips.append("for SDXL in fp16 --set no_half_vae=true")
-    return "the loss became NaN, so the LoRA is ruined: " + "; ".join(tips)
+    return tips
+
+
+def _nan_hint(s: Mapping[str, Any]) -> str:
+    causes, tips = _nan_causes(s), _nan_tips(s)
+    if not causes:
+        return "the loss became NaN, so the LoRA is ruined: " + "; ".join(tips)
+    others = causes[1:] + tips
+    return f"the loss became NaN, so the LoRA is ruined; likely cause: {causes[0]}" + (
+        f" (else: {'; '.join(others)})" if others else ""
+    )
 
 
 def _nan_failure(line: str, settings: Mapping[str, Any]) -> Failure:
@@ -609,6 +666,19 @@ def _nan_sig_hint(m: re.Match[str], s: Mapping[str, Any], lines: list[str]) -> s
     return _nan_hint(s)
 
 
+def _cuda_hint(m: re.Match[str], s: Mapping[str, Any], lines: list[str]) -> str:
+    if m["bnb"]:
+        return (
+            "bitsandbytes does not match the host's CUDA: install one built for it in the run's"
+            " environment (pip install -U bitsandbytes), or --set optimizer_type=AdamW"
+        )
+    return (
+        "the host's NVIDIA driver is older than the CUDA the torch wheels were built for: choose"
+        " wheels for the driver's CUDA with --torch-spec (`kohyawrap hosts check` shows it; e.g."
+        " .../whl/cu121 for a CUDA 12.1-12.3 driver), or rent a host with a newer driver"
+    )
+
+
 @dataclass(frozen=True)
 class _Signature:
     kind: FailureKind
@@ -625,6 +695,15 @@ _SIGNATURES = (
     ),
     _Signature(
         "disk", re.compile(r"No space left on device|\[Errno 28\]|Disk quota exceeded"), _disk_hint
+    ),
+    _Signature(
+        "cuda",
+        re.compile(
+            r"(?P<bnb>libbitsandbytes_cuda\d*\S*\.so|bitsandbytes was compiled without GPU support"
+            r"|CUDA Setup failed despite GPU being available)"
+            r"|The NVIDIA driver on your system is too old"
+        ),
+        _cuda_hint,
     ),
     _Signature(
         "import",

@@ -141,7 +141,9 @@ class LogWarning:
     message: str
 
 
-FailureKind = Literal["oom", "nan", "import", "disk", "no_data", "model_load", "config", "other"]
+FailureKind = Literal[
+    "oom", "nan", "import", "disk", "no_data", "model_load", "config", "cuda", "other"
+]
 
 
 @dataclass(frozen=True)
@@ -172,3 +174,4 @@ class Estimate:
     price_per_hour: float
     dollars: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    seconds_per_step: float = 0.0  # the preset's speed for these settings (0: not recorded)

@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.fakesds",
     "tests.fixtures.hub",
     "tests.fixtures.runs",
+    "tests.fixtures.gpu",
 ]
 
 

@@ -38,6 +38,11 @@ PURE_CORE = [
     "launcher/runplan.py",
     "launcher/manifest.py",
     "launcher/budget.py",
+    "ladder.py",
+    "slowrun.py",
+    "launcher/states.py",
+    "launcher/legs.py",
+    "launcher/installfail.py",
 ]
 WORLD = {"subprocess", "socket", "paramiko", "urllib", "http", "huggingface_hub", "git", "requests"}
 # Adapters over these live outside the pure core (dataset/imaging.py, dataset/tagger.py).

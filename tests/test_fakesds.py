@@ -506,3 +506,108 @@ def test_chroma_asserts_the_t5_attention_mask(sds: Path, run_dir: Path) -> None:
     config.write_text(text.replace("apply_t5_attn_mask = true", "apply_t5_attn_mask = false"))
     rc, log = launch(sds, run_dir, script="flux_train_network.py")
     assert rc != 0 and b"AssertionError: apply_t5_attn_mask must be True for Chroma" in log
+
+
+def test_a_second_resume_miscounts_like_sd_scripts_unless_told_the_epoch(
+    sds: Path, run_dir: Path
+) -> None:
+    """sd-scripts restarts its step count in a resumed run, so the state that run saves holds
+    only its own steps; resuming from that alone repeats an epoch. --initial_epoch fixes it
+    (what kohyawrap passes, launcher/states.py)."""
+    three = ("--max_train_epochs", "3", "--save_state")
+    assert launch(sds, run_dir, *three)[0] == 0
+    leg2 = ("--resume", "output/demo-000001-state", "--output_dir", "out2")
+    rc, log = launch(sds, run_dir, *three, *leg2, columns="250")
+    assert rc == 0
+    assert b"load train state from output/demo-000001-state/train_state.json:" in log
+    assert of(parse(log), EpochStart) == [EpochStart(2, 3), EpochStart(3, 3)]
+    state = json.loads((run_dir / "out2" / "demo-000002-state" / "train_state.json").read_text())
+    assert state == {"current_epoch": 2, "current_step": 40}  # not 80: the leg's own count
+
+    naive = ("--resume", "out2/demo-000002-state", "--output_dir", "out3")
+    rc, log = launch(sds, run_dir, *three, *naive)
+    assert rc == 0
+    assert of(parse(log), EpochStart)[0] == EpochStart(2, 3)  # epoch 2 again: the miscount
+
+    told = (*naive[:2], "--initial_epoch", "3", "--output_dir", "out4")
+    rc, log = launch(sds, run_dir, *three, *told, columns="250")
+    assert rc == 0
+    assert of(parse(log), EpochStart) == [EpochStart(3, 3)]
+    assert b"steps from the state is ignored because initial_step is specified" in log
+    meta = read_header(run_dir / "out4" / "demo.safetensors")[1]
+    assert (meta["ss_epoch"], meta["ss_steps"]) == ("3", "40")
+
+
+def test_resume_past_the_last_epoch_is_refused_like_sd_scripts(sds: Path, run_dir: Path) -> None:
+    assert launch(sds, run_dir, "--save_state")[0] == 0
+    rc, log = launch(sds, run_dir, "--resume", "output/demo-state", "--output_dir", "o2")
+    assert rc == 1
+    assert b"max_train_steps should be greater than initial step" in log
+
+
+@pytest.fixture(scope="module")
+def small_card(fake_sdscripts: FakeSdScripts, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Out of memory above batch 2, unless gradient checkpointing is on."""
+    sha = fake_sdscripts.commit_behaviour(
+        FakeBehaviour(fail="oom", fail_at_step=1, oom_max_batch=2, oom_fixed_by_checkpointing=True)
+    )
+    return fake_sdscripts.clone(tmp_path_factory.mktemp("small") / "sd-scripts", sha)
+
+
+@pytest.mark.parametrize(
+    ("args", "fails"),
+    [
+        (("--train_batch_size", "4"), True),
+        (("--train_batch_size", "2"), False),
+        (("--train_batch_size", "4", "--gradient_checkpointing"), False),
+    ],
+)
+def test_out_of_memory_depends_on_the_settings(
+    small_card: Path, run_dir: Path, args: tuple[str, ...], fails: bool
+) -> None:
+    rc, log = launch(small_card, run_dir, *args)
+    assert (rc == 1) == fails
+    assert (b"CUDA out of memory" in log) == fails
+
+
+CHAIN = DATA / "resume_chain"
+
+
+def _chain_facts(log: bytes) -> tuple[list[EpochStart], tuple[int, int], list[str]]:
+    events = parse(log)
+    last = of(events, Progress)[-1]
+    text = log.decode("utf-8", "replace")
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.startswith(("load train state", "save train state", "steps from the state"))
+    ]
+    return of(events, EpochStart), (last.step, last.total), lines
+
+
+def test_the_resume_chain_matches_the_real_one(sds: Path, tmp_path: Path) -> None:
+    """The fake, run through the same chain as tests/data/sdscripts/resume_chain, prints the same
+    epochs, step counts and train-state lines as the real sd-scripts did."""
+    run = tmp_path / "chain"
+    concept = run / "train" / "1_sks thing"
+    concept.mkdir(parents=True)
+    for i, color in enumerate(["red", "blue"]):
+        Image.new("RGB", (64, 64), color).save(concept / f"img{i}.png")
+        (concept / f"img{i}.txt").write_text(f"sks thing, {color}\n")
+    (run / "config.toml").write_text((CHAIN / "config.toml").read_text())
+    legs = {
+        "leg1": (),
+        "leg2": ("--resume", "output/demo-000001-state", "--output_dir", "out2", "--logging_dir",
+                 "logs2"),
+        "leg3naive": ("--resume", "out2/demo-000002-state", "--output_dir", "out3"),
+        "leg3told": ("--resume", "out2/demo-000002-state", "--initial_epoch", "3", "--output_dir",
+                     "out4"),
+    }  # fmt: skip
+    for name, args in legs.items():
+        rc, log = launch(sds, run, *args)
+        assert rc == 0, log.decode()[-2000:]
+        assert _chain_facts(log) == _chain_facts((CHAIN / f"{name}.log").read_bytes()), name
+    for leg, folder in (("leg1", "output"), ("leg2", "out2")):
+        real = json.loads((CHAIN / f"train_state_{leg}_demo-000002-state.json").read_text())
+        fake = json.loads((run / folder / "demo-000002-state" / "train_state.json").read_text())
+        assert fake == real, leg

@@ -150,7 +150,7 @@ def test_failing_run_is_diagnosed_and_partial_checkpoints_pulled(
     world: Env, fake_sdscripts: FakeSdScripts
 ) -> None:
     commit = fake_sdscripts.commit_behaviour(FakeBehaviour(fail="oom", fail_at_step=45))
-    result = kohyawrap(world, *train_args(world, fake_sdscripts, commit))
+    result = kohyawrap(world, *train_args(world, fake_sdscripts, commit), "--retry-oom", "0")
     assert result.returncode == 4, result.stderr
     assert "out of memory" in result.stderr.lower()
     assert "train_batch_size" in result.stderr or "gradient_checkpointing" in result.stderr

@@ -65,6 +65,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "pull",
         "Fetch (and verify) a run's checkpoints, logs and TensorBoard files.",
     ),
+    "resume": (
+        "kohyawrap.cli.resume",
+        "resume",
+        "Continue a stopped or lost run from its newest training state, here or on a new host.",
+    ),
+    "extend": (
+        "kohyawrap.cli.resume",
+        "extend",
+        "Train a finished run for more epochs, from its final training state.",
+    ),
     "reproduce": (
         "kohyawrap.cli.runs",
         "reproduce",

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from kohyawrap.hosts.connect import ConnectOptions
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.launcher.runplan import RunPlan
+    from kohyawrap.launcher.runstore import RunDir
     from kohyawrap.launcher.stages import FollowOptions
     from kohyawrap.launcher.verbs import Questions
 
@@ -197,6 +198,21 @@ runs_dir_option = grouped(
 
 # ---------------------------------------------------------------------------------------------
 # From options to launcher calls
+
+
+def find_run(runs_dir: Path, ref: str) -> RunDir:
+    """The run ``ref`` names; when it names several, the newest, and a note saying so."""
+    from kohyawrap.launcher.runstore import RunStore
+
+    found = RunStore(runs_dir).find(ref)
+    if found.others:
+        older = ", ".join(r.run_id for r in found.others[:5])
+        click.echo(
+            f"note: '{ref}' matches {len(found.others) + 1} runs; using the newest, "
+            f"{found.run.run_id} (also: {older})",
+            err=True,
+        )
+    return found.run
 
 
 def read_token(token_file: Path | None) -> str | None:

@@ -197,6 +197,25 @@ money_options = option_group(
 )  # fmt: skip
 
 
+def _recovery(retry_oom: int, keep_states: int) -> tuple[int, int]:
+    return retry_oom, keep_states
+
+
+recovery_options = option_group(
+    "Recovery",
+    "recovery",
+    _recovery,
+    [
+        (("--retry-oom",), {"type": click.IntRange(0, 10), "default": 2, "show_default": True,
+                            "help": "After 'CUDA out of memory', train again up to N times, each time with the "
+                            "next rung of the model's OOM ladder (presets/ladders.toml); 0: never."}),
+        (("--keep-states",), {"type": click.IntRange(0, 100), "default": 2, "show_default": True,
+                              "help": "Save the training state with each checkpoint, keeping the last N, so "
+                              "`kohyawrap resume` can continue the run; 0: no states."}),
+    ],
+)  # fmt: skip
+
+
 @click.command(cls=GroupedCommand)
 @grouped("Connection", "--host", "target", required=True,
          help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.")  # fmt: skip
@@ -206,11 +225,14 @@ money_options = option_group(
 @grouped("Host set-up", "--work-dir", default="~/kohyawrap", show_default=True,
          help="Where kohyawrap works on the host.")  # fmt: skip
 @money_options
+@recovery_options
 @follow_options
 @runs_dir_option
 @grouped("Following", "--hf-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
          help="File holding a Hugging Face token (else $HF_TOKEN).")  # fmt: skip
-@grouped("Following", "--pull-state", is_flag=True, help="Also pull --save_state folders.")
+@grouped("Following", "--pull-state", is_flag=True,
+         help="Also pull the training states, each as soon as it is saved (to resume on another "
+         "host if this one dies).")  # fmt: skip
 @click.option(
     "--force", is_flag=True, help="Go ahead even when the plan says it will not fit in VRAM."
 )
@@ -226,6 +248,7 @@ def train(
     setup: SetupOptions,
     work_dir: str,
     money: MoneyOptions,
+    recovery: tuple[int, int],
     follow: Any,
     runs_dir: Path,
     hf_token_file: Path | None,
@@ -253,11 +276,20 @@ def train(
       kohyawrap train --host root@1.2.3.4 -p 22022 --model sdxl --dataset ./training_data \\
           --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora --price 0.44 \\
           --max-dollars 3 --on-finish destroy --push-to-hub me/my_lora --yes
+      kohyawrap train --host root@1.2.3.4 --model sdxl --dataset ./training_data --name my_lora \\
+          --base-model stabilityai/stable-diffusion-xl-base-1.0 --pull-state --retry-oom 3 --keep-states 3
     """
     from dataclasses import replace
 
     request = replace(
-        what, setup=setup, money=money, work_dir=work_dir, pull_state=pull_state, force=force
+        what,
+        setup=setup,
+        money=money,
+        work_dir=work_dir,
+        pull_state=pull_state,
+        force=force,
+        retry_oom=recovery[0],
+        keep_states=recovery[1],
     )
     launch(
         request,

@@ -38,6 +38,8 @@ def _date(m: RunManifest) -> str:
 
 def run_row(entry: RunEntry) -> dict[str, Any]:
     """One run as the data of a table row (``runs list --json``)."""
+    from kohyawrap.launcher.legs import pulled_everywhere
+
     m = entry.manifest
     if m is None:
         return {"run_id": entry.run.run_id, "status": "broken", "why": entry.problem}
@@ -49,8 +51,13 @@ def run_row(entry: RunEntry) -> dict[str, Any]:
         "target": m.host.target,
         "gpu": m.plan.spec.gpu,
         "steps": m.plan.estimate.steps,
-        "checkpoints": sum(1 for f in m.pulled.values() if f.path.startswith("checkpoints/")),
+        "checkpoints": sum(
+            1
+            for f in pulled_everywhere(m).values()
+            if f.path.startswith("checkpoints/") and "-state/" not in f.path
+        ),
         "cost": m.cost.actual if m.cost else None,
+        "legs": m.leg_number,
     }
 
 
@@ -125,6 +132,9 @@ def show_run(m: RunManifest, path: Path) -> None:
         rows.append(("hint", m.failure.hint))
     elif m.error:
         rows.append(("note", m.error))
+    rows += _speed_rows(m)
+    for finding in m.follow.findings:
+        rows.append(("finding", finding.message + (f"; {finding.hint}" if finding.hint else "")))
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -132,7 +142,10 @@ def show_run(m: RunManifest, path: Path) -> None:
         table.add_row(key, escape(value))
     con = wide(200)
     con.print(table)
-    files = sorted(m.pulled.values(), key=lambda p: p.path)
+    _show_legs(m)
+    from kohyawrap.launcher.legs import pulled_everywhere
+
+    files = sorted(pulled_everywhere(m).values(), key=lambda p: p.path)
     if files:
         con.print("[bold]files[/]")
         for info in files:
@@ -143,3 +156,42 @@ def show_run(m: RunManifest, path: Path) -> None:
         con.print(
             f"  [red]missing[/] {escape(rel)}: {escape(m.follow.rejected.get(rel, 'not pulled yet'))}"
         )
+
+
+def _speed_rows(m: RunManifest) -> list[tuple[str, str]]:
+    """Measured speed and GPU use beside the preset's estimate (to recalibrate presets)."""
+    f = m.follow
+    parts = []
+    if f.sec_per_step:
+        parts.append(f"{f.sec_per_step:.3g} s/step")
+    if m.plan.estimate.seconds_per_step:
+        parts.append(f"preset estimate {m.plan.estimate.seconds_per_step:.3g} s/step")
+    if "gpu_utilization_pct" in f.measured:
+        parts.append(f"GPU busy {f.measured['gpu_utilization_pct']:.0f} %")
+    if "gpu_memory_peak_mib" in f.measured:
+        parts.append(f"peak {f.measured['gpu_memory_peak_mib']:.0f} MiB")
+    return [("speed", ", ".join(parts))] if parts else []
+
+
+def _show_legs(m: RunManifest) -> None:
+    """One line per leg when a run was resumed, extended or retried."""
+    from kohyawrap.launcher.budget import dollars
+    from kohyawrap.launcher.legs import leg_records
+
+    if len(m.legs) < 2:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("leg", "kind", "host", "steps", "status", "cost", "note"):
+        table.add_column(column)
+    for leg in leg_records(m, m.finished_at or m.started_at or 0.0):
+        steps = f"{leg.step_offset + 1}-{leg.last_step}" if leg.last_step else "-"
+        table.add_row(
+            str(leg.number),
+            leg.kind,
+            escape(leg.target),
+            steps,
+            leg.status or "-",
+            dollars(leg.dollars) if leg.dollars is not None else "-",
+            escape(leg.note or leg.resumed_from),
+        )
+    wide(200).print(table)

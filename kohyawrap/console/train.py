@@ -24,6 +24,7 @@ from kohyawrap.models import (
 if TYPE_CHECKING:
     from kohyawrap.launcher.manifest import RunManifest
     from kohyawrap.launcher.runplan import RunPlan
+    from kohyawrap.launcher.states import StateRef
 
 
 def _eta(seconds: float | None) -> str:
@@ -204,6 +205,36 @@ def show_run_plan(plan: RunPlan) -> None:
         con.print(f"[yellow]note:[/] {escape(note)}")
 
 
+def show_leg_plan(plan: RunPlan, ref: StateRef) -> None:
+    """What ``resume`` / ``extend`` is about to do: the state, the epochs, the host, the price."""
+    from rich.markup import escape
+
+    from kohyawrap.console import stderr
+    from kohyawrap.launcher.budget import dollars
+
+    settings = plan.rendered.settings
+    start, epochs = settings.get("initial_epoch"), settings.get("max_train_epochs")
+    span = f"epochs {start}-{epochs}" if epochs else f"from epoch {start}"
+    stderr().print(
+        escape(
+            f"    continuing {plan.run_id} from {ref.label}: {span} on {plan.target} "
+            f"({plan.layout.run_dir}), {dollars(plan.estimate.price_per_hour)}/h"
+        )
+    )
+
+
+def fitting_settings(m: RunManifest) -> str:
+    """The ``--set`` options an out-of-memory retry found to fit (empty when none was needed)."""
+    from kohyawrap.ladder import as_sets
+    from kohyawrap.launcher.states import RESUME_KEYS
+
+    retries = [leg for leg in m.legs if leg.kind == "retry"]
+    if not retries or m.status.value != "finished":
+        return ""
+    changed = retries[-1].changed
+    return as_sets([(k, v) for k, v in changed.items() if k not in RESUME_KEYS and v is not None])
+
+
 def show_outcome(manifest: RunManifest, path: Path) -> None:
     """How a run ended (or stands), what it cost, and where its files are."""
     from rich.markup import escape
@@ -228,6 +259,13 @@ def show_outcome(manifest: RunManifest, path: Path) -> None:
     if m.finish is not None:
         result = f" ({m.finish.result})" if m.finish.result else ""
         con.print(f"    on finish ({escape(m.finish.by)}): {escape(m.finish.message + result)}")
+    if m.leg_number > 1:
+        con.print(f"    leg {m.leg_number} ({escape(m.legs[-1].note)}) on {escape(m.host.target)}")
     for info in sorted(m.pulled.values(), key=lambda f: f.path):
-        if info.path.startswith("checkpoints/"):
+        if info.path.startswith("checkpoints/") and "-state/" not in info.path:
             con.print(f"    {escape(str(path / info.path))}")
+    for finding in m.follow.findings:
+        con.print(f"    [yellow]{escape(finding.message)}[/]")
+    fits = fitting_settings(m)
+    if fits:
+        con.print(f"    settings that fit this GPU: {escape(fits)}")

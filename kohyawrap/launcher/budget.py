@@ -41,10 +41,11 @@ class Budget:
     max_dollars: float | None = None
     max_hours: float | None = None
     grace_seconds: float = DEADLINE_GRACE_SECONDS
+    earlier_dollars: float = 0.0  # what earlier legs of the run cost (a resume, an OOM retry)
 
     def spent(self, now: float) -> float:
-        """Dollars spent so far: the price times the time since work began."""
-        return self.price_per_hour * max(0.0, now - self.started_at) / 3600
+        """Dollars spent so far: earlier legs, then the price times the time since work began."""
+        return self.earlier_dollars + self.price_per_hour * max(0.0, now - self.started_at) / 3600
 
     def hours_running(self, now: float) -> float:
         return max(0.0, now - self.launched_at) / 3600

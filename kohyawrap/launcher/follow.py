@@ -8,7 +8,9 @@ files) is handed to ``save`` after every poll; ``attach`` continues exactly from
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Protocol
 
 from kohyawrap.clock import Clock
 from kohyawrap.errors import ConnectionLost, HostError
@@ -21,11 +23,18 @@ from kohyawrap.launcher.reconnect import Reconnector
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.logparse import LogParser, readable_lines
-from kohyawrap.models import CheckpointSaved, Event, Failure, Progress
+from kohyawrap.models import CheckpointSaved, Event, Failure, Finding, Progress
 
 READ_LIMIT = 1 << 20
 TAIL_BYTES = 64_000
 RESTOP_SECONDS = 60.0  # ask again if a stopped job has not ended after this long
+
+
+class FollowHook(Protocol):
+    """Something that watches the job beside the log (GPU use, training states to pull)."""
+
+    def after_poll(self, follower: Follower, events: Sequence[Event], ended: bool) -> None:
+        """Called after each poll with its events; may raise ConnectionLost like the poll."""
 
 
 class Follower:
@@ -45,6 +54,8 @@ class Follower:
         reconnector: Reconnector,
         state: FollowState,
         poll_seconds: float = 2.0,
+        step_offset: int = 0,
+        hooks: Sequence[FollowHook] = (),
     ) -> None:
         self.host = host
         self.run = run
@@ -71,6 +82,12 @@ class Follower:
         self.stop_reason: StopReason | None = None
         self.stop_message = ""
         self.stop_asked_at: float | None = None  # monotonic, when the stop was last asked
+        # A resumed leg: sd-scripts counts its steps from 0 again; shown and kept as the run's.
+        self.step_offset = step_offset
+        self.hooks = tuple(hooks)
+        self.sec_per_step = state.sec_per_step
+        self.measured = dict(state.measured)
+        self.findings = list(state.findings)
 
     def state(self) -> FollowState:
         """What to save: enough to continue from here after a drop."""
@@ -83,7 +100,17 @@ class Follower:
             last_step=p.step if p else self.last_step,
             total_steps=p.total if p else self.total_steps,
             last_loss=p.avr_loss if p and p.avr_loss is not None else self.last_loss,
+            sec_per_step=p.sec_per_it if p and p.sec_per_it else self.sec_per_step,
+            measured=dict(self.measured),
+            findings=tuple(self.findings),
         )
+
+    def note_finding(self, finding: Finding) -> None:
+        """Record (and show, once) something noticed about the run."""
+        if any(f.code == finding.code for f in self.findings):
+            return
+        self.findings.append(finding)
+        self.reporter.info(finding.message + (f": {finding.hint}" if finding.hint else ""))
 
     # -- money -------------------------------------------------------------------------------
     def dollars_projected(self, spent: float) -> float | None:
@@ -173,12 +200,15 @@ class Follower:
     def poll_once(self) -> job.JobExit | None:
         """Read new output, pull what is ready, act on limits; the exit once the job ended."""
         ended = job.exit_status(self.host, self.run_dir)
-        for event in self._read_log():
+        events = [self._shifted(e) for e in self._read_log()]
+        for event in events:
             self._note(event)
             self._report(event)
         self.pull_ready(ended is not None)
+        for hook in self.hooks:
+            hook.after_poll(self, events, ended is not None)
         if ended is not None:
-            for event in self.parser.close():
+            for event in map(self._shifted, self.parser.close()):
                 self._note(event)
                 self._report(event)
             return ended
@@ -193,6 +223,11 @@ class Follower:
                 hint="check the host; `kohyawrap pull RUN` fetches what was saved",
             )
         return None
+
+    def _shifted(self, event: Event) -> Event:
+        if isinstance(event, Progress) and self.step_offset:
+            return replace(event, step=event.step + self.step_offset)
+        return event
 
     def run_until_exit(self, save: Callable[[], None]) -> job.JobExit:
         """Poll until the job exits; ``save`` persists the state after every poll."""

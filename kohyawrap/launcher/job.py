@@ -88,9 +88,14 @@ def _duration(started: str, ended: str) -> float | None:
 
 
 def alive(host: Host, run_dir: str) -> bool:
-    """The wrapper process still exists."""
+    """The wrapper process still exists (a zombie does not count: a container's init may be
+    slow to reap a killed job)."""
     pid_file = sh(posixpath.join(run_dir, PID_FILE))
-    return host.run(f'kill -0 "$(cat {pid_file})" 2>/dev/null', check=False, timeout=60).ok
+    command = (
+        f'p="$(cat {pid_file})" && kill -0 "$p" 2>/dev/null && '
+        """! grep -q '^[0-9]* (.*) Z' "/proc/$p/stat" 2>/dev/null"""
+    )
+    return host.run(command, check=False, timeout=60).ok
 
 
 def request_stop(host: Host, run_dir: str) -> None:

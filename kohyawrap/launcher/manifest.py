@@ -20,7 +20,7 @@ from kohyawrap.launcher.runplan import (
     RunPlan,
     SetupOptions,
 )
-from kohyawrap.models import Failure
+from kohyawrap.models import Failure, Finding
 
 SCHEMA = 2
 
@@ -128,6 +128,41 @@ class FollowState:
     last_step: int | None = None  # the last progress the log showed
     total_steps: int | None = None
     last_loss: float | None = None  # sd-scripts' running average loss at that step
+    sec_per_step: float | None = None  # measured: tqdm's mean seconds per step of this leg
+    measured: dict[str, float] = field(default_factory=dict)  # GPU use sampled on the host
+    findings: tuple[Finding, ...] = ()  # what the follower noticed (a slow run and why)
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One stretch of a run on one host: the first training, a resume, an extension or an
+    out-of-memory retry. Steps are the run's own count (sd-scripts restarts its count at 0 in
+    every resumed process; ``step_offset`` puts it back in place).
+
+    The fields from ``ended_at`` on are written when the next leg starts; until then the run's
+    own fields (exit code, follow, pulled, cost) describe the current leg.
+    """
+
+    number: int
+    kind: str  # train | resume | extend | retry
+    target: str
+    connect: dict[str, Any] = field(default_factory=dict)  # ConnectOptions.to_json()
+    remote_run_dir: str = ""
+    started_at: float | None = None  # laptop clock, when work on this leg's host began
+    step_offset: int = 0  # steps done before this leg: its first step is step_offset + 1
+    resumed_from: str = ""  # the state it continued from ("leg 1: demo-000001-state")
+    changed: dict[str, Any] = field(default_factory=dict)  # settings unlike the first leg's
+    note: str = ""  # why this leg exists, in a few words
+    price_per_hour: float | None = None
+    ended_at: float | None = None
+    last_step: int | None = None
+    status: str = ""  # the leg's verdict: finished, failed, stopped, incomplete, lost
+    exit_code: int | None = None
+    dollars: float | None = None
+    failure: str = ""
+    pulled: dict[str, PulledFile] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()  # checkpoints it announced that never reached the laptop
+    measured: dict[str, float] = field(default_factory=dict)
 
 
 # -- what the host's watchdog decided (kohyawrap/hostside/watchdog.py; read by launcher.watchdog) --
@@ -209,10 +244,32 @@ class RunManifest:
     host_stop: HostStop | None = None  # the host's watchdog stopped the job
     hub: HubPush | None = None  # the host pushed the checkpoints to the Hub
     finish: FinishRecord | None = None  # what happened to the host after the run
+    legs: tuple[Leg, ...] = ()  # every leg so far; the last one is the current (see Leg)
+    origin: RunPlan | None = None  # the first leg's plan, once a later leg runs another one
 
     @property
     def remote_run_dir(self) -> str:
         return self.plan.layout.run_dir
+
+    @property
+    def original_plan(self) -> RunPlan:
+        """The plan the run started with (what ``reproduce`` renders again)."""
+        return self.origin if self.origin is not None else self.plan
+
+    @property
+    def leg_number(self) -> int:
+        """The current leg, counted from 1 (a record without legs has one)."""
+        return max(1, len(self.legs))
+
+    @property
+    def step_offset(self) -> int:
+        """Steps done before the current leg (0 for the first)."""
+        return self.legs[-1].step_offset if self.legs else 0
+
+    @property
+    def earlier_dollars(self) -> float:
+        """What the legs before the current one cost."""
+        return sum(leg.dollars or 0.0 for leg in self.legs[:-1])
 
     def with_changes(self, **changes: Any) -> RunManifest:
         """A copy with ``changes`` applied (the record is immutable)."""
@@ -252,6 +309,8 @@ class RunManifest:
             "host_stop": _opt(self.host_stop),
             "hub": _opt(self.hub),
             "finish": _opt(self.finish),
+            "legs": [asdict(leg) for leg in self.legs],
+            "origin": self.origin.to_json() if self.origin is not None else None,
         }
 
     @classmethod
@@ -308,6 +367,9 @@ def _from_current(data: dict[str, Any]) -> RunManifest:
             last_step=_int_or_none(follow.get("last_step")),
             total_steps=_int_or_none(follow.get("total_steps")),
             last_loss=_float_or_none(follow.get("last_loss")),
+            sec_per_step=_float_or_none(follow.get("sec_per_step")),
+            measured=_numbers(follow.get("measured")),
+            findings=tuple(Finding(**f) for f in follow.get("findings") or ()),
         ),
         pulled={str(k): PulledFile(**v) for k, v in (data.get("pulled") or {}).items()},
         timings={str(k): float(v) for k, v in (data.get("timings") or {}).items()},
@@ -319,6 +381,8 @@ def _from_current(data: dict[str, Any]) -> RunManifest:
         host_stop=_host_stop(data.get("host_stop")),
         hub=_maybe(HubPush, data.get("hub")),
         finish=_finish(data.get("finish")),
+        legs=tuple(_leg(leg) for leg in data.get("legs") or ()),
+        origin=RunPlan.from_json(data["origin"]) if data.get("origin") else None,
     )
 
 
@@ -332,6 +396,23 @@ def _finish(value: Any) -> FinishRecord | None:
     if value is None:
         return None
     return FinishRecord(**{**value, "missing": tuple(value.get("missing") or ())})
+
+
+def _leg(data: dict[str, Any]) -> Leg:
+    return Leg(
+        **{
+            **data,
+            "pulled": {str(k): PulledFile(**v) for k, v in (data.get("pulled") or {}).items()},
+            "missing": tuple(str(m) for m in data.get("missing") or ()),
+            "measured": _numbers(data.get("measured")),
+            "changed": dict(data.get("changed") or {}),
+            "connect": dict(data.get("connect") or {}),
+        }
+    )
+
+
+def _numbers(value: Any) -> dict[str, float]:
+    return {str(k): float(v) for k, v in (value or {}).items()}
 
 
 def _maybe(kind: Any, value: Any) -> Any:

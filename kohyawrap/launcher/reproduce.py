@@ -12,6 +12,7 @@ from kohyawrap.errors import UsageError
 from kohyawrap.fileio import atomic_write
 from kohyawrap.launcher.manifest import RunManifest
 from kohyawrap.launcher.request import TrainRequest
+from kohyawrap.launcher.runplan import RunPlan
 from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.models import RenderedRun
 
@@ -20,7 +21,7 @@ def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> Rendere
     """Render the manifest's spec again and compare with the recorded files, byte for byte."""
     from kohyawrap.render import render_run
 
-    plan = manifest.plan
+    plan = manifest.original_plan  # a resumed or retried run is reproduced from its start
     if plan.kohyawrap_version != __version__:
         raise UsageError(
             f"run {run.run_id} was rendered by kohyawrap {plan.kohyawrap_version}, this is {__version__}",
@@ -50,7 +51,12 @@ def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> Rendere
 def request_from_manifest(manifest: RunManifest) -> TrainRequest:
     """The TrainRequest that re-runs a recorded run: same spec, base model, dataset, sd-scripts
     commit, price and limits."""
-    plan = manifest.plan
+    commit = manifest.sd_scripts.commit if manifest.sd_scripts else ""
+    return request_from_plan(manifest.original_plan, commit)
+
+
+def request_from_plan(plan: RunPlan, commit: str = "") -> TrainRequest:
+    """The TrainRequest that renders ``plan`` again (the run's paths become the defaults)."""
     original = replace(
         plan.spec,
         base_model=plan.model.source,
@@ -60,7 +66,6 @@ def request_from_manifest(manifest: RunManifest) -> TrainRequest:
         tokenizer_cache_dir=None,
         reg_data_dir=None,
     )
-    commit = manifest.sd_scripts.commit if manifest.sd_scripts else ""
     return TrainRequest(
         spec=original,
         dataset=Path(plan.dataset_root),
@@ -71,4 +76,5 @@ def request_from_manifest(manifest: RunManifest) -> TrainRequest:
         money=plan.money,
         pull_state=plan.pull_state,
         force=True,
+        keep_states=0,  # the spec already holds the state options the run had, if any
     )

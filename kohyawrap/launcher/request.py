@@ -72,6 +72,17 @@ class TrainRequest:
     bandwidth_mbps: float | None = None  # MB/s; None = the preset default
     pull_state: bool = False
     force: bool = False
+    keep_states: int = 2  # save training states with the checkpoints, keeping the last N (0: none)
+    retry_oom: int = 2  # after "CUDA out of memory", retry with the next rung of the OOM ladder
+
+
+def state_overrides(request: TrainRequest) -> tuple[tuple[str, Any], ...]:
+    """``save_state`` with every checkpoint (keeping the last N) so a run can be resumed, unless
+    the user chose otherwise or it is a smoke test."""
+    keys = {key for key, _ in request.spec.overrides}
+    if request.keep_states <= 0 or request.spec.smoke or "save_state" in keys:
+        return ()
+    return (("save_state", True), ("save_last_n_epochs_state", request.keep_states))
 
 
 def looks_local(target: str) -> bool:
@@ -147,7 +158,10 @@ MODEL_GB = {"sd15": 4.3, "sd2": 5.3, "sdxl": 7.0}
 VENV_GB = (
     6.0  # torch + CUDA wheels, ~2.9 GB downloaded and ~5 GB unpacked ([38]), plus requirements
 )
-OUTPUT_GB = 1.0  # checkpoints, states and logs of one LoRA run
+# Checkpoints, training states and logs of one LoRA run. Estimate: an SDXL dim-32 state holds the
+# network in float32 (~0.35 GB) and the optimizer's moments (~0.2 GB 8-bit, ~0.7 GB AdamW); the
+# default keeps 2 states plus the final one (--keep-states).
+OUTPUT_GB = 3.0
 
 
 def disk_needed_gb(plan: RunPlan, *, model_present: bool, venv_present: bool) -> float:
@@ -246,12 +260,21 @@ def build_run_plan(
     home: str,
     now: datetime,
     facts: HostFacts | None = None,
+    managed: tuple[tuple[str, Any], ...] = (),
 ) -> RunPlan:
-    """The executable plan. Deterministic for the same request, host home, clock and facts."""
+    """The executable plan. Deterministic for the same request, host home, clock and facts.
+
+    ``managed``: options the run itself sets after the user's (a resumed leg's ``resume``).
+    """
     from kohyawrap.dataset.scan import read_training_dir
     from kohyawrap.forecast import build_forecast, require_fit
 
     request = check_request(request)
+    extra = state_overrides(request) + managed
+    if extra:
+        request = replace(
+            request, spec=replace(request.spec, overrides=request.spec.overrides + extra)
+        )
     files = dataset_files(request.dataset)
     digest = dataset_hash(files)
     spec = resolve_device(resolve_gpu(request.spec, facts), facts)

@@ -8,6 +8,7 @@ kept whole in the run's manifest: ``RunPlan.from_json(plan.to_json()) == plan``.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -141,7 +142,8 @@ class RunPlan:
             run_id=str(data["run_id"]),
             created_at=str(data["created_at"]),
             target=str(data["target"]),
-            layout=RemoteLayout(str(data["work_dir"]), str(data["run_id"])),
+            # A later leg of the run works in a folder of its own (<run-id>-leg2).
+            layout=RemoteLayout(str(data["work_dir"]), _folder(data)),
             spec=spec,
             rendered=RenderedRun(
                 spec=spec,
@@ -163,6 +165,12 @@ class RunPlan:
             notes=tuple(str(n) for n in data.get("notes") or ()),
             kohyawrap_version=str(data["kohyawrap_version"]),
         )
+
+
+def _folder(data: dict[str, Any]) -> str:
+    """The run folder's name on the host: the last part of remote_run_dir (else the run id)."""
+    remote = str(data.get("remote_run_dir") or "")
+    return posixpath.basename(remote.rstrip("/")) or str(data["run_id"])
 
 
 def sha256_text(text: str) -> str:

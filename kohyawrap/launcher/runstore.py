@@ -26,25 +26,40 @@ MAX_MANIFEST_BYTES = 64 << 20  # a manifest is kilobytes; its dataset list at mo
 
 @dataclass(frozen=True)
 class RunDir:
-    """One local run folder."""
+    """One local run folder, seen from one leg of the run (a resume or retry is leg 2, 3 ...).
+
+    Legs share the record; each later leg keeps its log and checkpoints apart (``run.leg2.log``,
+    ``checkpoints/leg2/``), since sd-scripts gives the files of every leg the same names.
+    """
 
     path: Path
+    leg: int = 1
 
     @property
     def run_id(self) -> str:
         return self.path.name
 
+    def for_leg(self, leg: int) -> RunDir:
+        """The same run folder, seen from ``leg``."""
+        return RunDir(self.path, leg)
+
     @property
     def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+        base = self.path / "checkpoints"
+        return base if self.leg <= 1 else base / f"leg{self.leg}"
 
     @property
     def config(self) -> Path:
         return self.path / "config"
 
     @property
+    def leg_config(self) -> Path:
+        """Where this leg's rendered files are kept (the first leg's are in ``config/``)."""
+        return self.config if self.leg <= 1 else self.config / f"leg{self.leg}"
+
+    @property
     def log(self) -> Path:
-        return self.path / "run.log"
+        return self.path / ("run.log" if self.leg <= 1 else f"run.leg{self.leg}.log")
 
     @property
     def manifest_path(self) -> Path:

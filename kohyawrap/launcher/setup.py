@@ -10,6 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,15 @@ def _run_script(host: Host, name: str, hint: str, **values: object) -> dict[str,
 
 
 def _stream_script(
-    host: Host, name: str, hint: str, reporter: Reporter, **values: object
+    host: Host,
+    name: str,
+    hint: str,
+    reporter: Reporter,
+    explain: Callable[[list[str]], str | None] = lambda lines: None,
+    **values: object,
 ) -> dict[str, str]:
-    """Like :func:`_run_script`, showing the install's progress lines as they come."""
+    """Like :func:`_run_script`, showing the install's progress lines as they come; on failure
+    ``explain`` may turn the last lines into a better hint."""
     script = render_script(name, **values)
     found: dict[str, str] = {}
     lines: deque[str] = deque(maxlen=40)
@@ -72,9 +79,33 @@ def _stream_script(
                 _show_progress(line, found, reporter)
     except RemoteCommandError as err:
         raise RemoteCommandError(
-            f"{name}.sh (host set-up)", err.returncode, "\n".join(lines), hint=hint
+            f"{name}.sh (host set-up)",
+            err.returncode,
+            "\n".join(lines),
+            hint=explain(list(lines)) or hint,
         ) from err
     return found
+
+
+def _explain_install(host: Host, torch_spec: str) -> Callable[[list[str]], str | None]:
+    """A failed install's diagnosis (asking the host for its driver's CUDA only then)."""
+    from kohyawrap.launcher.installfail import diagnose_install
+
+    def explain(lines: list[str]) -> str | None:
+        problem = diagnose_install(lines, torch_spec=torch_spec, driver_cuda=driver_cuda(host))
+        return f"{problem.message}: {problem.hint}" if problem else None
+
+    return explain
+
+
+def driver_cuda(host: Host) -> str | None:
+    """The CUDA version the host's NVIDIA driver supports (nvidia-smi's header), or None."""
+    try:
+        out = host.run("nvidia-smi 2>/dev/null | grep -m 1 'CUDA Version'", check=False).stdout
+    except HostError:
+        return None
+    m = re.search(r"CUDA Version:\s*([0-9.]+)", out)
+    return m[1] if m else None
 
 
 def _show_progress(line: str, found: dict[str, str], reporter: Reporter) -> None:
@@ -121,6 +152,7 @@ def prepare_environment(host: Host, plan: RunPlan, reporter: Reporter) -> Enviro
         "the install failed: see the output above; --torch-spec chooses the torch wheels and "
         "--installer pip avoids uv",
         reporter,
+        _explain_install(host, opts.torch_spec),
         sds=sds,
         venv=plan.layout.venv(fingerprint),
         python=opts.python,
@@ -245,6 +277,8 @@ def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) ->
         script=posixpath.join(sd_scripts, plan.rendered.script),
     )
     host.put_bytes(wrapper.encode(), plan.layout.in_run("run.sh"), mode=0o755)
+    sampler = render_script("gpu_sample")
+    host.put_bytes(sampler.encode(), plan.layout.in_run("gpu_sample.sh"), mode=0o755)
     host.run(f"mkdir -p {sh(plan.layout.in_run('output'))} {sh(plan.layout.in_run('logs'))}")
 
 

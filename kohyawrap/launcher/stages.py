@@ -34,6 +34,7 @@ from kohyawrap.launcher.manifest import (
 from kohyawrap.launcher.reconnect import Reconnector
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
+from kohyawrap.launcher.watch import hooks_for
 
 
 class Stage(str, Enum):
@@ -203,6 +204,7 @@ def budget_of(m: RunManifest, clock: Clock) -> Budget:
         launched_at=launched,
         max_dollars=money.max_dollars,
         max_hours=money.max_hours,
+        earlier_dollars=m.earlier_dollars,
     )
 
 
@@ -230,6 +232,8 @@ def _follow(s: RunSession) -> None:
         reconnector=s.reconnector,
         state=m.follow,
         poll_seconds=s.options.poll_seconds,
+        step_offset=m.step_offset,
+        hooks=hooks_for(m, s.host, s.run, puller, s.clock),
     )
     s.follower = follower
     s.reporter.stage("follow", m.remote_run_dir)

@@ -6,10 +6,11 @@ user passed in. The CLI builds the inputs, calls one of these, and presents the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from kohyawrap.clock import Clock, SystemClock, Timings
 from kohyawrap.errors import (
@@ -24,8 +25,11 @@ from kohyawrap.errors import (
 from kohyawrap.hosts.base import Host
 from kohyawrap.hosts.connect import ConnectOptions, open_host
 from kohyawrap.launcher import job
+from kohyawrap.launcher.continuing import ContinueRequest
+from kohyawrap.launcher.legs import begin_leg, first_leg
 from kohyawrap.launcher.manifest import (
     HostRecord,
+    Leg,
     Provenance,
     RunManifest,
     RunStatus,
@@ -46,6 +50,7 @@ from kohyawrap.launcher.stages import (
     Stage,
     run_stages,
 )
+from kohyawrap.launcher.states import StateRef
 
 _TAIL_BYTES = 64_000
 
@@ -122,14 +127,16 @@ class Launcher:
                 return TrainResult(plan, declined=True)
             timings.restart()
             run = self.store.create(plan.run_id)
+            record = HostRecord(target, host.label, connect.recorded().to_json(), facts.to_json())
             manifest = RunManifest(
                 run_id=plan.run_id,
                 plan=plan,
-                host=HostRecord(target, host.label, connect.recorded().to_json(), facts.to_json()),
+                host=record,
                 started_at=started_at,
                 timings=dict(timings.phases),
                 sd_scripts=_local_sd_scripts(plan),
                 provenance=_provenance(request, plan),
+                legs=(first_leg(plan, record, started_at),),
             )
             run.save(manifest)
             for name, text in sorted(plan.rendered.files.items()):
@@ -139,9 +146,11 @@ class Launcher:
                     run, manifest, host, self.reporter, self.clock, self.options,
                     timings=timings, hf_token=hf_token,
                 )  # fmt: skip
-                final = self._run(session, FULL)
-        raise_for_outcome(final, run)
-        return TrainResult(plan, final, run)
+                self._run(session, FULL[:-1])
+                session = self._retry_oom(session, request.retry_oom)
+                final = self._run(session, (Stage.FINISH,))
+        raise_for_outcome(final, session.run)
+        return TrainResult(plan, final, session.run)
 
     # -- verbs on a recorded run -----------------------------------------------------------------
     def attach(self, run: RunDir, connect: ConnectOptions) -> RunManifest:
@@ -151,7 +160,7 @@ class Launcher:
             return manifest
         with run.follow_lock(), self._session(run, manifest, connect) as session:
             final = self._run(session, ATTACH)
-        raise_for_outcome(final, run)
+        raise_for_outcome(final, session.run)
         return final
 
     def stop(self, run: RunDir, connect: ConnectOptions) -> RunManifest:
@@ -197,6 +206,247 @@ class Launcher:
         with run.follow_lock(), self._session(run, manifest, connect) as session:
             return run_stages(session, stages)
 
+    # -- resume, extend, out-of-memory retries (a new leg of the run) -----------------------------
+    def resume(
+        self,
+        run: RunDir,
+        request: ContinueRequest,
+        connect: ConnectOptions,
+        *,
+        questions: Questions = Questions(),
+        hf_token: str | None = None,
+        on_plan: Callable[[RunPlan, StateRef], None] = lambda plan, ref: None,
+    ) -> RunManifest:
+        """Continue a run from its newest training state (``extend``: from its end, for more
+        epochs), on its own host or a new one: SETUP -> MODEL -> UPLOAD (dataset and state) ->
+        TRAIN -> FOLLOW -> PULL -> FINISH as a new leg of the same run."""
+        from kohyawrap.launcher import continuing as c
+
+        m = run.load()
+        c.check_can_continue(m, request.kind)
+        c.check_inputs(m)
+        target = request.target or m.host.target
+        same = c.same_host(m, target, connect)
+        given = _recorded(m).overlaid(connect) if same else connect
+        key = c.host_key(target, given.to_json())
+        with run.follow_lock(), ExitStack() as hosts:
+            m, ref, old = self._newest_state(run, m, request, key, connect if same else None, hosts)
+            if old is not None and not same:
+                old.close()  # its work is pulled; the new leg runs elsewhere
+            host = old if old is not None and same else hosts.enter_context(_opened(target, given))
+            session = self._begin_leg(
+                run, m, ref, request, target, host, given, same, questions, on_plan
+            )
+            if session is None:
+                return run.load()
+            session.hf_token = hf_token
+            self._run(session, (Stage.SETUP, Stage.MODEL, Stage.UPLOAD))
+            how = session.reconnector.call(
+                lambda: c.place_state(host, session.manifest.plan, ref, run, self.reporter, key),
+                "placing the state again",
+            )
+            self.reporter.info(f"training continues from {ref.label} ({how})")
+            final = self._run(session, (Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.FINISH))
+        raise_for_outcome(final, session.run)
+        return final
+
+    def _newest_state(
+        self,
+        run: RunDir,
+        m: RunManifest,
+        request: ContinueRequest,
+        key: str,
+        given: ConnectOptions | None,
+        hosts: ExitStack,
+    ) -> tuple[RunManifest, StateRef, Host | None]:
+        """Settle the current leg on its host (when it answers) and choose the state to go on
+        from; the current host stays open (closed with ``hosts``). ``key``: the next leg's host;
+        ``given``: connection options typed for the current host (None: a new host is named)."""
+        from kohyawrap.launcher import continuing as c
+        from kohyawrap.launcher.states import newest
+
+        old = self._reach(m, given or ConnectOptions())
+        if old is not None:
+            hosts.enter_context(_closing(old))
+        refs = c.laptop_states(m, run)
+        if old is not None:
+            m = self._settle(run, m, old)
+            refs += c.host_states(old, m, c.host_key(m.host.target, m.host.connect))
+        if request.kind == "extend":
+            refs = [r for r in refs if r.kind == "end" and r.leg == m.leg_number]
+        per_epoch = c.steps_per_epoch(m.plan)
+        offsets = {leg.number: leg.step_offset for leg in m.legs}
+        ref = newest(refs, offsets, per_epoch)
+        if ref is None:
+            what = "its final state" if request.kind == "extend" else "a training state"
+            raise UsageError(
+                f"run {m.run_id} has no {what} to continue from, on this computer"
+                + ("" if old is not None else f" (and {m.host.target} does not answer)"),
+                hint="training states are saved with --keep-states (on by default) and pulled "
+                "with --pull-state; without one, start again: `kohyawrap reproduce RUN --run HOST`",
+            )
+        if not ref.local and key != ref.target and old is not None:
+            m, ref = c.pull_state(old, run, m, ref, self.reporter)
+            run.save(m)
+        return m, ref, old
+
+    def _reach(self, m: RunManifest, given: ConnectOptions) -> Host | None:
+        """The run's current host, if it answers within a few seconds."""
+        options = replace(_recorded(m).overlaid(given), connect_timeout=10.0)
+        self.reporter.stage("connect", f"{m.host.target} (the run's host)")
+        try:
+            return open_host(m.host.target, options)
+        except HostError as err:
+            self.reporter.info(
+                f"{m.host.target} does not answer ({err.message}): going on without it"
+            )
+            return None
+
+    def _settle(self, run: RunDir, m: RunManifest, host: Host) -> RunManifest:
+        """The current leg's end as its host tells it, and what it saved pulled to the laptop."""
+        session = RunSession(
+            run.for_leg(m.leg_number), m, host, self.reporter, self.clock, self.options
+        )
+        if m.status.active and m.exit_code is None:
+            ended = job.exit_status(host, m.remote_run_dir)
+            if ended is None and job.alive(host, m.remote_run_dir):
+                raise UsageError(
+                    f"run {m.run_id} is still training on {m.host.target}",
+                    hint=f"`kohyawrap attach {m.run_id}` follows it; `kohyawrap stop {m.run_id}` "
+                    "stops it, then resume",
+                )
+            if ended is not None:
+                run_stages(session, (Stage.FOLLOW,))
+        run_stages(session, (Stage.PULL,))
+        return session.manifest
+
+    def _begin_leg(
+        self,
+        run: RunDir,
+        m: RunManifest,
+        ref: StateRef,
+        request: ContinueRequest,
+        target: str,
+        host: Host,
+        connect: ConnectOptions,
+        same: bool,
+        questions: Questions,
+        on_plan: Callable[[RunPlan, StateRef], None],
+    ) -> RunSession | None:
+        """Plan the next leg on ``host``, confirm, and record it; None when declined."""
+        from kohyawrap.hosts.facts import read_facts
+        from kohyawrap.launcher import continuing as c
+        from kohyawrap.launcher.setup import preflight
+        from kohyawrap.launcher.states import epochs_done, resume_settings
+
+        work = request.work_dir or (m.plan.layout.work if same else "~/kohyawrap")
+        per_epoch = c.steps_per_epoch(m.plan)
+        offset = next((leg.step_offset for leg in m.legs if leg.number == ref.leg), 0)
+        done = epochs_done(ref, per_epoch, offset)
+        epochs = done + request.epochs if request.kind == "extend" and request.epochs else None
+        if epochs is None and done >= c.total_epochs(m.plan, per_epoch):
+            raise UsageError(
+                f"the newest state ({ref.label}) is at the end of the training",
+                hint=f"`kohyawrap extend {m.run_id} --epochs N` trains further",
+            )
+        started = self.clock.now()
+        self.reporter.stage("connect", target)
+        facts = read_facts(host, work)
+        plan = c.next_plan(
+            m,
+            leg=m.leg_number + 1,
+            target=target,
+            home=host.home(),
+            now=self.now(),
+            facts=facts,
+            work_dir=work,
+            managed=resume_settings(done + 1, ref.folder, epochs=epochs),
+            price=c.money_for(m, same, request.price),
+            pull_state=request.pull_state or None,
+        )
+        c.check_state_fits(m, ref, plan)
+        preflight(host, plan, facts, self.reporter, force=request.force or plan.smoke)
+        on_plan(plan, ref)
+        if not questions.start(plan):
+            return None
+        leg = Leg(
+            number=m.leg_number + 1,
+            kind=request.kind,
+            target=target,
+            connect=connect.recorded().to_json(),
+            remote_run_dir=plan.layout.run_dir,
+            started_at=started,
+            step_offset=done * per_epoch,
+            resumed_from=ref.label,
+            changed=c.changed_settings(m.original_plan, plan),
+            note=f"{request.kind} from {ref.label}",
+            price_per_hour=plan.money.price_per_hour,
+        )
+        record = HostRecord(target, host.label, connect.recorded().to_json(), facts.to_json())
+        m = begin_leg(m, leg, plan, record, self.clock.now())
+        leg_run = run.for_leg(leg.number)
+        run.save(m)
+        c.write_leg_configs(leg_run, plan)
+        return RunSession(leg_run, m, host, self.reporter, self.clock, self.options)
+
+    def _retry_oom(self, session: RunSession, tries: int) -> RunSession:
+        """After "CUDA out of memory", train again with the next rung of the OOM ladder, on the
+        same host, up to ``tries`` times; each try is a new leg. Returns the last leg's session."""
+        from kohyawrap.errors import ConfigError
+        from kohyawrap.ladder import as_sets, load_ladder, next_step
+        from kohyawrap.launcher import continuing as c
+        from kohyawrap.presets import load_catalog
+
+        tried: list[str] = []
+        changes: tuple[tuple[str, Any], ...] = ()
+        while len(tried) < tries:
+            m = session.manifest
+            if m.status is not RunStatus.FAILED or m.failure is None or m.failure.kind != "oom":
+                break
+            ladder = load_ladder(load_catalog().model(m.plan.spec.model).family)
+            step = next_step(ladder, m.plan.rendered.settings, tried)
+            if step is None:
+                self.reporter.info("out of memory, and the OOM ladder has no rung left to try")
+                break
+            tried.append(step.rung.name)
+            self.reporter.stage("retry", f"out of memory: {step.describe()}")
+            self.reporter.info(f"why this helps: {step.rung.source}")
+            try:
+                plan = c.next_plan(
+                    m, leg=m.leg_number + 1, target=m.host.target, home=m.plan.layout.work,
+                    now=self.now(), facts=None, work_dir=m.plan.layout.work,
+                    changes=changes + step.changes, price=m.plan.money.price_per_hour,
+                )  # fmt: skip
+            except ConfigError as err:
+                self.reporter.info(f"skipped: {err.message}")
+                continue
+            changes += step.changes
+            leg = Leg(
+                number=m.leg_number + 1,
+                kind="retry",
+                target=m.host.target,
+                connect=dict(m.host.connect),
+                remote_run_dir=plan.layout.run_dir,
+                started_at=self.clock.now(),
+                changed=c.changed_settings(m.original_plan, plan),
+                note=f"out of memory: {step.rung.name}",
+                price_per_hour=plan.money.price_per_hour,
+            )
+            m = begin_leg(m, leg, plan, m.host, self.clock.now())
+            leg_run = session.run.for_leg(leg.number)
+            session.run.save(m)
+            c.write_leg_configs(leg_run, plan)
+            session = RunSession(
+                leg_run, m, session.host, self.reporter, self.clock, self.options,
+                hf_token=session.hf_token,
+            )  # fmt: skip
+            self._run(session, (Stage.UPLOAD, Stage.TRAIN, Stage.FOLLOW, Stage.PULL))
+        if changes and session.manifest.status is RunStatus.FINISHED:
+            self.reporter.info(
+                f"these settings fit the GPU; put them in your command or preset: {as_sets(changes)}"
+            )
+        return session
+
     # -- plumbing --------------------------------------------------------------------------------
     @contextmanager
     def _session(
@@ -204,7 +454,8 @@ class Launcher:
     ) -> Iterator[RunSession]:
         recorded = ConnectOptions.from_json(manifest.host.connect)
         with _opened(manifest.host.target, recorded.overlaid(given)) as host:
-            yield RunSession(run, manifest, host, self.reporter, self.clock, self.options)
+            leg = run.for_leg(manifest.leg_number)
+            yield RunSession(leg, manifest, host, self.reporter, self.clock, self.options)
 
     def _run(self, session: RunSession, stages: Sequence[Stage]) -> RunManifest:
         """Run the stages; leave the record consistent and say what happened on any way out."""
@@ -250,6 +501,18 @@ class Launcher:
                 hint=f"the training goes on there; `kohyawrap attach {run_id}` continues from here",
             )
         return err
+
+
+def _recorded(m: RunManifest) -> ConnectOptions:
+    return ConnectOptions.from_json(m.host.connect)
+
+
+@contextmanager
+def _closing(host: Host) -> Iterator[Host]:
+    try:
+        yield host
+    finally:
+        host.close()
 
 
 @contextmanager

@@ -56,7 +56,14 @@ class SafetensorError(Exception):
 
 def _behaviour() -> dict[str, Any]:
     path = REPO / "fake_behaviour.json"
-    defaults = {"step_seconds": 0.0, "fail": None, "fail_at_step": 2, "startup_seconds": 0.0}
+    defaults = {
+        "step_seconds": 0.0,
+        "fail": None,
+        "fail_at_step": 2,
+        "startup_seconds": 0.0,
+        "oom_max_batch": None,
+        "oom_fixed_by_checkpointing": False,
+    }
     return {**defaults, **(json.loads(path.read_text()) if path.is_file() else {})}
 
 
@@ -188,14 +195,19 @@ def _prepare_optimizer(run: Run) -> None:
     con.info(f"use {optimizer} optimizer | {{}}", "train_util.py:5096")
 
 
-def _announce(run: Run) -> None:
-    s, con = run.schedule, run.console
+def _override_steps(run: Run) -> None:
+    s = run.schedule
     assert s is not None
     if s.from_epochs:
-        con.print(
+        run.console.print(
             f"override steps. steps for {s.epochs} epochs is / 指定エポックまでのステップ数:"
             f" {s.total_steps}"
         )
+
+
+def _announce(run: Run) -> None:
+    s, con = run.schedule, run.console
+    assert s is not None
     reg = sum(x.count for x in run.subsets if x.is_reg)
     con.print("running training / 学習開始")
     con.print(f"  num train images * repeats / 学習画像の数×繰り返し回数: {s.num_images}")
@@ -211,17 +223,52 @@ def _announce(run: Run) -> None:
     con.print(f"  total optimization steps / 学習ステップ数: {s.total_steps}")
 
 
-def _resume_epoch(run: Run) -> int:
-    """The first epoch index when ``--resume`` names a state folder (sd-scripts' rule)."""
+def _steps_from_state(run: Run) -> int | None:
+    """``--resume <state folder>``: load it like accelerate does; the step count it saved."""
     folder = run.options.get("resume")
     if not folder:
-        return 0
+        return None
     con = run.console
-    con.info(f"resume training from local state: {folder}", "train_util.py:4691")
+    con.info(f"resume training from local state: {folder}", "train_util.py:4776")
+    con.info(f"Loading states from {folder}", "accelerator.py:3405")
     state = json.loads((Path(str(folder)) / "train_state.json").read_text())
-    con.info(f"load train state from {folder}/train_state.json: {state}", "train_network.py:963")
-    assert run.schedule is not None
-    return int(state["current_step"]) // run.schedule.steps_per_epoch
+    # sd-scripts logs the dict as Python prints it: {'current_epoch': 1, 'current_step': 40}
+    con.info(f"load train state from {folder}/train_state.json: {state!r}", "train_network.py:969")
+    for what in ("model weights", "optimizer states", "scheduler states"):
+        con.info(f"All {what} loaded successfully", "checkpointing.py:240")
+    con.info("All dataloader sampler states loaded successfully", "checkpointing.py:272")
+    con.info("Could not load random states", "checkpointing.py:303")
+    con.info("Loading in 0 custom states", "accelerator.py:3479")
+    return int(state["current_step"])
+
+
+def _first_epoch(run: Run, steps_from_state: int | None) -> int:
+    """The first epoch index, by sd-scripts' rule (train_network.py at the pinned commit).
+
+    ``initial_epoch`` / ``initial_step`` win over the state's step count (with a warning); the
+    start epoch is that step count divided by the steps per epoch. The epoch restarts at its first
+    batch (without ``skip_until_initial_step``, which the fake does not model).
+    """
+    s = run.schedule
+    assert s is not None
+    initial_epoch = fake_config.number(run.options, "initial_epoch")
+    initial_step = fake_config.number(run.options, "initial_step")
+    if initial_epoch is not None or initial_step is not None:
+        if steps_from_state is not None:
+            run.console.warning(
+                "steps from the state is ignored because initial_step is specified /"
+                " initial_stepが指定されているため、stateからのステップ数は無視されます",
+                "train_network.py:1236",
+            )
+        step = initial_step if initial_step is not None else (initial_epoch - 1) * s.steps_per_epoch
+    else:
+        step = steps_from_state or 0
+    if step > 0:
+        assert s.total_steps > step, (
+            "max_train_steps should be greater than initial step / max_train_stepsは初期ステップより"
+            f"大きい必要があります: {s.total_steps} vs {step}"
+        )
+    return int(step) // s.steps_per_epoch
 
 
 class Trainer:
@@ -249,11 +296,22 @@ class Trainer:
             return math.nan
         return 1.2 - 0.2 * self.step / self.s.total_steps + self.rng.uniform(-0.08, 0.08)
 
+    def _out_of_memory(self) -> bool:
+        """Whether these settings "do not fit": above ``oom_max_batch``, and without gradient
+        checkpointing when ``oom_fixed_by_checkpointing`` (like a card a little too small)."""
+        behaviour = self.run.behaviour
+        limit = behaviour["oom_max_batch"]
+        if limit is not None and fake_config.number(self.o, "train_batch_size", 1) <= limit:
+            return False
+        return not (
+            behaviour["oom_fixed_by_checkpointing"] and self.o.get("gradient_checkpointing")
+        )
+
     def _fail_now(self) -> None:
         behaviour = self.run.behaviour
         if self.step != behaviour["fail_at_step"]:
             return
-        if behaviour["fail"] == "oom":
+        if behaviour["fail"] == "oom" and self._out_of_memory():
             raise OutOfMemoryError(
                 "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of"
                 " 23.55 GiB of which 1.06 GiB is free. Including non-PyTorch memory, this process"
@@ -342,8 +400,11 @@ class Trainer:
 
     def _epoch(self, epoch: int, first_epoch: int, every_steps: int | None) -> None:
         self.con.print(f"\nepoch {epoch + 1}/{self.s.epochs}\n")
+        # The collator's epoch starts at 0 in every process, resumed or not (sample_run3_resume).
+        before = 0 if epoch == first_epoch else epoch
         self.con.info(
-            f"epoch is incremented. current_epoch: {epoch}, epoch: {epoch + 1}", "train_util.py:784"
+            f"epoch is incremented. current_epoch: {before}, epoch: {epoch + 1}",
+            "train_util.py:784",
         )
         for index in range(self.s.steps_per_epoch):
             self.train_step(epoch, index, first_epoch)
@@ -416,7 +477,8 @@ def main(script: str, argv: list[str]) -> None:
     _load_model(run)
     _prepare_optimizer(run)
     run.schedule = fake_config.schedule(num_images, options)
-    first_epoch = _resume_epoch(run)
+    _override_steps(run)
+    first_epoch = _first_epoch(run, _steps_from_state(run))
     _announce(run)
     run.commit = _git_commit()
     run.session_id = random.randint(0, 2**31)
