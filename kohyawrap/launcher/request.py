@@ -15,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 from kohyawrap.errors import HostError, UsageError
+from kohyawrap.hashcache import HashCache
 from kohyawrap.hosts.facts import HostFacts
-from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.layout import RemoteLayout, make_run_id, slug
 from kohyawrap.launcher.runplan import (
     ModelSource,
@@ -176,10 +176,16 @@ def dataset_files(root: Path) -> dict[str, str]:
 
 
 def dataset_hash(files: dict[str, str]) -> str:
-    """A content hash of the whole dataset: names and bytes."""
+    """A content hash of the whole dataset: names and bytes (file digests from the hash cache)."""
+    rels = sorted(files)
+    paths = {rel: Path(files[rel]) for rel in rels}
+    try:
+        known = HashCache.default().sha256_many(paths.values())
+    except OSError as err:
+        raise UsageError(f"cannot read {err.filename}: {err.strerror}") from err
     digest = hashlib.sha256()
-    for rel, local in sorted(files.items()):
-        digest.update(rel.encode() + b"\0" + file_sha256(Path(local)).encode() + b"\n")
+    for rel in rels:
+        digest.update(rel.encode() + b"\0" + known[paths[rel]].encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -193,7 +199,7 @@ def model_source(
         if in_place:
             path = str(local.resolve())
             return ModelSource("upload", path, local.name, path, "", in_place=True)
-        digest = file_sha256(local)
+        digest = HashCache.default().sha256(local)
         name = f"{digest[:16]}-{slug(local.name, 80)}"
         return ModelSource(
             "upload",

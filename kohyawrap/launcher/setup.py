@@ -168,6 +168,7 @@ def ensure_model(
             {name: Path(model.source)},
             folder,
             progress=lambda d, t: reporter.transfer("base model", d, t),
+            sidecars=True,  # a warm run reads <model>.sha256 instead of hashing gigabytes
         )
         return "uploaded" if stats.files_sent else "cached"
     script = render_script(
