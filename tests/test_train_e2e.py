@@ -535,3 +535,50 @@ def test_max_hours_holds_on_the_host_without_the_laptop(
     assert "deadline" in result.stderr
     m = manifest_of(run)
     assert m.status is RunStatus.STOPPED and m.stop_reason is StopReason.DEADLINE
+
+
+def test_prepare_overlaps_and_rides_out_a_cut(
+    world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
+) -> None:
+    """Install, base-model upload and dataset upload run at once; a connection cut in the middle
+    of the model's upload is reconnected, and only what had not arrived travels again."""
+    with world.base_model.open("wb") as fh:
+        for _ in range(10):
+            fh.write(os.urandom(8 << 20))  # 80 MiB: a large file, sent in parts
+    old = time.time() - 60
+    os.utime(world.base_model, (old, old))
+    uploads = world.work / "models" / "uploads"
+    with TcpRelay(sshd.port) as relay:
+        args = train_args(world, fake_sdscripts, fake_sdscripts.head, target=sshd.target)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kohyawrap", *args, *ssh_args(sshd, relay.port)],
+            cwd=world.root,
+            env=world.environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for(
+            lambda: uploads.is_dir() and any(uploads.glob(".*.upload/*.part")),
+            60,
+            "a first part of the base model on the host",
+        )
+        assert relay.cut() >= 1
+        _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "reconnected" in err
+    lines = err.splitlines()
+    started = {
+        name: next(i for i, l in enumerate(lines) if f"==> {name}" in l)
+        for name in ("setup", "model", "upload")
+    }
+    installed = next(i for i, l in enumerate(lines) if "setup: environment" in l)
+    assert max(started.values()) < installed, "model and upload began before the install ended"
+    m = assert_finished_run(only_run(world))
+    for phase in ("connect", "plan", "prepare", "setup", "model", "upload", "train", "pull"):
+        assert phase in m.timings, phase
+    assert m.model_how == "uploaded"
+    there = Path(m.plan.model.remote_path)
+    assert file_sha256(there) == file_sha256(world.base_model)
+    assert Path(f"{there}.sha256").read_text().split()[0] == file_sha256(world.base_model)
+    assert not list(uploads.glob(".*.upload")), "no staging folder left behind"

@@ -89,10 +89,16 @@ class Host(Protocol):
         ...
 
     def stream(
-        self, command: str, *, timeout: float | None = None, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
     ) -> Iterator[bytes]:
         """Run ``command`` and yield its stdout+stderr bytes as they arrive (set-up progress).
 
+        ``stdin`` is fed to the command then closed (a token travels this way, as with ``run``).
         With ``check`` a non-zero exit raises RemoteCommandError once the output is exhausted.
         """
         ...

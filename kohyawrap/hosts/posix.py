@@ -81,11 +81,17 @@ class PosixHost(ABC):
 
     @abstractmethod
     def stream(
-        self, command: str, *, timeout: float | None = None, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
     ) -> Iterator[bytes]:
         """Run ``command`` and yield stdout+stderr bytes as they arrive.
 
-        With ``check`` a non-zero exit raises RemoteCommandError once the output is exhausted.
+        ``stdin`` is fed to the command then closed. With ``check`` a non-zero exit raises
+        RemoteCommandError once the output is exhausted.
         """
 
     @abstractmethod
@@ -430,7 +436,8 @@ class _Meter:
         return moved
 
     def done(self) -> None:
-        if self.progress is not None:
+        """Report the end once (the streams usually did already)."""
+        if self.progress is not None and self._moved != self.total:
             self.progress(self.total, self.total)
 
 

@@ -278,12 +278,17 @@ class SshHost(PosixHost):
         return int(size_text), _pipe_chunks(pipe, rest, path)
 
     def stream(
-        self, command: str, *, timeout: float | None = None, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
     ) -> Iterator[bytes]:
         """Run ``command`` and yield stdout+stderr bytes as they arrive."""
         # Merge stderr into stdout on the host: two SSH streams arrive in no fixed order.
         chan = self._channel(f"exec 2>&1\n{command}", combine=True, timeout=timeout)
-        chan.shutdown_write()
+        _feed(chan, stdin)
         deadline = None if timeout is None else time.monotonic() + timeout
         tail = b""
         try:

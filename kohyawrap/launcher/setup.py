@@ -55,7 +55,13 @@ def _run_script(host: Host, name: str, hint: str, **values: object) -> dict[str,
 
 
 def _stream_script(
-    host: Host, name: str, hint: str, reporter: Reporter, **values: object
+    host: Host,
+    name: str,
+    hint: str,
+    reporter: Reporter,
+    *,
+    stdin: bytes | None = None,
+    **values: object,
 ) -> dict[str, str]:
     """Like :func:`_run_script`, showing the install's progress lines as they come."""
     script = render_script(name, **values)
@@ -63,13 +69,15 @@ def _stream_script(
     lines: deque[str] = deque(maxlen=40)
     pending = b""
     try:
-        for chunk in host.stream(script, check=True):
+        for chunk in host.stream(script, check=True, stdin=stdin):
             pending += chunk
-            *complete, pending = pending.split(b"\n")
+            # tqdm redraws its bar with \r: each frame is a line of its own here.
+            *complete, pending = re.split(rb"\r\n|\r|\n", pending)
             for raw in complete:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                lines.append(line)
-                _show_progress(line, found, reporter)
+                line = raw.decode("utf-8", "replace")
+                if line.strip():
+                    lines.append(line)
+                _show_progress(line, found, reporter, name)
     except RemoteCommandError as err:
         raise RemoteCommandError(
             f"{name}.sh (host set-up)", err.returncode, "\n".join(lines), hint=hint
@@ -77,17 +85,31 @@ def _stream_script(
     return found
 
 
-def _show_progress(line: str, found: dict[str, str], reporter: Reporter) -> None:
+# A tqdm frame: " 45%|####5     | 3.12G/6.94G [00:31<00:38, 100MB/s]"
+_TQDM = re.compile(r"\d+%\|.*\|\s*([\d.]+)([kMGT]?)B?/([\d.]+)([kMGT]?)B?")
+_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def _show_progress(line: str, found: dict[str, str], reporter: Reporter, name: str) -> None:
     if line.startswith("KW ") and "=" in line:
         key, _, value = line[3:].partition("=")
-        found[key.strip()] = value.strip()
-        if key.strip() == "step":
-            reporter.info(f"installing: {value.strip()}")
-        elif key.strip() == "fallback":
-            reporter.info(value.strip())
+        key, value = key.strip(), value.strip()
+        found[key] = value
+        if key == "step":
+            reporter.info(f"installing: {value}")
+        elif key == "fallback":
+            reporter.info(value)
+        elif key == "progress" and value.count(" ") == 1:
+            got, size = (int(x) for x in value.split())
+            reporter.transfer(f"{name} download", got, max(got, size))
         return
     text = line.strip()
-    if _INSTALL_PROGRESS.match(text):
+    frame = _TQDM.search(text)
+    if frame:
+        done = int(float(frame[1]) * _UNITS[frame[2]])
+        total = int(float(frame[3]) * _UNITS[frame[4]])
+        reporter.transfer(f"{name} download", done, max(done, total))
+    elif _INSTALL_PROGRESS.match(text):
         reporter.info(text[:_MAX_SHOWN])
 
 
@@ -154,10 +176,17 @@ def packages(host: Host, python: str) -> tuple[str, ...]:
     return tuple(line for line in result.stdout.splitlines() if line.strip())
 
 
-def ensure_model(
-    host: Host, plan: RunPlan, env: Environment, reporter: Reporter, hf_token: str | None
-) -> str:
-    """Make the base model exist at its planned host path; returns how ("cached", ...)."""
+# The huggingface_hub that sd-scripts pins (requirements.txt at the pinned commit): the base model
+# is downloaded while sd-scripts installs, by this version in a small environment of its own.
+HUB_SPEC = "huggingface_hub==0.34.3"
+
+
+def ensure_model(host: Host, plan: RunPlan, reporter: Reporter, hf_token: str | None) -> str:
+    """Make the base model exist at its planned host path; returns how ("cached", ...).
+
+    Needs nothing of SETUP, so it runs beside it: a download uses the host's Python (with a
+    small huggingface_hub environment of its own when that Python lacks one).
+    """
     model = plan.model
     reporter.stage("model", f"{model.kind}: {model.source}")
     if model.in_place:
@@ -171,9 +200,17 @@ def ensure_model(
             sidecars=True,  # a warm run reads <model>.sha256 instead of hashing gigabytes
         )
         return "uploaded" if stats.files_sent else "cached"
-    script = render_script(
+    # The token travels on the command's standard input, never in a file or an argument.
+    token = (hf_token or "").encode() + b"\n" if model.kind == "hf" else None
+    found = _stream_script(
+        host,
         "model",
-        python=env.python,
+        "check the repo id / URL, the token (HF_TOKEN) and the host's disk space",
+        reporter,
+        stdin=token,
+        python=plan.setup.python,
+        hub_env="" if plan.setup.sd_scripts_path else plan.layout.hub_env(plan.setup.python),
+        hub_spec=HUB_SPEC,
         kind=model.kind,
         source=model.source,
         filename=model.filename,
@@ -181,18 +218,7 @@ def ensure_model(
         hf_home=posixpath.join(plan.layout.models, "hf"),
         work=plan.layout.work,
     )
-    # The token travels on the command's standard input, never in a file or an argument.
-    token = (hf_token or "").encode() + b"\n" if model.kind == "hf" else None
-    try:
-        result = host.run(script, stdin=token, check=True)
-    except RemoteCommandError as err:
-        raise RemoteCommandError(
-            "model.sh (base model download)",
-            err.returncode,
-            err.output,
-            hint="check the repo id / URL, the token (HF_TOKEN) and the host's disk space",
-        ) from err
-    return parse_kv(result.stdout).get("model", "?")
+    return found.get("model", "?")
 
 
 _PRUNE = r"""

@@ -48,6 +48,7 @@ from kohyawrap.launcher.stages import (
 )
 
 _TAIL_BYTES = 64_000
+_BEFORE_LAUNCH = (Stage.PREPARE, Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class Launcher:
         """Record a failed stage and make its error say what happened and what to do."""
         run_id = session.run.run_id
         m = session.manifest
-        if stage in (Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN) and not m.status.active:
+        if stage in _BEFORE_LAUNCH and not m.status.active:
             session.update(status=RunStatus.FAILED, error=f"{stage.value}: {err.message}")
             if isinstance(err, ConnectionLost):
                 return HostError(
