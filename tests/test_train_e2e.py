@@ -569,10 +569,10 @@ def test_prepare_overlaps_and_rides_out_a_cut(
     assert "reconnected" in err
     lines = err.splitlines()
     started = {
-        name: next(i for i, l in enumerate(lines) if f"==> {name}" in l)
+        name: next(i for i, line in enumerate(lines) if f"==> {name}" in line)
         for name in ("setup", "model", "upload")
     }
-    installed = next(i for i, l in enumerate(lines) if "setup: environment" in l)
+    installed = next(i for i, line in enumerate(lines) if "setup: environment" in line)
     assert max(started.values()) < installed, "model and upload began before the install ended"
     m = assert_finished_run(only_run(world))
     for phase in ("connect", "plan", "prepare", "setup", "model", "upload", "train", "pull"):
