@@ -158,8 +158,20 @@ def assert_finished_run(run: Path, name: str = "demo") -> RunManifest:
     for key in ("connect", "setup", "model", "upload", "train", "pull"):
         assert key in m.timings
     assert m.sd_scripts is not None and m.sd_scripts.commit == m.plan.setup.ref
+    assert launch_checkout(run / "config" / "launch.sh") == m.sd_scripts.path
     assert not any(p.name == "pwned" for p in run.parents[2].rglob("pwned"))
     return m
+
+
+def launch_checkout(launch_sh: Path) -> str:
+    """The sd-scripts checkout a recorded launch.sh runs when SD_SCRIPTS is not set."""
+    line = next(ln for ln in launch_sh.read_text().splitlines() if ln.startswith("SD_SCRIPTS="))
+    return subprocess.run(
+        ["bash", "-c", f'unset SD_SCRIPTS; {line}; printf %s "$SD_SCRIPTS"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def test_local_run_then_second_run_skips_setup(world: Env, fake_sdscripts: FakeSdScripts) -> None:
@@ -582,3 +594,20 @@ def test_prepare_overlaps_and_rides_out_a_cut(
     assert file_sha256(there) == file_sha256(world.base_model)
     assert Path(f"{there}.sha256").read_text().split()[0] == file_sha256(world.base_model)
     assert not list(uploads.glob(".*.upload")), "no staging folder left behind"
+
+
+def test_a_branch_ref_points_launch_sh_at_its_commit(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
+    result = kohyawrap(world, *train_args(world, fake_sdscripts, "main"))
+    assert result.returncode == 0, result.stderr
+    run = only_run(world)
+    m = manifest_of(run)
+    assert m.status is RunStatus.FINISHED
+    assert m.sd_scripts is not None and m.sd_scripts.commit == fake_sdscripts.head
+    assert launch_checkout(run / "config" / "launch.sh") == m.sd_scripts.path
+    assert m.sd_scripts.path.endswith(f"/sd-scripts/{fake_sdscripts.head}")
+    remote = Path(m.remote_run_dir) / "launch.sh"
+    assert remote.read_text() == (run / "config" / "launch.sh").read_text()
+    again = kohyawrap(world, "reproduce", str(run), "-o", str(world.root / "again"))
+    assert again.returncode == 0, again.stderr

@@ -224,6 +224,15 @@ def model_source(
     )
 
 
+def checkout_dir(setup: SetupOptions, layout: RemoteLayout) -> str:
+    """The sd-scripts checkout a run will use: the given one, or its commit under the work dir.
+
+    For a branch or tag the clone lands under its commit, known after SETUP, which then points
+    launch.sh there (``setup.upload_run_files``).
+    """
+    return setup.sd_scripts_path or layout.sd_scripts(setup.ref)
+
+
 def with_host_paths(spec: RunSpec, model: ModelSource, layout: RemoteLayout) -> RunSpec:
     """The spec as the host will see it: model and tokenizer cache at absolute host paths,
     dataset/output/logs relative to the run folder (sd-scripts' working directory)."""
@@ -274,13 +283,15 @@ def build_run_plan(
     if not request.force and not spec.smoke:
         require_fit(forecast, force_hint="--force to try anyway")
     run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
+    from kohyawrap.render import relaunch
+
     return RunPlan(
         run_id=run_id,
         created_at=now.isoformat(timespec="seconds"),
         target=target,
         layout=RemoteLayout(work, run_id),
         spec=host_spec,
-        rendered=forecast.rendered,
+        rendered=relaunch(forecast.rendered, checkout_dir(request.setup, provisional)),
         estimate=forecast.estimate,
         model=model,
         setup=request.setup,

@@ -256,9 +256,17 @@ def upload_dataset(host: Host, plan: RunPlan, reporter: Reporter) -> UploadRecor
     return UploadRecord(stats.files_sent, stats.bytes_sent, stats.files_total, stats.bytes_total)
 
 
+def run_files(plan: RunPlan, sd_scripts: str) -> dict[str, str]:
+    """The run's rendered files, launch.sh pointing at the checkout SETUP found (the planned
+    one, unless a branch was asked for: its commit is known only now)."""
+    from kohyawrap.render import relaunch
+
+    return dict(relaunch(plan.rendered, sd_scripts).files)
+
+
 def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) -> None:
     """The rendered configs and the run wrapper, into the run folder."""
-    for name, text in sorted(plan.rendered.files.items()):
+    for name, text in sorted(run_files(plan, sd_scripts).items()):
         # Beside each other in the working directory: the training config names the sample prompts
         # and dataset config by bare file name, which sd-scripts resolves against its cwd.
         host.put_bytes(text.encode(), plan.layout.in_run(name))

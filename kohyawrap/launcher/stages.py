@@ -127,6 +127,9 @@ def _setup(s: RunSession) -> None:
 
 def _record_setup(s: RunSession, env: setup.Environment) -> None:
     plan = s.manifest.plan
+    launch = setup.run_files(plan, env.sd_scripts).get("launch.sh")
+    if launch is not None and launch != plan.rendered.files.get("launch.sh"):
+        s.run.write_text("config/launch.sh", launch)  # a branch: now at its commit's checkout
     s.update(
         status=RunStatus.SETUP,
         sd_scripts=SdScriptsRecord(
