@@ -243,3 +243,20 @@ def test_launch_sh_runs_the_runs_own_checkout(
     assert [i for i, (a, b) in enumerate(zip(default, ours, strict=True)) if a != b] == [
         next(i for i, line in enumerate(ours) if line.startswith("SD_SCRIPTS="))
     ], "only the checkout line differs from a plain render"
+
+
+def test_the_estimate_knows_which_installer_will_run() -> None:
+    from dataclasses import replace
+
+    from kohyawrap.hosts.facts import HostFacts
+    from kohyawrap.launcher.request import expected_installer
+    from kohyawrap.launcher.runplan import SetupOptions
+
+    auto = SetupOptions()
+    facts = HostFacts.from_json({"uv_version": "0.9.5"})
+    bare = HostFacts.from_json({"uv_version": None})
+    assert expected_installer(auto, facts) == "uv"
+    assert expected_installer(auto, bare) == "pip"
+    assert expected_installer(auto, None) == "pip"
+    assert expected_installer(replace(auto, installer="pip"), facts) == "pip"
+    assert expected_installer(replace(auto, installer="uv"), bare) == "uv"

@@ -25,6 +25,8 @@ def wide() -> Console:
 
 def duration(seconds: float) -> str:
     """``1h 05m``, ``12m 30s``, ``45s``."""
+    if seconds < 0:  # a saving (set-up steps that overlap)
+        return "-" + duration(-seconds)
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -68,9 +70,12 @@ def show_forecast(plan: Forecast) -> None:
     fit = "[green]fits[/]" if est.fits else "[bold red]does NOT fit[/]"
     parts = " + ".join(f"{p.name} {p.seconds:.1f}" for p in plan.vram)
     con.print(f"VRAM: ~{est.vram_needed_gb:.1f} GB of {est.vram_available_gb:g} GB {fit} ({parts})")
+    setup_cost = est.price_per_hour * est.setup_seconds / 3600
+    train_cost = est.price_per_hour * est.train_seconds / 3600
     con.print(
         f"cost: [bold]${est.dollars:.2f}[/] at ${est.price_per_hour:.2f}/h "
-        f"({escape(plan.price_basis)})"
+        f"({escape(plan.price_basis)}): set-up and transfers {duration(est.setup_seconds)} "
+        f"${setup_cost:.2f}, training {duration(est.train_seconds)} ${train_cost:.2f}"
     )
     for note in est.notes:
         con.print(f"[yellow]note:[/] {escape(note)}")

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from kohyawrap.errors import HostError, UsageError
 from kohyawrap.hashcache import HashCache
@@ -224,6 +225,15 @@ def model_source(
     )
 
 
+def expected_installer(setup: SetupOptions, facts: HostFacts | None) -> Literal["uv", "pip"]:
+    """What will build the environment: uv when asked for, or (auto) when the host has it."""
+    if setup.installer == "uv" or (
+        setup.installer == "auto" and facts is not None and facts.uv_version
+    ):
+        return "uv"
+    return "pip"
+
+
 def checkout_dir(setup: SetupOptions, layout: RemoteLayout) -> str:
     """The sd-scripts checkout a run will use: the given one, or its commit under the work dir.
 
@@ -279,6 +289,7 @@ def build_run_plan(
         bandwidth_mbps=request.bandwidth_mbps,
         # A host that already holds an environment skips the install in the time estimate.
         setup="warm" if facts is not None and facts.venvs else "cold",
+        installer=expected_installer(request.setup, facts),
     )
     if not request.force and not spec.smoke:
         require_fit(forecast, force_hint="--force to try anyway")
