@@ -248,10 +248,12 @@ def upload_dataset(host: Host, plan: RunPlan, reporter: Reporter) -> UploadRecor
     cache = plan.dataset_cache
     stats = host.upload_tree(files, cache, progress=lambda d, t: reporter.transfer("dataset", d, t))
     keep = "\0".join(sorted(files)).encode()
-    host.run(sh("python3", "-c", _PRUNE, cache), stdin=keep)
     target = plan.layout.in_run("dataset")
     host.run(
-        f"mkdir -p {sh(plan.layout.run_dir)} && rm -rf {sh(target)} && cp -al {sh(cache)} {sh(target)}"
+        sh("python3", "-c", _PRUNE, cache)
+        + f" && mkdir -p {sh(plan.layout.run_dir)} && rm -rf {sh(target)}"
+        + f" && cp -al {sh(cache)} {sh(target)}",
+        stdin=keep,
     )
     return UploadRecord(stats.files_sent, stats.bytes_sent, stats.files_total, stats.bytes_total)
 
@@ -266,10 +268,9 @@ def run_files(plan: RunPlan, sd_scripts: str) -> dict[str, str]:
 
 def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) -> None:
     """The rendered configs and the run wrapper, into the run folder."""
-    for name, text in sorted(run_files(plan, sd_scripts).items()):
-        # Beside each other in the working directory: the training config names the sample prompts
-        # and dataset config by bare file name, which sd-scripts resolves against its cwd.
-        host.put_bytes(text.encode(), plan.layout.in_run(name))
+    # Beside each other in the working directory: the training config names the sample prompts
+    # and dataset config by bare file name, which sd-scripts resolves against its cwd.
+    files = {name: (text.encode(), 0o644) for name, text in run_files(plan, sd_scripts).items()}
     wrapper = render_script(
         "run",
         run_dir=plan.layout.run_dir,
@@ -280,8 +281,31 @@ def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) ->
         max_seconds=int(plan.money.max_hours * 3600) if plan.money.max_hours else 0,
         script=posixpath.join(sd_scripts, plan.rendered.script),
     )
-    host.put_bytes(wrapper.encode(), plan.layout.in_run("run.sh"), mode=0o755)
-    host.run(f"mkdir -p {sh(plan.layout.in_run('output'))} {sh(plan.layout.in_run('logs'))}")
+    files["run.sh"] = (wrapper.encode(), 0o755)
+    put_files(host, plan.layout.run_dir, files, mkdirs=("output", "logs"))
+
+
+def put_files(
+    host: Host, folder: str, files: dict[str, tuple[bytes, int]], *, mkdirs: tuple[str, ...] = ()
+) -> None:
+    """Write small files (name -> bytes, mode) into ``folder`` in ONE command: a tar made here.
+
+    One round trip instead of one per file: a warm run's launch waits on these.
+    """
+    import io
+    import tarfile
+    import time
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8") as tar:
+        for name, (data, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    dirs = " ".join(sh(posixpath.join(folder, d)) for d in (".", *mkdirs))
+    host.run(
+        f"mkdir -p {dirs} && tar -x --no-same-owner -f - -C {sh(folder)}", stdin=buf.getvalue()
+    )
 
 
 # ---------------------------------------------------------------------------------------------

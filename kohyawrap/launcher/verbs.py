@@ -90,8 +90,12 @@ class Launcher:
         hf_token: str | None = None,
         dry_run: bool = False,
         on_plan: Callable[[RunPlan], None] = lambda plan: None,
+        stages: Sequence[Stage] = FULL,
     ) -> TrainResult:
-        """connect -> facts -> plan -> preflight -> confirm -> execute every stage."""
+        """connect -> facts -> plan -> preflight -> confirm -> execute every stage.
+
+        ``stages`` runs another selection (scripts/bench_setup.py times set-up alone with it).
+        """
         request = check_request(request)
         _check_finish_action(request, target, questions)
         if dry_run and request.spec.gpu != "auto":
@@ -137,7 +141,7 @@ class Launcher:
                     run, manifest, host, self.reporter, self.clock, self.options,
                     timings=timings, hf_token=hf_token,
                 )  # fmt: skip
-                final = self._run(session, FULL)
+                final = self._run(session, stages)
         raise_for_outcome(final, run)
         return TrainResult(plan, final, run)
 
