@@ -26,6 +26,9 @@ from kohyawrap.launcher.scripts import parse_kv, render_script
 _INSTALL_PROGRESS = re.compile(
     r"^(Collecting|Downloading|Installing collected|Successfully installed|Resolved|Prepared|"
     r"Installed|Building wheel|Using cached)\b"
+    # ... and why an installer failed (pip's ERROR:, uv's error: and its "x" explanations), so
+    # a uv failure that pip then replaces is not silent.
+    r"|^(ERROR:|error:|×|╰─▶)"
 )
 _MAX_SHOWN = 160  # characters of one progress line
 
