@@ -207,9 +207,9 @@ def cold_variant(
     path = f"{bindir}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
     # Each variant's host starts with empty package caches, as a fresh rental does.
     env = f"SetEnv PATH={path} PIP_CACHE_DIR={root}/pip-cache UV_CACHE_DIR={root}/uv-cache"
-    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):  # a machine whose TLS needs its own CAs
-        if os.environ.get(name):
-            env += f" {name}={os.environ[name]}"
+    for var in ("SSL_CERT_FILE", "SSL_CERT_DIR"):  # a machine whose TLS needs its own CAs
+        if os.environ.get(var):
+            env += f" {var}={os.environ[var]}"
     env += "\n"
     spec = RunSpec(gpu="rtx4090", model="sd15", base_model=model_url, output_name="bench")
     setup = SetupOptions(
