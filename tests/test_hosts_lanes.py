@@ -187,3 +187,43 @@ def test_many_small_files_over_several_streams(sshd: Sshd, tmp_path: Path) -> No
     assert stats.files_sent == 800
     for rel, path in files.items():
         assert (tmp_path / "up" / rel).read_bytes() == path.read_bytes(), rel
+
+
+def test_one_channel_dropped_mid_way_fails_cleanly_and_the_rest_is_kept(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    """One lane's receiver dies (its channel ends) while the others go on: the upload fails
+    with the host's words, nothing half-made is put in place, and the next try sends only the
+    parts that did not arrive."""
+    import signal
+
+    model = _big(tmp_path / "m.bin", 96 * MB)
+    dest = tmp_path / "up"
+    killed: list[int] = []
+
+    def receivers() -> list[int]:
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                argv = proc.joinpath("cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"-c" in argv[:3] and any(str(dest).encode() in a for a in argv[2:]):
+                found.append(int(proc.name))
+        return found
+
+    def kill_one(done: int, total: int) -> None:
+        if done > total // 2 and not killed:
+            for pid in receivers()[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    with sshd.connect() as host:
+        host.lanes = 2
+        with pytest.raises(HostError):
+            host.upload_tree({"m.bin": model}, str(dest), progress=kill_one, sidecars=True)
+        assert killed, "a receiver was running"
+        assert not (dest / "m.bin").exists()
+        again = host.upload_tree({"m.bin": model}, str(dest), sidecars=True)
+        assert again.files_sent == 1 and 0 < again.bytes_sent < model.stat().st_size
+    assert _sha(dest / "m.bin") == _sha(model)

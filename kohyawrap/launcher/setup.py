@@ -109,8 +109,8 @@ def _show_progress(line: str, found: dict[str, str], reporter: Reporter, name: s
     text = line.strip()
     frame = _TQDM.search(text)
     if frame:
-        done = int(float(frame[1]) * _UNITS[frame[2]])
-        total = int(float(frame[3]) * _UNITS[frame[4]])
+        done = round(float(frame[1]) * _UNITS[frame[2]])
+        total = round(float(frame[3]) * _UNITS[frame[4]])
         reporter.transfer(f"{name} download", done, max(done, total))
     elif _INSTALL_PROGRESS.match(text):
         reporter.info(text[:_MAX_SHOWN])
