@@ -87,8 +87,9 @@ class HashCache:
         """The sha256 of each path (one cache transaction for all of them)."""
         wanted = list(paths)
         stats = {p: p.stat() for p in wanted}  # OSError (missing file) is the caller's to report
+        names = _names(wanted)
         with self._open() as db:
-            known = self._lookup(db, stats)
+            known = self._lookup(db, stats, names)
             fresh: list[tuple[str, int, int, int, int, str]] = []
             out: dict[Path, str] = {}
             for path in wanted:
@@ -97,7 +98,7 @@ class HashCache:
                     digest = read_sha256(path)
                     self.hashed += 1
                     if _settled(path, stats[path]):
-                        fresh.append((_name(path), *_key(stats[path]), digest))
+                        fresh.append((names[path], *_key(stats[path]), digest))
                 out[path] = digest
             self._store(db, fresh)
         return out
@@ -129,7 +130,10 @@ class HashCache:
                 db.close()
 
     def _lookup(
-        self, db: sqlite3.Connection | None, stats: dict[Path, os.stat_result]
+        self,
+        db: sqlite3.Connection | None,
+        stats: dict[Path, os.stat_result],
+        names: dict[Path, str],
     ) -> dict[Path, str]:
         if db is None:
             return {}
@@ -138,7 +142,7 @@ class HashCache:
             for path, st in stats.items():
                 row = db.execute(
                     "SELECT size, mtime_ns, ctime_ns, inode, digest FROM sha256 WHERE path = ?",
-                    (_name(path),),
+                    (names[path],),
                 ).fetchone()
                 if row is not None and tuple(row[:4]) == _key(st):
                     found[path] = str(row[4])
@@ -166,5 +170,17 @@ def _settled(path: Path, before: os.stat_result) -> bool:
 
 
 def _name(path: Path) -> str:
-    # The absolute path, links in the folders resolved, so two spellings share one entry.
-    return str(path.resolve())
+    return _names([path])[path]
+
+
+def _names(paths: list[Path]) -> dict[Path, str]:
+    """Each path's key: its folder with links resolved (once per folder: a dataset has thousands
+    of files in a few folders), plus the file name, so two spellings share one entry."""
+    folders: dict[Path, str] = {}
+    out = {}
+    for path in paths:
+        folder = path.parent
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        out[path] = os.path.join(folders[folder], path.name)
+    return out
