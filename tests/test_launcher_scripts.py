@@ -110,6 +110,20 @@ def test_venv_is_built_once_and_fingerprinted(tmp_path: Path, origin: Path) -> N
     assert again["venv"] == "cached" and again["installer"] == "pip"
 
 
+def test_two_builds_of_one_venv_take_turns(tmp_path: Path, origin: Path) -> None:
+    """After a dropped connection the first install may still run on the host when the retry
+    starts: the second waits for the first and finds its environment ready."""
+    venv = tmp_path / "venvs" / "abc"
+    script = _venv_script(origin, venv, "pip")
+    first = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, text=True)
+    second = bash(script)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    states = sorted([parse_kv(out)["venv"], parse_kv(second.stdout)["venv"]])
+    assert states == ["cached", "fresh"], "one built it, the other waited and found it ready"
+    assert (venv / ".kohyawrap-ready").is_file()
+
+
 def _local_only_package(tmp_path: Path) -> Path:
     """A wheel that exists only in a local folder: pip finds it through PIP_FIND_LINKS (pip's
     own configuration), uv does not read that and fails, as it does on hosts whose pip is set up
