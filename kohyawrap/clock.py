@@ -51,6 +51,10 @@ class Timings:
         self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self._mark, 3)
         self._mark = now
 
+    def charge(self, phase: str, seconds: float) -> None:
+        """Add ``seconds`` measured elsewhere to ``phase`` (steps that ran at the same time)."""
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + seconds, 3)
+
     def restart(self) -> None:
         """Start the next lap now (time before it is charged to no phase)."""
         self._mark = self.clock.monotonic()

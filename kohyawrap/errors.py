@@ -68,6 +68,10 @@ class ConnectionLost(HostError):
     """The connection dropped or stopped answering mid-command; reconnecting may help."""
 
 
+class ChannelRefused(HostError):
+    """The host would not open one more channel (sshd's MaxSessions): use fewer at once."""
+
+
 class HostKeyError(HostError):
     """The host's key is unknown (and not trusted) or has changed."""
 

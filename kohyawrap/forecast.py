@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from kohyawrap.dataset.scan import TrainingDir
 
 Setup = Literal["cold", "warm"]
+Installer = Literal["uv", "pip"]
+# Set-up steps that run at once (the launcher's PREPARE stage): set-up waits for the longest.
+_AT_ONCE = ("install", "model download", "dataset upload")
 
 
 @dataclass(frozen=True)
@@ -347,7 +350,12 @@ def _checkpoints(settings: Mapping[str, Any], epochs: int) -> int:
 
 
 def _stages(
-    plan_in: _Inputs, steps: Steps, per_step: tuple[float, str], bandwidth: float, setup: Setup
+    plan_in: _Inputs,
+    steps: Steps,
+    per_step: tuple[float, str],
+    bandwidth: float,
+    setup: Setup,
+    installer: Installer = "pip",
 ) -> tuple[Part, ...]:
     rules, model, gpu, options = plan_in.rules, plan_in.model, plan_in.gpu, plan_in.options
     n = rules.number
@@ -366,19 +374,23 @@ def _stages(
     )
     samples = _sample_images(plan_in.rendered, steps.epochs)
     install = (
-        n("install_download_gb") * 1000 / host + n("install_s") if cold else n("install_warm_s")
+        n("install_download_gb") * 1000 / host + n(f"install_{installer}_s")
+        if cold
+        else n("install_warm_s")
     )
     model_gb = download_gb(model)
     companions = " (with its companion files)" if len(model.files) > 1 else ""
     load_s = model.plan.get("model_load_s", n("model_load_s"))
     sample_steps = model.sample.steps or n("sample_steps")
     caching = len(plan_in.sizes) * per_image * n("latent_cache_fraction")
-    return (
+    parts = (
         Part("connect", n("ssh_connect_s"), "SSH connect and checks"),
         Part(
             "install",
             install,
-            f"torch + sd-scripts requirements at {host:g} MB/s" if cold else "venv already there",
+            f"torch + sd-scripts requirements at {host:g} MB/s, {installer}"
+            if cold
+            else "venv already there",
         ),
         Part(
             "model download",
@@ -406,6 +418,19 @@ def _stages(
         ),
         Part("pull results", pull_mb / bandwidth, f"~{pull_mb:.0f} MB of checkpoints"),
     )
+    return _overlapped(parts)
+
+
+def _overlapped(parts: tuple[Part, ...]) -> tuple[Part, ...]:
+    """``parts`` plus what running install, model download and upload at once saves (a negative
+    part, so every part still shows what it takes alone)."""
+    at_once = [p.seconds for p in parts if p.name in _AT_ONCE]
+    saved = sum(at_once) - max(at_once, default=0.0)
+    if saved <= 0:
+        return parts
+    where = max(i for i, p in enumerate(parts) if p.name in _AT_ONCE) + 1
+    part = Part("at once", -saved, "install, model download and upload overlap: the longest counts")
+    return (*parts[:where], part, *parts[where:])
 
 
 @dataclass(frozen=True)
@@ -429,6 +454,7 @@ def build_forecast(
     bandwidth_mbps: float | None = None,
     setup: Setup = "cold",
     catalog: Catalog | None = None,
+    installer: Installer = "pip",
 ) -> Forecast:
     """Render the run and estimate it. ``bandwidth_mbps`` is the upload/download speed between
     this machine and the host in MB/s (default: presets/tiers.toml [plan] upload_mb_s)."""
@@ -445,7 +471,7 @@ def build_forecast(
     )
     if bandwidth <= 0:
         raise UsageError(f"--bandwidth must be above 0 MB/s, not {bandwidth:g}")
-    stages = _stages(inputs, steps, per_step, bandwidth, setup)
+    stages = _stages(inputs, steps, per_step, bandwidth, setup, installer)
     vram = vram_parts(model, options)
     price = price_per_hour if price_per_hour is not None else gpu.price_per_hour
     estimate = replace(
@@ -608,7 +634,9 @@ def require_budget(
 
 
 def duration_text(seconds: float) -> str:
-    """``1h05m``, ``12m30s``, ``45s``."""
+    """``1h05m``, ``12m30s``, ``45s``; ``-2m00s`` for a saving (set-up steps that overlap)."""
+    if seconds < 0:
+        return "-" + duration_text(-seconds)
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

@@ -14,7 +14,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from kohyawrap import __version__
@@ -50,7 +50,26 @@ TRAINING_CONFIG = "training_config.toml"
 DATASET_CONFIG = "dataset_config.toml"
 SAMPLE_PROMPTS = "sample_prompts.txt"
 LAUNCH = "launch.sh"
-DEFAULT_SD_SCRIPTS = f"$HOME/kohyawrap/sd-scripts/{PINNED_COMMIT}"  # the launcher's remote layout
+DEFAULT_WORK_DIR = "$HOME/kohyawrap"  # the launcher's default --work-dir, as launch.sh spells it
+
+
+def sd_scripts_checkout(work_dir: str = DEFAULT_WORK_DIR, ref: str = PINNED_COMMIT) -> str:
+    """Where the launcher keeps sd-scripts at ``ref`` under ``work_dir`` (its remote layout)."""
+    return f"{work_dir.rstrip('/')}/sd-scripts/{ref}"
+
+
+DEFAULT_SD_SCRIPTS = sd_scripts_checkout()
+
+
+def _double_quoted(path: str) -> str:
+    """``path`` for the inside of ``"${SD_SCRIPTS:-...}"``: a leading ``$HOME/`` expands, every
+    other character is literal (a work dir named ``a $(b)`` is a name, never a command)."""
+    home = path.startswith("$HOME/")
+    rest = path[len("$HOME/") :] if home else path
+    escaped = re.sub(r'([\\$`"}])', r"\\\1", rest)
+    return ("$HOME/" if home else "") + escaped
+
+
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 # Where each option is written (sections are for people; sd-scripts flattens them).
@@ -436,13 +455,52 @@ def inputs_hash(
 # The whole run
 
 
+def _launch(
+    common: dict[str, str], launch_args: tuple[str, ...], script: str, sd_scripts: str
+) -> str:
+    return (
+        _environment()
+        .get_template("launch.sh.j2")
+        .render(
+            **common,
+            commit=PINNED_COMMIT,
+            default_sd_scripts=_double_quoted(sd_scripts),
+            accelerate_args=launch_args,
+            script=script,
+            config_file=TRAINING_CONFIG,
+        )
+    )
+
+
+def relaunch(
+    rendered: RenderedRun, sd_scripts: str, *, catalog: Catalog | None = None
+) -> RenderedRun:
+    """``rendered`` with its launch.sh pointing at the checkout ``sd_scripts`` (a run's own:
+    its --work-dir and commit); every other file is unchanged."""
+    resolved = resolve_spec(rendered.spec, catalog)
+    common = {
+        "version": __version__,
+        "gpu": resolved.gpu.name,
+        "model": resolved.model.name,
+        "inputs_hash": rendered.inputs_hash,
+    }
+    text = _launch(common, rendered.accelerate_args, rendered.script, sd_scripts)
+    return replace(rendered, files=dict(sorted({**rendered.files, LAUNCH: text}.items())))
+
+
 def render_run(
-    spec: RunSpec, *, tdir: TrainingDir | None = None, catalog: Catalog | None = None
+    spec: RunSpec,
+    *,
+    tdir: TrainingDir | None = None,
+    catalog: Catalog | None = None,
+    sd_scripts: str = DEFAULT_SD_SCRIPTS,
 ) -> RenderedRun:
     """Render every file of a run; raises ConfigError when the options would not train.
 
     ``tdir`` (the scanned dataset) is only needed when ``spec.use_dataset_config``: the dataset
-    config lists its concept folders. Everything else depends on the spec (and presets) alone.
+    config lists its concept folders. ``sd_scripts`` is the checkout launch.sh runs by default
+    (for a run: the run's own, in its --work-dir at its commit). Everything else depends on the
+    spec (and presets) alone.
     """
     resolved = resolve_spec(spec, catalog)
     acc = run_settings(spec, resolved)
@@ -470,14 +528,7 @@ def render_run(
         TRAINING_CONFIG: env.get_template("training_config.toml.j2").render(
             **common, script=resolved.script, tier=tier, sections=_sections(acc, resolved.script)
         ),
-        LAUNCH: env.get_template("launch.sh.j2").render(
-            **common,
-            commit=PINNED_COMMIT,
-            default_sd_scripts=DEFAULT_SD_SCRIPTS,
-            accelerate_args=launch_args,
-            script=resolved.script,
-            config_file=TRAINING_CONFIG,
-        ),
+        LAUNCH: _launch(common, launch_args, resolved.script, sd_scripts),
     }
     if prompts:
         files[SAMPLE_PROMPTS] = _sample_prompts(

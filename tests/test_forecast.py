@@ -205,3 +205,26 @@ def test_match_gpu_maps_nvidia_smi_names(name, vram, expected):
 def test_match_gpu_needs_something_to_go_on():
     with pytest.raises(UsageError):
         match_gpu("Mystery GPU", None, catalog=CATALOG)
+
+
+def test_set_up_counts_the_longest_of_the_overlapped_steps(tdir):
+    cold = build_forecast(spec(), tdir, catalog=CATALOG, bandwidth_mbps=0.05)
+    stages = {s.name: s.seconds for s in cold.stages}
+    together = [stages["install"], stages["model download"], stages["dataset upload"]]
+    assert stages["at once"] == pytest.approx(max(together) - sum(together))
+    non_train = sum(s.seconds for s in cold.stages if s.name not in ("training", "sampling"))
+    assert cold.estimate.setup_seconds == pytest.approx(non_train, abs=0.1)
+    uv = build_forecast(spec(), tdir, catalog=CATALOG, bandwidth_mbps=0.05, installer="uv")
+    uv_install = next(s for s in uv.stages if s.name == "install")
+    n = CATALOG.rules.number
+    assert stages["install"] - uv_install.seconds == pytest.approx(
+        n("install_pip_s") - n("install_uv_s")
+    )
+    assert "uv" in uv_install.basis
+    warm = build_forecast(spec(), tdir, setup="warm", catalog=CATALOG)
+    warm_stages = {s.name: s.seconds for s in warm.stages}
+    assert warm_stages.get("at once", 0) == pytest.approx(
+        max(warm_stages["install"], warm_stages["dataset upload"])
+        - warm_stages["install"]
+        - warm_stages["dataset upload"]
+    )

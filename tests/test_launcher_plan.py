@@ -193,3 +193,70 @@ def test_regularisation_images_reach_the_config(tmp_path: Path) -> None:
     assert plan.spec.reg_data_dir == "dataset/reg"
     assert 'reg_data_dir = "dataset/reg"' in plan.rendered.files["training_config.toml"]
     assert "reg/1_dog/a.png" in plan.dataset_files
+
+
+def _default_checkout(launch_sh: str, home: str = "/home/u") -> str:
+    """What launch.sh's SD_SCRIPTS is when the caller sets none (bash evaluates that line)."""
+    import subprocess
+
+    line = next(ln for ln in launch_sh.splitlines() if ln.startswith("SD_SCRIPTS="))
+    result = subprocess.run(
+        ["bash", "-c", f'unset SD_SCRIPTS; {line}; printf %s "$SD_SCRIPTS"'],
+        capture_output=True,
+        text=True,
+        env={"HOME": home, "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("work_dir", "sd_scripts_path"),
+    [("~/kohyawrap", ""), ("/srv/训练 $(touch pwned)/work", ""), ("/w", "/opt/my sd-scripts")],
+)
+def test_launch_sh_runs_the_runs_own_checkout(
+    tmp_path: Path, work_dir: str, sd_scripts_path: str
+) -> None:
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from kohyawrap.launcher.request import TrainRequest, build_run_plan, expand_work_dir
+    from kohyawrap.launcher.runplan import SetupOptions
+
+    (tmp_path / "data" / "10_sks dog").mkdir(parents=True)
+    Image.new("RGB", (512, 512), (9, 9, 9)).save(tmp_path / "data" / "10_sks dog" / "a.png")
+    spec = RunSpec(
+        gpu="rtx4090", model="sd15", base_model="runwayml/stable-diffusion-v1-5", output_name="n"
+    )
+    ref = "0123456789abcdef0123456789abcdef01234567"
+    setup = replace(SetupOptions(), ref=ref, sd_scripts_path=sd_scripts_path)
+    request = TrainRequest(spec=spec, dataset=tmp_path / "data", work_dir=work_dir, setup=setup)
+    plan = build_run_plan(request, target="gpu-box", home="/root", now=NOW)
+    want = sd_scripts_path or f"{expand_work_dir(work_dir, '/root')}/sd-scripts/{ref}"
+    assert _default_checkout(plan.rendered.files["launch.sh"]) == want
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    from kohyawrap.render import render_run
+
+    default = render_run(plan.spec).files["launch.sh"].splitlines()
+    ours = plan.rendered.files["launch.sh"].splitlines()
+    assert [i for i, (a, b) in enumerate(zip(default, ours, strict=True)) if a != b] == [
+        next(i for i, line in enumerate(ours) if line.startswith("SD_SCRIPTS="))
+    ], "only the checkout line differs from a plain render"
+
+
+def test_the_estimate_knows_which_installer_will_run() -> None:
+    from dataclasses import replace
+
+    from kohyawrap.hosts.facts import HostFacts
+    from kohyawrap.launcher.request import expected_installer
+    from kohyawrap.launcher.runplan import SetupOptions
+
+    auto = SetupOptions()
+    facts = HostFacts.from_json({"uv_version": "0.9.5"})
+    bare = HostFacts.from_json({"uv_version": None})
+    assert expected_installer(auto, facts) == "uv"
+    assert expected_installer(auto, bare) == "pip"
+    assert expected_installer(auto, None) == "pip"
+    assert expected_installer(replace(auto, installer="pip"), facts) == "pip"
+    assert expected_installer(replace(auto, installer="uv"), bare) == "uv"

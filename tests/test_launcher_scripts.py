@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kohyawrap.launcher.scripts import parse_kv, render_script
+from kohyawrap.launcher.setup import HUB_SPEC
 from kohyawrap.launcher.watchdog import script_text
 
 
@@ -109,6 +110,20 @@ def test_venv_is_built_once_and_fingerprinted(tmp_path: Path, origin: Path) -> N
     assert info["python_version"] == ".".join(map(str, sys.version_info[:3]))
     again = parse_kv(bash(script).stdout)
     assert again["venv"] == "cached" and again["installer"] == "pip"
+
+
+def test_two_builds_of_one_venv_take_turns(tmp_path: Path, origin: Path) -> None:
+    """After a dropped connection the first install may still run on the host when the retry
+    starts: the second waits for the first and finds its environment ready."""
+    venv = tmp_path / "venvs" / "abc"
+    script = _venv_script(origin, venv, "pip")
+    first = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, text=True)
+    second = bash(script)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    states = sorted([parse_kv(out)["venv"], parse_kv(second.stdout)["venv"]])
+    assert states == ["cached", "fresh"], "one built it, the other waited and found it ready"
+    assert (venv / ".kohyawrap-ready").is_file()
 
 
 def _local_only_package(tmp_path: Path) -> Path:
@@ -271,6 +286,8 @@ def test_model_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: ob
     script = render_script(
         "model",
         python=sys.executable,
+        hub_env="",
+        hub_spec=HUB_SPEC,
         kind="hf",
         source="acme/tiny-sd",
         filename="model.safetensors",
@@ -300,6 +317,56 @@ def test_model_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: ob
             assert token.encode() not in path.read_bytes(), path
     again = bash(script, env=env)
     assert parse_kv(again.stdout)["model"] == "cached"
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs a system python3")
+def test_model_script_brings_its_own_hub_when_python_has_none(
+    tmp_path: Path, fake_hub: object
+) -> None:
+    """During set-up the base model downloads beside the install, before sd-scripts' venv
+    exists: a python3 without huggingface_hub gets a small environment of its own, once."""
+    from tests.fixtures.hub import FakeHub
+
+    assert isinstance(fake_hub, FakeHub)
+    bare = subprocess.run(["/usr/bin/python3", "-c", "import huggingface_hub"], check=False)
+    if bare.returncode == 0:
+        pytest.skip("this system python3 already has huggingface_hub")
+    fake_hub.files["acme/tiny-sd/model.safetensors"] = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
+    work = tmp_path / "work"
+    hub_env = work / "tools" / "hub-test"
+    values = dict(
+        python="/usr/bin/python3",
+        hub_env=str(hub_env),
+        hub_spec=HUB_SPEC,
+        kind="hf",
+        source="acme/tiny-sd",
+        filename="model.safetensors",
+        hf_home=str(work / "models" / "hf"),
+        work=str(work),
+    )
+    env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_TOKEN", None)
+    first = work / "models" / "a.safetensors"
+    script = render_script("model", dest=str(first), **values)
+    result = subprocess.run(
+        ["bash", "-c", script], input="\n", capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"KW step={HUB_SPEC}" in result.stdout
+    assert first.read_bytes() == fake_hub.files["acme/tiny-sd/model.safetensors"]
+    version = subprocess.run(
+        [str(hub_env / "bin/python"), "-c", "import huggingface_hub as h; print(h.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert HUB_SPEC.endswith("==" + version.stdout.strip())
+    second = render_script("model", dest=str(work / "models" / "b.safetensors"), **values)
+    again = subprocess.run(
+        ["bash", "-c", second], input="\n", capture_output=True, text=True, env=env, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert "KW step=" not in again.stdout, "the environment is built once per host"
 
 
 def test_run_wrapper_starts_the_watchdog_which_holds_the_deadline(tmp_path: Path) -> None:

@@ -123,7 +123,9 @@ def _provider_host(root: Path, env: str, stack: contextlib.ExitStack) -> Provide
     calls = provider_bin(fake)
     # The stand-ins come first; the real shutdown (in /usr/sbin) is not on this PATH at all.
     path = f"{fake}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
-    sshd = stack.enter_context(running_sshd(root / "sshd", f'SetEnv "PATH={path}" {env}\n'))
+    sshd = stack.enter_context(
+        running_sshd(root / "sshd", extra_config=f'SetEnv "PATH={path}" {env}\n')
+    )
     config = root / "ssh_config"
     config.write_text(
         f"Host gpu-box\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"

@@ -21,6 +21,7 @@ def test_plan_prints_steps_time_and_cost(tmp_path, capsys):
     assert code == 0, text
     for needle in ("160 steps", "16 batches of 4", "training", "model download", "$0.70/h", "fits"):
         assert needle in text, needle
+    assert "at once" in text and "set-up and transfers" in text, "set-up is costed apart"
 
 
 def test_plan_json_with_compare(tmp_path, capsys):

@@ -122,3 +122,34 @@ def test_render_for_a_card_without_preset(tmp_path, capsys):
     config = (tmp_path / "o" / "training_config.toml").read_text()
     assert 'mixed_precision = "fp16"' in config and "no_half_vae = true" in config
     assert "gpu preset vram-20" in config
+
+
+def test_launch_sh_runs_the_checkout_of_the_given_work_dir_and_ref(tmp_path, capsys):
+    import subprocess
+
+    data = dataset(tmp_path / "training_data")
+    ref = "fedcba9876543210fedcba9876543210fedcba98"
+    cases = {
+        "default": ([], "/home/u/kohyawrap/sd-scripts/"),
+        "given": (["--work-dir", "/data/我的 work", "--sd-scripts-ref", ref], None),
+    }
+    for name, (extra, prefix) in cases.items():
+        out = tmp_path / name
+        code, text = run(render_args(data, out, *extra), capsys)
+        assert code == 0, text
+        shown = subprocess.run(
+            [
+                "bash",
+                "-c",
+                'SD_SCRIPTS= ; source <(grep "^SD_SCRIPTS=" launch.sh); echo "$SD_SCRIPTS"',
+            ],
+            cwd=out,
+            capture_output=True,
+            text=True,
+            env={"HOME": "/home/u", "PATH": "/usr/bin:/bin"},
+            check=True,
+        ).stdout.strip()
+        if prefix:
+            assert shown.startswith(prefix) and len(shown) == len(prefix) + 40
+        else:
+            assert shown == f"/data/我的 work/sd-scripts/{ref}"

@@ -233,7 +233,7 @@ def test_a_drop_during_the_model_download_leaves_no_token_anywhere(
     clone = fake_sdscripts.clone(world.root / "preinstalled sd-scripts")
     # The host's sessions reach the fake Hub (its image sets HF_ENDPOINT, as a provider's might).
     hub_env = f"SetEnv HF_ENDPOINT={fake_hub.url} HF_HUB_DISABLE_TELEMETRY=1\n"
-    with running_sshd(tmp_path / "sshd-hub", hub_env) as sshd:
+    with running_sshd(tmp_path / "sshd-hub", extra_config=hub_env) as sshd:
         _drop_during_download(world, fake_sdscripts, fake_hub, sshd, clone, token, token_watch)
 
 

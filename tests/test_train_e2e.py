@@ -4,8 +4,10 @@ sshd on loopback, with the fake sd-scripts repository (the only stand-in) built 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,8 +56,20 @@ def assert_finished_run(run: Path, name: str = "demo") -> RunManifest:
     for key in ("connect", "setup", "model", "upload", "train", "pull"):
         assert key in m.timings
     assert m.sd_scripts is not None and m.sd_scripts.commit == m.plan.setup.ref
+    assert launch_checkout(run / "config" / "launch.sh") == m.sd_scripts.path
     assert not any(p.name == "pwned" for p in run.parents[2].rglob("pwned"))
     return m
+
+
+def launch_checkout(launch_sh: Path) -> str:
+    """The sd-scripts checkout a recorded launch.sh runs when SD_SCRIPTS is not set."""
+    line = next(ln for ln in launch_sh.read_text().splitlines() if ln.startswith("SD_SCRIPTS="))
+    return subprocess.run(
+        ["bash", "-c", f'unset SD_SCRIPTS; {line}; printf %s "$SD_SCRIPTS"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def test_local_run_then_second_run_skips_setup(world: Env, fake_sdscripts: FakeSdScripts) -> None:
@@ -390,3 +404,67 @@ def test_max_hours_holds_on_the_host_without_the_laptop(
     assert "deadline" in result.stderr
     m = manifest_of(run)
     assert m.status is RunStatus.STOPPED and m.stop_reason is StopReason.DEADLINE
+
+
+def test_prepare_overlaps_and_rides_out_a_cut(
+    world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
+) -> None:
+    """Install, base-model upload and dataset upload run at once; a connection cut in the middle
+    of the model's upload is reconnected, and only what had not arrived travels again."""
+    with world.base_model.open("wb") as fh:
+        for _ in range(10):
+            fh.write(os.urandom(8 << 20))  # 80 MiB: a large file, sent in parts
+    old = time.time() - 60
+    os.utime(world.base_model, (old, old))
+    uploads = world.work / "models" / "uploads"
+    with TcpRelay(sshd.port) as relay:
+        args = train_args(world, fake_sdscripts, fake_sdscripts.head, target=sshd.target)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kohyawrap", *args, *ssh_args(sshd, relay.port)],
+            cwd=world.root,
+            env=world.environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for(
+            lambda: uploads.is_dir() and any(uploads.glob(".*.upload/*.part")),
+            60,
+            "a first part of the base model on the host",
+        )
+        assert relay.cut() >= 1
+        _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "reconnected" in err
+    lines = err.splitlines()
+    started = {
+        name: next(i for i, line in enumerate(lines) if f"==> {name}" in line)
+        for name in ("setup", "model", "upload")
+    }
+    installed = next(i for i, line in enumerate(lines) if "setup: environment" in line)
+    assert max(started.values()) < installed, "model and upload began before the install ended"
+    m = assert_finished_run(only_run(world))
+    for phase in ("connect", "plan", "prepare", "setup", "model", "upload", "train", "pull"):
+        assert phase in m.timings, phase
+    assert m.model_how == "uploaded"
+    there = Path(m.plan.model.remote_path)
+    assert file_sha256(there) == file_sha256(world.base_model)
+    assert Path(f"{there}.sha256").read_text().split()[0] == file_sha256(world.base_model)
+    assert not list(uploads.glob(".*.upload")), "no staging folder left behind"
+
+
+def test_a_branch_ref_points_launch_sh_at_its_commit(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
+    result = kohyawrap(world, *train_args(world, fake_sdscripts, "main"))
+    assert result.returncode == 0, result.stderr
+    run = only_run(world)
+    m = manifest_of(run)
+    assert m.status is RunStatus.FINISHED
+    assert m.sd_scripts is not None and m.sd_scripts.commit == fake_sdscripts.head
+    assert launch_checkout(run / "config" / "launch.sh") == m.sd_scripts.path
+    assert m.sd_scripts.path.endswith(f"/sd-scripts/{fake_sdscripts.head}")
+    remote = Path(m.remote_run_dir) / "launch.sh"
+    assert remote.read_text() == (run / "config" / "launch.sh").read_text()
+    again = kohyawrap(world, "reproduce", str(run), "-o", str(world.root / "again"))
+    assert again.returncode == 0, again.stderr

@@ -233,8 +233,26 @@ def config() -> None:
     help="Folder to write the run's files into.",
 )
 @click.option("--force", is_flag=True, help="Overwrite files there that differ.")
+@click.option(
+    "--work-dir",
+    default="~/kohyawrap",
+    show_default=True,
+    help="launch.sh runs sd-scripts from <work-dir>/sd-scripts/<ref>, as `train` lays it out.",
+)
+@click.option(
+    "--sd-scripts-ref",
+    default=None,
+    help="The sd-scripts commit launch.sh runs (default: the one kohyawrap is pinned to).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
+def render(
+    output: Path,
+    force: bool,
+    work_dir: str,
+    sd_scripts_ref: str | None,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """Write training_config.toml, sample_prompts.txt, launch.sh (and dataset_config.toml).
 
     \b
@@ -249,6 +267,8 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     output folder, because launch.sh runs sd-scripts from there. FLUX.1, Chroma and SD3.5 load
     single files: those not given are expected in <output>/models/ (the output lists where to get
     them; `kohyawrap train` fetches them on the host itself).
+    launch.sh runs the checkout `train` would use (<work-dir>/sd-scripts/<ref>); SD_SCRIPTS=...
+    overrides it when you run it.
     """
     from kohyawrap.models_fetch import render_downloads
     from kohyawrap.presets import load_catalog
@@ -260,7 +280,9 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     downloads = render_downloads(model, given_files(params, output))
     tdir = scan_dataset(params, required=spec.use_dataset_config)
     spec = with_dataset_subjects(spec, tdir)
-    rendered = render_run(spec, tdir=tdir, catalog=catalog)
+    rendered = render_run(
+        spec, tdir=tdir, catalog=catalog, sd_scripts=launch_checkout(work_dir, sd_scripts_ref)
+    )
     written = write_run_files(output, rendered.files, force=force)
     notes = findings(rendered, catalog=catalog)
     if as_json:
@@ -282,6 +304,16 @@ def render(output: Path, force: bool, as_json: bool, **params: Any) -> None:
     show_rendered(
         output, rendered, written, notes, dataset_found=tdir is not None, downloads=downloads
     )
+
+
+def launch_checkout(work_dir: str, ref: str | None) -> str:
+    """The checkout launch.sh defaults to: ``~`` as ``$HOME``, so it expands where it runs."""
+    from kohyawrap.render import sd_scripts_checkout
+    from kohyawrap.sdscripts import PINNED_COMMIT
+
+    if work_dir == "~" or work_dir.startswith("~/"):
+        work_dir = "$HOME" + work_dir[1:]
+    return sd_scripts_checkout(work_dir, ref or PINNED_COMMIT)
 
 
 def write_run_files(folder: Path, files: dict[str, str], *, force: bool) -> dict[str, str]:

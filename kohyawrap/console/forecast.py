@@ -49,9 +49,12 @@ def show_forecast(plan: Forecast) -> None:
     fit = "[green]fits[/]" if est.fits else "[bold red]does NOT fit[/]"
     parts = " + ".join(f"{p.name} {p.seconds:.1f}" for p in plan.vram)
     con.print(f"VRAM: ~{est.vram_needed_gb:.1f} GB of {est.vram_available_gb:g} GB {fit} ({parts})")
+    setup_cost = est.price_per_hour * est.setup_seconds / 3600
+    train_cost = est.price_per_hour * est.train_seconds / 3600
     con.print(
         f"cost: [bold]${est.dollars:.2f}[/] at ${est.price_per_hour:.2f}/h "
-        f"({escape(plan.price_basis)})"
+        f"({escape(plan.price_basis)}): set-up and transfers {duration(est.setup_seconds)} "
+        f"${setup_cost:.2f}, training {duration(est.train_seconds)} ${train_cost:.2f}"
     )
     for note in est.notes:
         con.print(f"[yellow]note:[/] {escape(note)}")

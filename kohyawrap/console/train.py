@@ -172,7 +172,9 @@ def show_run_plan(plan: RunPlan) -> None:
         ("steps", str(est.steps)),
         ("time", f"~{est.train_seconds / 60:.0f} min training + ~{est.setup_seconds / 60:.0f} min "
                  "set-up and transfers"),
-        ("cost", f"~{dollars(est.dollars)} at {dollars(est.price_per_hour)}/h"),
+        ("cost", f"~{dollars(est.dollars)} at {dollars(est.price_per_hour)}/h: "
+                 f"~{dollars(est.price_per_hour * est.setup_seconds / 3600)} set-up and transfers, "
+                 f"~{dollars(est.price_per_hour * est.train_seconds / 3600)} training"),
         ("sd-scripts", f"{where} @ {setup.ref[:12]}"),
     ]  # fmt: skip
     if plan.money.max_dollars is not None or plan.money.max_hours is not None:

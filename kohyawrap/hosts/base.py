@@ -89,10 +89,16 @@ class Host(Protocol):
         ...
 
     def stream(
-        self, command: str, *, timeout: float | None = None, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
     ) -> Iterator[bytes]:
         """Run ``command`` and yield its stdout+stderr bytes as they arrive (set-up progress).
 
+        ``stdin`` is fed to the command then closed (a token travels this way, as with ``run``).
         With ``check`` a non-zero exit raises RemoteCommandError once the output is exhausted.
         """
         ...
@@ -111,11 +117,15 @@ class Host(Protocol):
         remote_dir: str,
         *,
         progress: ProgressFn | None = None,
+        sidecars: bool = False,
     ) -> TransferStats:
         """Make ``remote_dir/<rel>`` hold the content of each local file ``files[rel]``.
 
         Incremental: a file already there with the same sha256 is not sent again. Everything that
-        is sent travels in as few round trips as possible (one tar stream, not per-file SFTP).
+        is sent travels in as few round trips as possible: tar streams for small files (never
+        per-file SFTP), ranged parts hashed by the host for large ones, spread over several
+        channels where the host has them. With ``sidecars`` a large file gets ``<file>.sha256``
+        (digest, size, inode, times) once verified, so later checks need not read it again.
         ``rel`` are POSIX relative paths (may contain spaces, quotes, unicode; never ``..``).
         """
         ...

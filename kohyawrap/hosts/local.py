@@ -80,11 +80,25 @@ class LocalHost(PosixHost):
         return size, chunks()
 
     def stream(
-        self, command: str, *, timeout: float | None = None, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
     ) -> Iterator[bytes]:
         """Run ``command`` and yield stdout+stderr bytes as they arrive."""
-        proc = self._popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        proc = self._popen(
+            command,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         assert proc.stdout is not None
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):  # a command that never reads its input
+                proc.stdin.write(stdin or b"")
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
         deadline = None if timeout is None else time.monotonic() + timeout
         tail = b""
         try:

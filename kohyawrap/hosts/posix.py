@@ -10,14 +10,17 @@ A concrete host supplies four primitives — ``_execute`` (run and collect bytes
 from __future__ import annotations
 
 import contextlib
+import queue
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from kohyawrap.errors import HostError, RemoteCommandError
+from kohyawrap.errors import ChannelRefused, ConnectionLost, HostError, RemoteCommandError
 from kohyawrap.hosts import transfer
 from kohyawrap.hosts.base import CommandResult, ProgressFn, RemoteStat, TransferStats, quote
 
@@ -51,6 +54,16 @@ class PosixHost(ABC):
 
     label: str = "host"
     _home: str | None = None
+    lanes: int = 1  # channels one upload may use at once (SshHost: several)
+    _spare: threading.Semaphore | None = None
+
+    def _spare_lanes(self) -> threading.Semaphore:
+        """Lanes beyond the first, shared by every upload running on this host at once, so
+        that two uploads beside an install stay within sshd's MaxSessions."""
+        with _SPARE_LOCK:
+            if self._spare is None:
+                self._spare = threading.Semaphore(max(0, self.lanes - 1))
+            return self._spare
 
     # --- primitives a concrete host provides -------------------------------------------------
 
@@ -68,11 +81,17 @@ class PosixHost(ABC):
 
     @abstractmethod
     def stream(
-        self, command: str, *, timeout: float | None = None, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
     ) -> Iterator[bytes]:
         """Run ``command`` and yield stdout+stderr bytes as they arrive.
 
-        With ``check`` a non-zero exit raises RemoteCommandError once the output is exhausted.
+        ``stdin`` is fed to the command then closed. With ``check`` a non-zero exit raises
+        RemoteCommandError once the output is exhausted.
         """
 
     @abstractmethod
@@ -182,16 +201,143 @@ class PosixHost(ABC):
         remote_dir: str,
         *,
         progress: ProgressFn | None = None,
+        sidecars: bool = False,
     ) -> TransferStats:
-        """Make ``remote_dir/<rel>`` hold each local file; only changed files travel (one tar)."""
+        """Make ``remote_dir/<rel>`` hold each local file; only changed files travel.
+
+        Small files go as tar streams, large ones in ranged parts, over up to ``lanes`` channels
+        at once. With ``sidecars`` each large file gets ``<file>.sha256`` beside it once it is
+        verified, so the next check reads that instead of the whole file.
+        """
         t0 = time.monotonic()
         local = transfer.describe_local(files)
         base = self.abspath(remote_dir).rstrip("/") or "/"
-        there = self.sha256([f"{base}/{f.rel}" for f in local])
-        remote = {path[len(base) + 1 :]: digest for path, digest in there.items()}
+        remote = self._remote_digests(local, base, sidecars=sidecars)
         todo = transfer.changed_files(local, remote)
-        wire = self._send_tar(todo, base, progress) if todo else 0
+        wire = self._send(todo, base, progress, sidecars=sidecars) if todo else 0
         return transfer.upload_stats(local, todo, wire, t0)
+
+    def _remote_digests(
+        self, local: list[transfer.LocalFile], base: str, *, sidecars: bool
+    ) -> dict[str, str]:
+        """rel -> sha256 of what the host already holds (large files via their sidecars)."""
+        # Names relative to ``base`` (the command starts there): a dataset of thousands of files
+        # sends a quarter of the bytes. No folder, nothing there yet.
+        large = [f.rel for f in local if f.size >= transfer.LARGE]
+        small = [f.rel for f in local if f.size < transfer.LARGE]
+        listing = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in small)
+        command = (
+            transfer.sidecar_hash_command(large, write=sidecars)
+            if large
+            else transfer.hash_command()
+        )
+        raw = self._execute(f"cd -- {quote(base)} 2>/dev/null || exit 0; {command}", listing, None)
+        return transfer.parse_sha256sum(raw.stdout, [f.rel for f in local])
+
+    def _send(
+        self,
+        todo: list[transfer.LocalFile],
+        base: str,
+        progress: ProgressFn | None,
+        *,
+        sidecars: bool,
+    ) -> int:
+        """Send ``todo`` over up to ``lanes`` channels; returns the bytes written."""
+        meter = _Meter(sum(f.size for f in todo), progress)
+        small = [f for f in todo if f.size < transfer.LARGE]
+        large = [f for f in todo if f.size >= transfer.LARGE]
+        jobs: list[_Job] = [
+            partial(self._tar_job, group, base, meter)
+            for group in transfer.tar_groups(small, self.lanes)
+        ]
+        staged = [(item, self._stage(item, base, meter)) for item in large]
+        for item, (staging, parts) in staged:
+            jobs += [
+                partial(self._parts_job, item, staging, share, meter)
+                for share in transfer.lane_parts(parts, self.lanes)
+            ]
+        wire = _run_lanes(jobs, self.lanes, self._spare_lanes())
+        for item, _ in staged:
+            if not transfer.unchanged(item):
+                raise transfer.changed_during_upload(item)
+        if staged:
+            self._checked(
+                "; ".join(
+                    transfer.finish_command(
+                        staging, f"{base}/{item.rel}", item.sha256, sidecar=sidecars
+                    )
+                    for item, (staging, _) in staged
+                )
+            )
+        meter.done()
+        return wire
+
+    def _tar_job(
+        self,
+        group: list[transfer.LocalFile],
+        base: str,
+        meter: _Meter,
+        stop: Callable[[], bool],
+    ) -> int:
+        return self._send_tar(group, base, meter.stream(stop))
+
+    def _stage(
+        self, item: transfer.LocalFile, base: str, meter: _Meter
+    ) -> tuple[str, list[transfer.Part]]:
+        """Prepare the host for ``item``'s parts; the parts still to send (earlier tries count)."""
+        staging = transfer.staging_dir(f"{base}/{item.rel}", item.sha256)
+        raw = self._checked(transfer.begin_command(staging, item.size))
+        have = transfer.parse_markers(raw.stdout)
+        todo = []
+        for part in transfer.parts_of(item.size):
+            if part in have and have[part] == transfer.part_sha256(item.path, part):
+                meter.add(part.length)
+            else:
+                todo.append(part)
+        return staging, todo
+
+    def _parts_job(
+        self,
+        item: transfer.LocalFile,
+        staging: str,
+        parts: list[transfer.Part],
+        meter: _Meter,
+        stop: Callable[[], bool],
+    ) -> int:
+        """Send ``parts`` of ``item`` over one channel; check each against the host's digest."""
+        command = transfer.receive_command(staging)
+        pipe = self._open_pipe(command)
+        sent: dict[transfer.Part, str] = {}
+        try:
+            sent = transfer.send_parts(pipe, item, parts, meter.add, stop)
+        except (OSError, EOFError):
+            pass  # the receiver died early: its exit code and stderr below say why
+        except BaseException:
+            with contextlib.suppress(HostError):
+                _quietly_close(pipe)
+                pipe.finish(timeout=30)
+            raise
+        _quietly_close(pipe)
+        out = b""
+        with contextlib.suppress(OSError, EOFError):
+            while more := pipe.read(4096):
+                out += more
+        code, err = pipe.finish()
+        if stop():
+            return 0
+        if code != 0:
+            raise RemoteCommandError(
+                f"receiving {item.rel}", code, err, hint="is the disk on the host full?"
+            )
+        got = transfer.parse_markers(out)
+        for part in parts:
+            if got.get(part) != sent.get(part):
+                raise HostError(
+                    f"{item.rel}: bytes {part.offset}+{part.length} arrived damaged",
+                    evidence=[f"sent sha256 {sent.get(part)}", f"received sha256 {got.get(part)}"],
+                    hint="run it again: the parts that arrived whole are not sent again",
+                )
+        return sum(p.length for p in parts)
 
     def download(
         self,
@@ -250,3 +396,113 @@ class PosixHost(ABC):
 def _quietly_close(pipe: transfer.ExecPipe) -> None:
     with contextlib.suppress(OSError, EOFError):
         pipe.close_input()
+
+
+_SPARE_LOCK = threading.Lock()
+# One unit of upload work on one channel; it is told to stop early when another one failed.
+_Job = Callable[[Callable[[], bool]], int]
+
+
+class _Stopped(Exception):
+    """Another lane failed: this one gives up its stream quietly."""
+
+
+class _Meter:
+    """Progress of one upload summed over its lanes (called from several threads)."""
+
+    def __init__(self, total: int, progress: ProgressFn | None) -> None:
+        self.total = total
+        self.progress = progress
+        self._moved = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._moved += n
+            if self.progress is not None:
+                self.progress(min(self._moved, self.total), self.total)
+
+    def stream(self, stop: Callable[[], bool]) -> ProgressFn:
+        """A per-stream progress callback (absolute counts) feeding this meter; it raises
+        :class:`_Stopped` once ``stop()`` says another lane failed."""
+        seen = [0]
+
+        def moved(done: int, _total: int) -> None:
+            if stop():
+                raise _Stopped
+            self.add(done - seen[0])
+            seen[0] = done
+
+        return moved
+
+    def done(self) -> None:
+        """Report the end once (the streams usually did already)."""
+        if self.progress is not None and self._moved != self.total:
+            self.progress(self.total, self.total)
+
+
+def _run_lanes(jobs: list[_Job], lanes: int, spare: threading.Semaphore) -> int:
+    """Run ``jobs`` on up to ``lanes`` threads; the bytes they wrote. The first lane always
+    runs; each further one needs a ``spare`` lane of the host. The first failure stops the rest
+    and is raised once every lane has ended (so no channel is left writing)."""
+    if len(jobs) <= 1 or lanes <= 1:
+        return sum(job(lambda: False) for job in jobs)
+    pending: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+    for job in jobs:
+        pending.put(job)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    wrote = [0]
+    busy = [0]
+    lock = threading.Lock()
+
+    def lane() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    job = pending.get_nowait()
+                except queue.Empty:
+                    return
+                n = job(stop.is_set)
+                with lock:
+                    wrote[0] += n
+        except _Stopped:
+            return
+        except ChannelRefused:
+            with lock:
+                alone = busy[0] <= 1
+            if not alone:  # the host allows fewer channels: the other lanes take this job
+                pending.put(job)
+                return
+            raise
+        except BaseException as err:
+            errors.append(err)
+            stop.set()
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    def spare_lane() -> None:
+        try:
+            lane()
+        finally:
+            spare.release()
+
+    threads = [threading.Thread(target=lane, daemon=True)]
+    while len(threads) < min(lanes, len(jobs)) and spare.acquire(blocking=False):
+        threads.append(threading.Thread(target=spare_lane, daemon=True))
+    busy[0] = len(threads)
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        stop.set()
+        raise
+    if errors:
+        lost = [e for e in errors if isinstance(e, ConnectionLost)]
+        raise (lost or errors)[0]
+    while not pending.empty():  # lanes refused at the same moment left work behind: finish it
+        wrote[0] += pending.get_nowait()(lambda: False)
+    return wrote[0]

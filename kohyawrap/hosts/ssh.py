@@ -22,6 +22,7 @@ import paramiko
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey
 
 from kohyawrap.errors import (
+    ChannelRefused,
     ConnectionLost,
     HostError,
     HostKeyError,
@@ -44,6 +45,12 @@ _TAIL = 64 * 1024
 
 class SshHost(PosixHost):
     """A Linux host reached over SSH. Connects on construction; ``close()`` when done."""
+
+    # Channels one upload uses at once. Each is capped by sshd's 2 MiB window per round trip
+    # (~13 MB/s at 150 ms). sshd allows 10 sessions per connection (MaxSessions): the lanes
+    # beyond the first are shared by all uploads, so two uploads beside an install and a small
+    # command stay at 1 + 1 + 5 + 2.
+    lanes = 6
 
     def __init__(
         self,
@@ -203,6 +210,10 @@ class SshHost(PosixHost):
         except (paramiko.SSHException, OSError, EOFError) as err:
             if not transport.is_active():
                 raise self._lost(command) from None
+            # paramiko keeps one refusal per connection: when channels are opened from several
+            # threads, one gets the ChannelException and the others "Unable to open channel."
+            if isinstance(err, paramiko.ChannelException) or "Unable to open channel" in str(err):
+                raise ChannelRefused(f"{self.label} refused to open a channel: {err}") from None
             if watchdog is None or watchdog.finished.is_set() or "Timeout" in str(err):
                 raise self._timed_out(command, limit) from None
             raise HostError(f"{self.label} refused to run a command: {err}") from None
@@ -267,12 +278,17 @@ class SshHost(PosixHost):
         return int(size_text), _pipe_chunks(pipe, rest, path)
 
     def stream(
-        self, command: str, *, timeout: float | None = None, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
     ) -> Iterator[bytes]:
         """Run ``command`` and yield stdout+stderr bytes as they arrive."""
         # Merge stderr into stdout on the host: two SSH streams arrive in no fixed order.
         chan = self._channel(f"exec 2>&1\n{command}", combine=True, timeout=timeout)
-        chan.shutdown_write()
+        _feed(chan, stdin)
         deadline = None if timeout is None else time.monotonic() + timeout
         tail = b""
         try:

@@ -15,13 +15,13 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from kohyawrap.errors import HostError, UsageError
-from kohyawrap.fileio import file_sha256 as file_sha256
+from kohyawrap.hashcache import HashCache, read_sha256
 from kohyawrap.hosts.base import ProgressFn, TransferStats, quote
 from kohyawrap.names import remote_name_problem
 
@@ -60,6 +60,7 @@ class LocalFile:
     path: Path
     size: int
     sha256: str
+    mtime_ns: int = 0  # when it was hashed: a large file sent in parts is checked against it
 
 
 def check_relpath(rel: str) -> str:
@@ -94,17 +95,38 @@ def local_target(target_dir: Path, remote_name: str) -> Path:
     return target_dir / remote_name
 
 
-def describe_local(files: Mapping[str, Path]) -> list[LocalFile]:
-    """Validate names and hash every local file (sorted by name, so streams are deterministic)."""
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a local file, read in chunks (no cache: for files just received)."""
+    return read_sha256(path)
+
+
+def describe_local(files: Mapping[str, Path], cache: HashCache | None = None) -> list[LocalFile]:
+    """Validate names and hash every local file (sorted by name, so streams are deterministic).
+
+    Digests come from the hash cache (``HashCache.default()`` unless given) when the file has not
+    changed since it was last hashed, e.g. by the plan a moment ago.
+    """
+    cache = cache if cache is not None else HashCache.default()
+    rels = sorted(files)
+    paths = [Path(files[rel]) for rel in rels]
+    try:
+        digests = cache.sha256_many(paths)
+    except OSError as err:
+        raise UsageError(f"cannot read {err.filename}: {err.strerror}") from err
     out = []
-    for rel in sorted(files):
-        path = Path(files[rel])
-        try:
-            size = path.stat().st_size
-        except OSError as err:
-            raise UsageError(f"cannot read {path}: {err.strerror}") from err
-        out.append(LocalFile(check_relpath(rel), path, size, file_sha256(path)))
+    for rel, path in zip(rels, paths, strict=True):
+        st = path.stat()
+        out.append(LocalFile(check_relpath(rel), path, st.st_size, digests[path], st.st_mtime_ns))
     return out
+
+
+def unchanged(item: LocalFile) -> bool:
+    """``item`` still has the size and mtime it had when it was hashed."""
+    try:
+        st = item.path.stat()
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns)
 
 
 def hash_command() -> str:
@@ -168,7 +190,14 @@ def _file_body(item: LocalFile) -> Iterator[bytes]:
             left -= len(chunk)
             yield chunk
     if left or digest.hexdigest() != item.sha256:
-        raise UsageError(f"{item.path} changed while it was being uploaded", hint="run it again")
+        raise changed_during_upload(item)
+
+
+def changed_during_upload(item: LocalFile) -> UsageError:
+    """The error for a file edited mid-upload; its cached digest is dropped, so that "run it
+    again" hashes it afresh."""
+    HashCache.default().forget(item.path)
+    return UsageError(f"{item.path} changed while it was being uploaded", hint="run it again")
 
 
 def tar_stream(items: list[LocalFile]) -> Iterator[bytes]:
@@ -316,3 +345,211 @@ def read_chunks(fh: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
     """Chunks of an open binary file until end of file."""
     while chunk := fh.read(size):
         yield chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# Several channels at once
+#
+# One SSH channel carries at most the server's receive window per round trip: OpenSSH's sshd
+# gives a session 2 MiB, so one channel uploads ~13 MB/s at 150 ms whatever the link. Uploads
+# therefore spread over several channels of the same connection: small files as several tar
+# streams (one per group of files, balanced by bytes), and each large file in ranged parts that
+# the host writes at their offsets and hashes as they arrive.
+
+LARGE = 64 << 20  # files at least this big travel in ranged parts
+GROUP_BYTES = 4 << 20  # below this much data a second tar stream costs more than it saves
+_MIN_PART = 16 << 20
+_MAX_PART = 128 << 20
+# stat fields that identify one version of a file on the host; a sidecar holds them.
+STAT_KEY = "%s %i %.9Y %.9Z"
+
+
+@dataclass(frozen=True)
+class Part:
+    """A byte range of a large file."""
+
+    offset: int
+    length: int
+
+
+def parts_of(size: int) -> list[Part]:
+    """The ranges a file of ``size`` bytes is sent in (the same every time for the same size,
+    so parts received before a dropped connection are recognised on the next try)."""
+    step = min(_MAX_PART, max(_MIN_PART, (size // 32) >> 20 << 20))
+    return [Part(off, min(step, size - off)) for off in range(0, size, step)] or [Part(0, 0)]
+
+
+def tar_groups(items: list[LocalFile], count: int) -> list[list[LocalFile]]:
+    """``items`` in at most ``count`` groups of about equal bytes (each becomes one tar stream).
+
+    Largest first into the lightest group; each group keeps name order, so a stream is
+    deterministic for the same files.
+    """
+    total = sum(i.size + _BLOCK for i in items)
+    count = max(1, min(count, len(items), total // GROUP_BYTES or 1))
+    groups: list[list[LocalFile]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for item in sorted(items, key=lambda i: (-i.size, i.rel)):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(item)
+        loads[lightest] += item.size + _BLOCK
+    return [sorted(g, key=lambda i: i.rel) for g in groups if g]
+
+
+def staging_dir(final: str, sha256: str) -> str:
+    """Where the parts of ``final`` gather before it is put in place (one per content)."""
+    folder, _, name = final.rpartition("/")
+    return f"{folder}/.{name}.{sha256[:16]}.upload"
+
+
+def begin_command(staging: str, size: int) -> str:
+    """Create the staging file at its full size; print the markers of parts already received."""
+    s = quote(staging)
+    return (
+        f"set -e; mkdir -p -- {s}; [ -f {s}/data ] || truncate -s {size} -- {s}/data; "
+        f"cat -- {s}/*.part 2>/dev/null || true"
+    )
+
+
+def parse_markers(output: bytes) -> dict[Part, str]:
+    """``offset length sha256`` lines -> the digest the host computed for each part."""
+    found: dict[Part, str] = {}
+    for line in output.decode("ascii", "replace").splitlines():
+        fields = line.split()
+        if (
+            len(fields) == 3
+            and fields[0].isdigit()
+            and fields[1].isdigit()
+            and _SHA256_RE.match(fields[2])
+        ):
+            found[Part(int(fields[0]), int(fields[1]))] = fields[2]
+    return found
+
+
+# Runs on the host with python3 (which every sd-scripts host has). stdin holds parts, each an
+# "OFFSET LENGTH" line and then exactly LENGTH bytes; each is written at its offset, hashed on the
+# way, and recorded (a marker file and a line on stdout) only once all of it arrived. One channel
+# carries many parts, so a part costs no channel set-up round trips.
+_RECEIVE = """
+import hashlib, os, sys
+data, staging = sys.argv[1], sys.argv[2]
+fd = os.open(data, os.O_WRONLY)
+src = sys.stdin.buffer
+while True:
+    head = src.readline()
+    if not head:
+        break
+    offset, length = (int(x) for x in head.split())
+    digest, left, pos = hashlib.sha256(), length, offset
+    while left:
+        chunk = src.read(min(left, 1 << 20))
+        if not chunk:
+            sys.exit("a part ended %d bytes early" % left)
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.pwrite(fd, view, pos):]
+        pos += len(chunk)
+        left -= len(chunk)
+    os.fsync(fd)
+    line = "%d %d %s\\n" % (offset, length, digest.hexdigest())
+    marker = os.path.join(staging, "%d.part" % offset)
+    with open(marker + ".tmp", "w") as out:
+        out.write(line)
+    os.replace(marker + ".tmp", marker)
+    sys.stdout.write(line)
+    sys.stdout.flush()
+os.close(fd)
+"""
+
+
+def receive_command(staging: str) -> str:
+    """Host command that receives parts into ``staging/data`` (see ``_RECEIVE``)."""
+    return " ".join(quote(a) for a in ("python3", "-c", _RECEIVE, f"{staging}/data", staging))
+
+
+def lane_parts(parts: list[Part], lanes: int) -> list[list[Part]]:
+    """``parts`` dealt round-robin to at most ``lanes`` channels (equal parts: equal loads)."""
+    count = max(1, min(lanes, len(parts)))
+    return [parts[i::count] for i in range(count) if parts[i::count]]
+
+
+def finish_command(staging: str, final: str, sha256: str, *, sidecar: bool) -> str:
+    """Put the assembled file in place (and its sidecar beside it); drop the staging folder."""
+    s, f = quote(staging), quote(final)
+    keep = (
+        f"k=$(stat -L -c {quote(STAT_KEY)} -- {f}); t=$(mktemp -- {f}.sha256.XXXXXX); "
+        f'printf "%s %s\\n" {sha256} "$k" >"$t"; mv -f -- "$t" {f}.sha256; '
+        if sidecar
+        else f"rm -f -- {f}.sha256; "
+    )
+    return f"set -e; mv -f -- {s}/data {f}; {keep}rm -rf -- {s}"
+
+
+def sidecar_hash_command(large: list[str], *, write: bool) -> str:
+    """Host command printing ``sha256sum`` lines for ``large`` files (trusting a sidecar whose
+    recorded size, inode, mtime and ctime all match the file's), then for the NUL-separated
+    paths on stdin like :func:`hash_command`.
+
+    A sidecar only stands for the exact file it was written beside: a file whose size or times
+    differ is read again (and, with ``write``, gets a fresh sidecar).
+    """
+    store = (
+        't=$(mktemp -- "$p.sha256.XXXXXX") && printf "%s %s\\n" "$d" "$k" >"$t" && '
+        'mv -f -- "$t" "$p.sha256"; '
+        if write
+        else ""
+    )
+    loop = (
+        'for p in "$@"; do [ -f "$p" ] || continue; '
+        f'k=$(stat -L -c {quote(STAT_KEY)} -- "$p") || continue; '
+        'if [ -f "$p.sha256" ] && read -r d rest <"$p.sha256" && [ "$rest" = "$k" ]; then '
+        'printf \'%s  %s\\n\' "$d" "$p"; continue; fi; '
+        'd=$(sha256sum <"$p") || continue; d=${d%% *}; '
+        f'{store}printf \'%s  %s\\n\' "$d" "$p"; done; '
+    )
+    args = " ".join(quote(p) for p in large)
+    return f"set -- {args}; {loop}{hash_command()}"
+
+
+def send_parts(
+    pipe: ExecPipe,
+    item: LocalFile,
+    parts: list[Part],
+    moved: Callable[[int], None],
+    stop: Callable[[], bool],
+) -> dict[Part, str]:
+    """Stream ``parts`` of ``item`` into a receiver; the sha256 of each part as it was read."""
+    sent: dict[Part, str] = {}
+    with item.path.open("rb") as fh:
+        for part in parts:
+            if stop():
+                break
+            pipe.write(f"{part.offset} {part.length}\n".encode())
+            digest = hashlib.sha256()
+            fh.seek(part.offset)
+            left = part.length
+            while left > 0:
+                chunk = fh.read(min(CHUNK, left))
+                if not chunk or stop():
+                    if not chunk:
+                        raise changed_during_upload(item)
+                    return sent
+                digest.update(chunk)
+                pipe.write(chunk)
+                left -= len(chunk)
+                moved(len(chunk))
+            sent[part] = digest.hexdigest()
+    return sent
+
+
+def part_sha256(path: Path, part: Part) -> str:
+    """The local sha256 of one part (to trust a part the host received on an earlier try)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        fh.seek(part.offset)
+        left = part.length
+        while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()

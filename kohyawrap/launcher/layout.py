@@ -6,6 +6,7 @@ Remote layout (design.md)::
     <work>/venvs/<fingerprint>/          the venv for that commit + requirements + torch
     <work>/models/                       base models (hf/ cache, uploads/, urls/) and tokenizers/
     <work>/datasets/<slug>/              the latest upload of a dataset (synced incrementally)
+    <work>/tools/hub-<key>/              huggingface_hub for downloads during set-up
     <work>/runs/<run-id>/                one run: dataset/ (hard-link snapshot), config/, output/,
                                          logs/, run.sh, run.log, run.pid, exit_code
 """
@@ -61,6 +62,11 @@ class RemoteLayout:
 
     def venv(self, fingerprint: str) -> str:
         return posixpath.join(self.work, "venvs", fingerprint)
+
+    def hub_env(self, python: str) -> str:
+        """The small huggingface_hub environment that downloads base models during set-up."""
+        key = hashlib.sha256(python.encode()).hexdigest()[:12]
+        return posixpath.join(self.work, "tools", f"hub-{key}")
 
     def dataset_cache(self, dataset_slug: str) -> str:
         return posixpath.join(self.work, "datasets", dataset_slug)

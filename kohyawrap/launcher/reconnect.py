@@ -8,6 +8,7 @@ a file the host should not have, is not a network problem and is never retried.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,6 +35,7 @@ class Reconnector:
         self.clock = clock
         self.tries = tries
         self.recoveries = 0  # successful reconnects so far (for the record and for tests)
+        self._lock = threading.Lock()
 
     def recover(self, lost: HostError, doing: str) -> None:
         """Reconnect after ``lost``; raise the last error when ``tries`` attempts failed."""
@@ -63,10 +65,15 @@ class Reconnector:
         """
         drops = 0
         while True:
+            seen = self.recoveries
             try:
                 return action()
             except ConnectionLost as lost:
                 drops += 1
                 if drops > self.tries:
                     raise
-                self.recover(lost, doing)
+                # Several steps share the host (PREPARE): one drop fails them all, and only the
+                # first to get here reconnects; the others find it done and try again.
+                with self._lock:
+                    if self.recoveries == seen:
+                        self.recover(lost, doing)

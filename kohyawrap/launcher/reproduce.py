@@ -19,7 +19,8 @@ from kohyawrap.models import RenderedRun
 
 def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> RenderedRun:
     """Render the manifest's spec again and compare with the recorded files, byte for byte."""
-    from kohyawrap.render import render_run
+    from kohyawrap.launcher.request import checkout_dir
+    from kohyawrap.render import relaunch, render_run
 
     plan = manifest.original_plan  # a resumed or retried run is reproduced from its start
     if plan.kohyawrap_version != __version__:
@@ -27,7 +28,11 @@ def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> Rendere
             f"run {run.run_id} was rendered by kohyawrap {plan.kohyawrap_version}, this is {__version__}",
             hint=f"install that version to reproduce it exactly: pip install kohyawrap=={plan.kohyawrap_version}",
         )
-    rendered = render_run(plan.spec)
+    # launch.sh runs the checkout the run used (recorded by SETUP; else the planned one).
+    checkout = (
+        manifest.sd_scripts.path if manifest.sd_scripts else checkout_dir(plan.setup, plan.layout)
+    )
+    rendered = relaunch(render_run(plan.spec), checkout)
     problems: list[str] = []
     for name, text in sorted(rendered.files.items()):
         recorded = run.config / name

@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kohyawrap.errors import HostError, UsageError
+from kohyawrap.hashcache import HashCache
 from kohyawrap.hosts.facts import HostFacts
-from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.layout import RemoteLayout, make_run_id
 from kohyawrap.launcher.money import check_money
 from kohyawrap.launcher.runplan import (
@@ -198,10 +198,16 @@ def dataset_files(root: Path) -> dict[str, str]:
 
 
 def dataset_hash(files: dict[str, str]) -> str:
-    """A content hash of the whole dataset: names and bytes."""
+    """A content hash of the whole dataset: names and bytes (file digests from the hash cache)."""
+    rels = sorted(files)
+    paths = {rel: Path(files[rel]) for rel in rels}
+    try:
+        known = HashCache.default().sha256_many(paths.values())
+    except OSError as err:
+        raise UsageError(f"cannot read {err.filename}: {err.strerror}") from err
     digest = hashlib.sha256()
-    for rel, local in sorted(files.items()):
-        digest.update(rel.encode() + b"\0" + file_sha256(Path(local)).encode() + b"\n")
+    for rel in rels:
+        digest.update(rel.encode() + b"\0" + known[paths[rel]].encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -215,7 +221,7 @@ def model_source(
         if in_place:
             path = str(local.resolve())
             return ModelSource("upload", path, local.name, path, "", in_place=True)
-        digest = file_sha256(local)
+        digest = HashCache.default().sha256(local)
         name = f"{digest[:16]}-{slug(local.name, 80)}"
         return ModelSource(
             "upload",
@@ -238,6 +244,24 @@ def model_source(
         f"--base-model {base_model!r} is not a file, a URL or a Hugging Face repo id",
         hint="e.g. stabilityai/stable-diffusion-xl-base-1.0, ./models/v1-5.safetensors or https://...",
     )
+
+
+def expected_installer(setup: SetupOptions, facts: HostFacts | None) -> Literal["uv", "pip"]:
+    """What will build the environment: uv when asked for, or (auto) when the host has it."""
+    if setup.installer == "uv" or (
+        setup.installer == "auto" and facts is not None and facts.uv_version
+    ):
+        return "uv"
+    return "pip"
+
+
+def checkout_dir(setup: SetupOptions, layout: RemoteLayout) -> str:
+    """The sd-scripts checkout a run will use: the given one, or its commit under the work dir.
+
+    For a branch or tag the clone lands under its commit, known after SETUP, which then points
+    launch.sh there (``setup.upload_run_files``).
+    """
+    return setup.sd_scripts_path or layout.sd_scripts(setup.ref)
 
 
 def with_host_paths(spec: RunSpec, model: ModelSource, layout: RemoteLayout) -> RunSpec:
@@ -302,18 +326,21 @@ def build_run_plan(
         setup="warm"
         if request.setup.sd_scripts_path or (facts is not None and facts.venvs)
         else "cold",
+        installer=expected_installer(request.setup, facts),
     )
     if not request.force and not spec.smoke:
         require_fit(forecast, force_hint="--force to try anyway")
         _require_budget(forecast, request, host_spec, tdir)
     run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
+    from kohyawrap.render import relaunch
+
     return RunPlan(
         run_id=run_id,
         created_at=now.isoformat(timespec="seconds"),
         target=target,
         layout=RemoteLayout(work, run_id),
         spec=host_spec,
-        rendered=forecast.rendered,
+        rendered=relaunch(forecast.rendered, checkout_dir(request.setup, provisional)),
         estimate=forecast.estimate,
         model=model,
         setup=request.setup,

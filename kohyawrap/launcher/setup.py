@@ -27,6 +27,9 @@ from kohyawrap.launcher.scripts import parse_kv, render_script
 _INSTALL_PROGRESS = re.compile(
     r"^(Collecting|Downloading|Installing collected|Successfully installed|Resolved|Prepared|"
     r"Installed|Building wheel|Using cached)\b"
+    # ... and why an installer failed (pip's ERROR:, uv's error: and its "x" explanations), so
+    # a uv failure that pip then replaces is not silent.
+    r"|^(ERROR:|error:|×|╰─▶)"
 )
 _MAX_SHOWN = 160  # characters of one progress line
 
@@ -60,6 +63,8 @@ def _stream_script(
     name: str,
     hint: str,
     reporter: Reporter,
+    *,
+    stdin: bytes | None = None,
     explain: Callable[[list[str]], str | None] = lambda lines: None,
     **values: object,
 ) -> dict[str, str]:
@@ -70,13 +75,15 @@ def _stream_script(
     lines: deque[str] = deque(maxlen=40)
     pending = b""
     try:
-        for chunk in host.stream(script, check=True):
+        for chunk in host.stream(script, check=True, stdin=stdin):
             pending += chunk
-            *complete, pending = pending.split(b"\n")
+            # tqdm redraws its bar with \r: each frame is a line of its own here.
+            *complete, pending = re.split(rb"\r\n|\r|\n", pending)
             for raw in complete:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                lines.append(line)
-                _show_progress(line, found, reporter)
+                line = raw.decode("utf-8", "replace")
+                if line.strip():
+                    lines.append(line)
+                _show_progress(line, found, reporter, name)
     except RemoteCommandError as err:
         raise RemoteCommandError(
             f"{name}.sh (host set-up)",
@@ -108,17 +115,31 @@ def driver_cuda(host: Host) -> str | None:
     return m[1] if m else None
 
 
-def _show_progress(line: str, found: dict[str, str], reporter: Reporter) -> None:
+# A tqdm frame: " 45%|####5     | 3.12G/6.94G [00:31<00:38, 100MB/s]"
+_TQDM = re.compile(r"\d+%\|.*\|\s*([\d.]+)([kMGT]?)B?/([\d.]+)([kMGT]?)B?")
+_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def _show_progress(line: str, found: dict[str, str], reporter: Reporter, name: str) -> None:
     if line.startswith("KW ") and "=" in line:
         key, _, value = line[3:].partition("=")
-        found[key.strip()] = value.strip()
-        if key.strip() == "step":
-            reporter.info(f"installing: {value.strip()}")
-        elif key.strip() == "fallback":
-            reporter.info(value.strip())
+        key, value = key.strip(), value.strip()
+        found[key] = value
+        if key == "step":
+            reporter.info(f"installing: {value}")
+        elif key == "fallback":
+            reporter.info(value)
+        elif key == "progress" and value.count(" ") == 1:
+            got, size = (int(x) for x in value.split())
+            reporter.transfer(f"{name} download", got, max(got, size))
         return
     text = line.strip()
-    if _INSTALL_PROGRESS.match(text):
+    frame = _TQDM.search(text)
+    if frame:
+        done = round(float(frame[1]) * _UNITS[frame[2]])
+        total = round(float(frame[3]) * _UNITS[frame[4]])
+        reporter.transfer(f"{name} download", done, max(done, total))
+    elif _INSTALL_PROGRESS.match(text):
         reporter.info(text[:_MAX_SHOWN])
 
 
@@ -152,7 +173,7 @@ def prepare_environment(host: Host, plan: RunPlan, reporter: Reporter) -> Enviro
         "the install failed: see the output above; --torch-spec chooses the torch wheels and "
         "--installer pip avoids uv",
         reporter,
-        _explain_install(host, opts.torch_spec),
+        explain=_explain_install(host, opts.torch_spec),
         sds=sds,
         venv=plan.layout.venv(fingerprint),
         python=opts.python,
@@ -186,10 +207,17 @@ def packages(host: Host, python: str) -> tuple[str, ...]:
     return tuple(line for line in result.stdout.splitlines() if line.strip())
 
 
-def ensure_model(
-    host: Host, plan: RunPlan, env: Environment, reporter: Reporter, hf_token: str | None
-) -> str:
-    """Make the base model exist at its planned host path; returns how ("cached", ...)."""
+# The huggingface_hub that sd-scripts pins (requirements.txt at the pinned commit): the base model
+# is downloaded while sd-scripts installs, by this version in a small environment of its own.
+HUB_SPEC = "huggingface_hub==0.34.3"
+
+
+def ensure_model(host: Host, plan: RunPlan, reporter: Reporter, hf_token: str | None) -> str:
+    """Make the base model exist at its planned host path; returns how ("cached", ...).
+
+    Needs nothing of SETUP, so it runs beside it: a download uses the host's Python (with a
+    small huggingface_hub environment of its own when that Python lacks one).
+    """
     model = plan.model
     reporter.stage("model", f"{model.kind}: {model.source}")
     if model.in_place:
@@ -200,11 +228,20 @@ def ensure_model(
             {name: Path(model.source)},
             folder,
             progress=lambda d, t: reporter.transfer("base model", d, t),
+            sidecars=True,  # a warm run reads <model>.sha256 instead of hashing gigabytes
         )
         return "uploaded" if stats.files_sent else "cached"
-    script = render_script(
+    # The token travels on the command's standard input, never in a file or an argument.
+    token = (hf_token or "").encode() + b"\n" if model.kind == "hf" else None
+    found = _stream_script(
+        host,
         "model",
-        python=env.python,
+        "check the repo id / URL, the token (HF_TOKEN) and the host's disk space",
+        reporter,
+        stdin=token,
+        python=plan.setup.python,
+        hub_env="" if plan.setup.sd_scripts_path else plan.layout.hub_env(plan.setup.python),
+        hub_spec=HUB_SPEC,
         kind=model.kind,
         source=model.source,
         filename=model.filename,
@@ -212,18 +249,7 @@ def ensure_model(
         hf_home=posixpath.join(plan.layout.models, "hf"),
         work=plan.layout.work,
     )
-    # The token travels on the command's standard input, never in a file or an argument.
-    token = (hf_token or "").encode() + b"\n" if model.kind == "hf" else None
-    try:
-        result = host.run(script, stdin=token, check=True)
-    except RemoteCommandError as err:
-        raise RemoteCommandError(
-            "model.sh (base model download)",
-            err.returncode,
-            err.output,
-            hint="check the repo id / URL, the token (HF_TOKEN) and the host's disk space",
-        ) from err
-    return parse_kv(result.stdout).get("model", "?")
+    return found.get("model", "?")
 
 
 _PRUNE = r"""
@@ -253,20 +279,29 @@ def upload_dataset(host: Host, plan: RunPlan, reporter: Reporter) -> UploadRecor
     cache = plan.dataset_cache
     stats = host.upload_tree(files, cache, progress=lambda d, t: reporter.transfer("dataset", d, t))
     keep = "\0".join(sorted(files)).encode()
-    host.run(sh("python3", "-c", _PRUNE, cache), stdin=keep)
     target = plan.layout.in_run("dataset")
     host.run(
-        f"mkdir -p {sh(plan.layout.run_dir)} && rm -rf {sh(target)} && cp -al {sh(cache)} {sh(target)}"
+        sh("python3", "-c", _PRUNE, cache)
+        + f" && mkdir -p {sh(plan.layout.run_dir)} && rm -rf {sh(target)}"
+        + f" && cp -al {sh(cache)} {sh(target)}",
+        stdin=keep,
     )
     return UploadRecord(stats.files_sent, stats.bytes_sent, stats.files_total, stats.bytes_total)
 
 
+def run_files(plan: RunPlan, sd_scripts: str) -> dict[str, str]:
+    """The run's rendered files, launch.sh pointing at the checkout SETUP found (the planned
+    one, unless a branch was asked for: its commit is known only now)."""
+    from kohyawrap.render import relaunch
+
+    return dict(relaunch(plan.rendered, sd_scripts).files)
+
+
 def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) -> None:
     """The rendered configs and the run wrapper, into the run folder."""
-    for name, text in sorted(plan.rendered.files.items()):
-        # Beside each other in the working directory: the training config names the sample prompts
-        # and dataset config by bare file name, which sd-scripts resolves against its cwd.
-        host.put_bytes(text.encode(), plan.layout.in_run(name))
+    # Beside each other in the working directory: the training config names the sample prompts
+    # and dataset config by bare file name, which sd-scripts resolves against its cwd.
+    files = {name: (text.encode(), 0o644) for name, text in run_files(plan, sd_scripts).items()}
     wrapper = render_script(
         "run",
         run_dir=plan.layout.run_dir,
@@ -276,10 +311,32 @@ def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) ->
         accelerate_args=list(plan.rendered.accelerate_args),
         script=posixpath.join(sd_scripts, plan.rendered.script),
     )
-    host.put_bytes(wrapper.encode(), plan.layout.in_run("run.sh"), mode=0o755)
-    sampler = render_script("gpu_sample")
-    host.put_bytes(sampler.encode(), plan.layout.in_run("gpu_sample.sh"), mode=0o755)
-    host.run(f"mkdir -p {sh(plan.layout.in_run('output'))} {sh(plan.layout.in_run('logs'))}")
+    files["run.sh"] = (wrapper.encode(), 0o755)
+    files["gpu_sample.sh"] = (render_script("gpu_sample").encode(), 0o755)
+    put_files(host, plan.layout.run_dir, files, mkdirs=("output", "logs"))
+
+
+def put_files(
+    host: Host, folder: str, files: dict[str, tuple[bytes, int]], *, mkdirs: tuple[str, ...] = ()
+) -> None:
+    """Write small files (name -> bytes, mode) into ``folder`` in ONE command: a tar made here.
+
+    One round trip instead of one per file: a warm run's launch waits on these.
+    """
+    import io
+    import tarfile
+    import time
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8") as tar:
+        for name, (data, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    dirs = " ".join(sh(posixpath.join(folder, d)) for d in (".", *mkdirs))
+    host.run(
+        f"mkdir -p {dirs} && tar -x --no-same-owner -f - -C {sh(folder)}", stdin=buf.getvalue()
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
 
     SETUP -> MODEL -> UPLOAD -> TRAIN (detached) -> FOLLOW -> PULL -> FINISH
 
+PREPARE runs SETUP, MODEL and UPLOAD at the same time (they are independent until TRAIN);
+``train`` uses it, and a selection may still name the three one after another.
+
 Each stage reads what it needs from the run's record and writes what it did back, so a later
 process can carry on from any point. SETUP, MODEL and UPLOAD are idempotent and are retried after
 a dropped connection; FOLLOW reconnects by itself; FINISH runs only for a run whose every
@@ -12,6 +15,7 @@ announced checkpoint is verified on the laptop.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -31,6 +35,7 @@ from kohyawrap.launcher.manifest import (
     SdScriptsRecord,
     StopReason,
 )
+from kohyawrap.launcher.overlap import overlap
 from kohyawrap.launcher.reconnect import Reconnector
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
@@ -38,6 +43,7 @@ from kohyawrap.launcher.watch import hooks_for
 
 
 class Stage(str, Enum):
+    PREPARE = "prepare"  # SETUP, MODEL and UPLOAD at once (launcher/prepare.py)
     SETUP = "setup"
     MODEL = "model"
     UPLOAD = "upload"
@@ -47,7 +53,11 @@ class Stage(str, Enum):
     FINISH = "finish"
 
 
-FULL = (Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.FINISH)
+FULL = (Stage.PREPARE, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.FINISH)
+# The same run with set-up one step after another (what PREPARE overlaps).
+SEQUENTIAL = (
+    Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.FINISH
+)  # fmt: skip
 ATTACH = (Stage.FOLLOW, Stage.PULL, Stage.FINISH)
 AFTER_STOP = (Stage.FOLLOW, Stage.PULL)
 PULL_ONLY = (Stage.PULL,)
@@ -86,12 +96,14 @@ class RunSession:
         self.hf_token = hf_token
         self.reconnector = Reconnector(host, reporter, clock, options.reconnect_tries)
         self.follower: Follower | None = None
+        self._saving = threading.Lock()  # PREPARE's three steps record from their own threads
 
     def update(self, **changes: object) -> RunManifest:
         """Record ``changes`` (and the phase timings so far) in the manifest, on disk at once."""
-        self.manifest = self.manifest.with_changes(**changes, timings=dict(self.timings.phases))
-        self.run.save(self.manifest)
-        return self.manifest
+        with self._saving:
+            self.manifest = self.manifest.with_changes(**changes, timings=dict(self.timings.phases))
+            self.run.save(self.manifest)
+            return self.manifest
 
 
 def run_stages(session: RunSession, stages: Sequence[Stage]) -> RunManifest:
@@ -111,6 +123,14 @@ def _setup(s: RunSession) -> None:
         lambda: setup.prepare_environment(s.host, plan, s.reporter), "setting up again"
     )
     s.timings.lap("setup")
+    _record_setup(s, env)
+
+
+def _record_setup(s: RunSession, env: setup.Environment) -> None:
+    plan = s.manifest.plan
+    launch = setup.run_files(plan, env.sd_scripts).get("launch.sh")
+    if launch is not None and launch != plan.rendered.files.get("launch.sh"):
+        s.run.write_text("config/launch.sh", launch)  # a branch: now at its commit's checkout
     s.update(
         status=RunStatus.SETUP,
         sd_scripts=SdScriptsRecord(
@@ -134,11 +154,9 @@ def _environment(s: RunSession) -> tuple[str, str]:
 
 
 def _model(s: RunSession) -> None:
-    sds, python = _environment(s)
     plan = s.manifest.plan
-    env = setup.Environment(sds, "", python, "", "", True, "")
     how = s.reconnector.call(
-        lambda: setup.ensure_model(s.host, plan, env, s.reporter, s.hf_token),
+        lambda: setup.ensure_model(s.host, plan, s.reporter, s.hf_token),
         "fetching the base model again",
     )
     s.timings.lap("model")
@@ -359,7 +377,49 @@ def _finish(s: RunSession) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# PREPARE: SETUP, MODEL and UPLOAD at the same time
+
+
+def _prepare(s: RunSession) -> None:
+    """Install, fetch the base model and upload the dataset at once (each as its stage does,
+    each recorded as soon as it is done); then the run files, which name the environment."""
+    plan = s.manifest.plan
+
+    def install(r: Reporter) -> None:
+        env = s.reconnector.call(
+            lambda: setup.prepare_environment(s.host, plan, r), "setting up again"
+        )
+        _record_setup(s, env)
+
+    def model(r: Reporter) -> None:
+        how = s.reconnector.call(
+            lambda: setup.ensure_model(s.host, plan, r, s.hf_token),
+            "fetching the base model again",
+        )
+        s.update(model_how=how)
+
+    def upload(r: Reporter) -> None:
+        record = s.reconnector.call(
+            lambda: setup.upload_dataset(s.host, plan, r), "uploading the rest"
+        )
+        s.update(upload=record)
+
+    s.reporter.stage("prepare", "installing, fetching the base model and uploading at once")
+    s.update(status=RunStatus.SETUP)
+    took = overlap({"setup": install, "model": model, "upload": upload}, s.reporter, s.clock)
+    sds, python = _environment(s)
+    s.reconnector.call(
+        lambda: setup.upload_run_files(s.host, plan, sds, python), "uploading the configs"
+    )
+    for name, seconds in took.items():
+        s.timings.charge(name, seconds)
+    s.timings.lap("prepare")  # the wall time: the three above overlap
+    s.update(status=RunStatus.UPLOADED)
+
+
 STAGES: dict[Stage, Callable[[RunSession], None]] = {
+    Stage.PREPARE: _prepare,
     Stage.SETUP: _setup,
     Stage.MODEL: _model,
     Stage.UPLOAD: _upload,

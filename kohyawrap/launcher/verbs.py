@@ -53,6 +53,7 @@ from kohyawrap.launcher.stages import (
 from kohyawrap.launcher.states import StateRef
 
 _TAIL_BYTES = 64_000
+_BEFORE_LAUNCH = (Stage.PREPARE, Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN)
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,12 @@ class Launcher:
         hf_token: str | None = None,
         dry_run: bool = False,
         on_plan: Callable[[RunPlan], None] = lambda plan: None,
+        stages: Sequence[Stage] = FULL,
     ) -> TrainResult:
-        """connect -> facts -> plan -> preflight -> confirm -> execute every stage."""
+        """connect -> facts -> plan -> preflight -> confirm -> execute every stage.
+
+        ``stages`` runs another selection (scripts/bench_setup.py times set-up alone with it).
+        """
         request = check_request(request)
         _check_finish_action(request, target, questions, hf_token)
         if dry_run and request.spec.gpu != "auto":
@@ -146,9 +151,13 @@ class Launcher:
                     run, manifest, host, self.reporter, self.clock, self.options,
                     timings=timings, hf_token=hf_token,
                 )  # fmt: skip
-                self._run(session, FULL[:-1])
+                self._run(session, tuple(s for s in stages if s is not Stage.FINISH))
                 session = self._retry_oom(session, request.retry_oom)
-                final = self._run(session, (Stage.FINISH,))
+                final = (
+                    self._run(session, (Stage.FINISH,))
+                    if Stage.FINISH in stages
+                    else session.manifest
+                )
         raise_for_outcome(final, session.run)
         return TrainResult(plan, final, session.run)
 
@@ -484,7 +493,7 @@ class Launcher:
         """Record a failed stage and make its error say what happened and what to do."""
         run_id = session.run.run_id
         m = session.manifest
-        if stage in (Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN) and not m.status.active:
+        if stage in _BEFORE_LAUNCH and not m.status.active:
             session.update(status=RunStatus.FAILED, error=f"{stage.value}: {err.message}")
             if isinstance(err, ConnectionLost):
                 return HostError(
