@@ -90,7 +90,7 @@ class ModelFile:
 
     key: str
     repo: str  # Hugging Face repo id
-    file: str  # path of the file inside the repo
+    file: str  # path of the file inside the repo ("" = the whole Diffusers repo, SD base only)
     size_gb: float | None  # None for the base model: its size is [vram] model_download_gb
     gated: bool  # the repo asks for a license click-through: a token is needed
 
@@ -116,10 +116,15 @@ class ModelPreset:
     vram: VramModel
     path: str
     sources: Mapping[str, str] = field(default_factory=dict)
-    base_model: str = ""  # [model] base_model: what --base-model means when it is not given
     files: Mapping[str, ModelFile] = field(default_factory=dict)
     sample: SampleDefaults = SampleDefaults()
     plan: Mapping[str, float] = field(default_factory=dict)  # [plan] numbers that differ per model
+
+    @property
+    def base_model(self) -> str:
+        """The repo ``--base-model`` means when it is not given (``[files.base] repo``)."""
+        base = self.files.get("base")
+        return base.repo if base is not None else ""
 
     @property
     def family_info(self) -> Family:
@@ -390,6 +395,11 @@ def _resolve_extends(
     comments: dict[str, str] = {}
     for raw in reversed(chain):
         data = _merge(data, raw.data)
+        files = raw.data.get("files")
+        if isinstance(files, dict):
+            # A file is named whole: a [files.base] that gives another repo must not keep the
+            # parent's file name (or its size and gate).
+            data["files"].update({k: v for k, v in files.items() if isinstance(v, dict)})
         comments.update({k: v for k, v in raw.comments.items() if v})
     data.pop("extends", None)
     return _RawPreset(name, chain[0].path, data, comments)
@@ -480,9 +490,15 @@ def _model_from_raw(raw: _RawPreset) -> ModelPreset:
             where=where,
             hint=did_you_mean(family, FAMILIES) or f"one of: {', '.join(FAMILIES)}",
         )
+    if "base_model" in model:
+        raise ConfigError(
+            "[model] base_model is now [files.base]",
+            where=where,
+            hint='[files.base] with repo = "owner/repo" and file = "<file>.safetensors" '
+            '(file = "" for a whole Diffusers repo)',
+        )
     vram = _table(raw.data, "vram", where)
     return ModelPreset(
-        base_model=str(model.get("base_model", "")),
         name=raw.name,
         title=str(model.get("title", raw.name)),
         family=family,
@@ -531,12 +547,19 @@ def _model_files(table: Any, family: Family, where: str) -> dict[str, ModelFile]
                 hint=did_you_mean(key, allowed) or f"one of: {', '.join(allowed)}",
             )
         size = entry.get("size_gb")
+        file = str(_need(entry, "file", str, at))
+        if not file and (key != "base" or family.needs_file):
+            raise ConfigError(
+                f'[files.{key}] file = "" (a whole Diffusers repo) only works for an SD base model',
+                where=where,
+                hint=f"name the .safetensors file {family.script} loads",
+            )
         out[key] = ModelFile(
             key,
             str(_need(entry, "repo", str, at)),
-            str(_need(entry, "file", str, at)),
+            file,
             float(_need(entry, "size_gb", (int, float), at)) if size is not None else None,
-            bool(_need(entry, "gated", bool, at)),
+            bool(_need(entry, "gated", bool, at)) if "gated" in entry else False,
         )
     return out
 

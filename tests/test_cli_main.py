@@ -103,7 +103,13 @@ def test_completion_lists_subcommands_of_the_lazy_group() -> None:
 
 def test_completion_lists_options_and_preset_names() -> None:
     assert "--compare" in complete("kohyawrap plan --co")
-    assert complete("kohyawrap dataset lint ./data --model sd") == ["sd15", "sd2", "sd35-large", "sd35-medium", "sdxl"]
+    assert complete("kohyawrap dataset lint ./data --model sd") == [
+        "sd15",
+        "sd2",
+        "sd35-large",
+        "sd35-medium",
+        "sdxl",
+    ]
     assert complete("kohyawrap plan --gpu rtx40") == ["rtx4060ti-16gb", "rtx4080-16gb", "rtx4090"]
     assert "rtx3090" in complete("kohyawrap presets show rtx")
 

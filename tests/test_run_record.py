@@ -56,7 +56,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def plan_for(data: Path, gpu: str = "rtx4090", model: str = "sdxl", **money: float) -> RunPlan:
     spec = RunSpec(
-        gpu=gpu, model=model, base_model="acme/some-model", output_name="柴犬 o'neil (v2)"
+        gpu=gpu,
+        model=model,
+        base_model="acme/some-model/model v2.safetensors",
+        output_name="柴犬 o'neil (v2)",
     )
     request = TrainRequest(
         spec=spec, dataset=data, money=MoneyOptions(**money), force=True, pull_state=True

@@ -14,6 +14,7 @@ from kohyawrap.launcher.manifest import RunManifest
 from kohyawrap.launcher.request import TrainRequest
 from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.models import RenderedRun
+from kohyawrap.models_fetch import BASE_KEY, FetchFile
 
 
 def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> RenderedRun:
@@ -48,12 +49,14 @@ def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> Rendere
 
 
 def request_from_manifest(manifest: RunManifest) -> TrainRequest:
-    """The TrainRequest that re-runs a recorded run: same spec, base model, dataset, sd-scripts
-    commit, price and limits."""
+    """The TrainRequest that re-runs a recorded run: same spec, model files, dataset,
+    sd-scripts commit, price and limits."""
     plan = manifest.plan
+    base = plan.base_file
     original = replace(
         plan.spec,
-        base_model=plan.model.source,
+        base_model=base.source,
+        companions=tuple((f.key, named(f)) for f in plan.model_files if f.key != BASE_KEY),
         train_data_dir="dataset",
         output_dir="output",
         logging_dir="logs",
@@ -64,7 +67,7 @@ def request_from_manifest(manifest: RunManifest) -> TrainRequest:
     return TrainRequest(
         spec=original,
         dataset=Path(plan.dataset_root),
-        base_model_file=plan.model.filename if plan.model.kind == "hf" else None,
+        base_model_file=base.filename if base.kind == "hf" and base.filename else None,
         work_dir=plan.layout.work,
         # The exact commit that ran, even when the original asked for a branch.
         setup=replace(plan.setup, ref=commit or plan.setup.ref),
@@ -72,3 +75,8 @@ def request_from_manifest(manifest: RunManifest) -> TrainRequest:
         pull_state=plan.pull_state,
         force=True,
     )
+
+
+def named(f: FetchFile) -> str:
+    """A model file as the user would name it again: ``owner/repo/file``, a URL or a path."""
+    return f"{f.source}/{f.filename}" if f.kind == "hf" and f.filename else f.source

@@ -136,12 +136,12 @@ def _model(s: RunSession) -> None:
     sds, python = _environment(s)
     plan = s.manifest.plan
     env = setup.Environment(sds, "", python, "", "", True, "")
-    how = s.reconnector.call(
-        lambda: setup.ensure_model(s.host, plan, env, s.reporter, s.hf_token),
-        "fetching the base model again",
+    fetched = s.reconnector.call(
+        lambda: setup.ensure_files(s.host, plan, env, s.reporter, s.hf_token),
+        "fetching the model files again",
     )
     s.timings.lap("model")
-    s.update(model_how=how)
+    s.update(model_how=fetched.base, files_how=fetched.how)
 
 
 def _upload(s: RunSession) -> None:
