@@ -395,14 +395,29 @@ def _resolve_extends(
     comments: dict[str, str] = {}
     for raw in reversed(chain):
         data = _merge(data, raw.data)
-        files = raw.data.get("files")
-        if isinstance(files, dict):
-            # A file is named whole: a [files.base] that gives another repo must not keep the
-            # parent's file name (or its size and gate).
-            data["files"].update({k: v for k, v in files.items() if isinstance(v, dict)})
+        _forget_stale_file_facts(data, raw.data)
         comments.update({k: v for k, v in raw.comments.items() if v})
     data.pop("extends", None)
     return _RawPreset(name, chain[0].path, data, comments)
+
+
+def _forget_stale_file_facts(merged: dict[str, Any], child: Mapping[str, Any]) -> None:
+    """A [files.<key>] that names another repo does not keep the parent's file name (the user
+    must name it), and a new repo or file does not keep the parent's size (nor a new repo its
+    licence gate): those describe the parent's file, not this one."""
+    files = child.get("files")
+    if not isinstance(files, dict) or not isinstance(merged.get("files"), dict):
+        return
+    for key, entry in files.items():
+        target = merged["files"].get(key)
+        if not isinstance(entry, dict) or not isinstance(target, dict):
+            continue
+        if "repo" in entry and "file" not in entry:
+            target.pop("file", None)
+        if ("repo" in entry or "file" in entry) and "size_gb" not in entry:
+            target.pop("size_gb", None)
+        if "repo" in entry and "gated" not in entry:
+            target.pop("gated", None)
 
 
 def _layered(shipped_dir: Path, user_dir: Path | None, kind: str) -> dict[str, _RawPreset]:
