@@ -173,6 +173,7 @@ class PresetSteps:
     family: str
     bucket: BucketSettings
     length: TrainingLength
+    min_short_side: int  # below it an image is upscaled for training (the linter warns)
 
 
 def preset_steps(
@@ -220,6 +221,7 @@ def preset_steps(
         family=preset.family,
         bucket=_bucket_settings(options, preset),
         length=replace(length, basis=basis),
+        min_short_side=int(preset.dataset.get("min_short_side", preset.resolution)),
     )
 
 

@@ -287,21 +287,41 @@ def download_gb(files: Iterable[FetchFile]) -> float:
     return sum(f.size_gb or 0.0 for f in files)
 
 
+def expected_gb(files: Iterable[FetchFile], model: ModelPreset) -> float:
+    """GB ``files`` will take on the host; a file of unknown size (the user's own repo file or
+    URL) counts as the preset's default file for the same role (estimate: a fine-tune or
+    re-quantisation of the same model is about that size; the base model: ``[vram]
+    model_download_gb``)."""
+    total = 0.0
+    for f in files:
+        if f.size_gb is not None:
+            total += f.size_gb
+        elif f.key == BASE_KEY:
+            total += model.vram.model_download_gb
+        elif f.key in model.files:
+            total += model.files[f.key].size_gb or 0.0
+    return total
+
+
 def needs_token(files: Iterable[FetchFile]) -> bool:
     """Whether a Hugging Face token must travel to the host (a gated default repo)."""
     return any(f.kind == "hf" and f.gated for f in files)
 
 
-def script_values(files: Iterable[FetchFile], *, python: str, hf_home: str) -> dict[str, Any]:
+def script_values(
+    files: Iterable[FetchFile], *, python: str, hf_home: str, work: str = ""
+) -> dict[str, Any]:
     """The values of ``templates/remote/files.sh.j2`` that fetch ``files`` on the host.
 
     Run the script with the Hugging Face token (if any) as its standard input, one line: it is
-    never written to the host. Uploads are sent first by the launcher (as for the base model
-    today); the script then only checks they arrived.
+    never written to the host. Uploads are sent first by the launcher; the script then only
+    checks they arrived. ``work`` (the host's work folder): token files an old kohyawrap may have
+    left there are removed.
     """
     return {
         "python": python,
         "hf_home": hf_home,
+        "work": work,
         "files": [
             {
                 "key": f.key,

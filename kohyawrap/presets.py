@@ -90,7 +90,7 @@ class ModelFile:
 
     key: str
     repo: str  # Hugging Face repo id
-    file: str  # path of the file inside the repo
+    file: str  # path of the file inside the repo ("" = the whole Diffusers repo, SD base only)
     size_gb: float | None  # None for the base model: its size is [vram] model_download_gb
     gated: bool  # the repo asks for a license click-through: a token is needed
 
@@ -116,10 +116,15 @@ class ModelPreset:
     vram: VramModel
     path: str
     sources: Mapping[str, str] = field(default_factory=dict)
-    base_model: str = ""  # [model] base_model: what --base-model means when it is not given
     files: Mapping[str, ModelFile] = field(default_factory=dict)
     sample: SampleDefaults = SampleDefaults()
     plan: Mapping[str, float] = field(default_factory=dict)  # [plan] numbers that differ per model
+
+    @property
+    def base_model(self) -> str:
+        """The repo ``--base-model`` means when it is not given (``[files.base] repo``)."""
+        base = self.files.get("base")
+        return base.repo if base is not None else ""
 
     @property
     def family_info(self) -> Family:
@@ -390,9 +395,29 @@ def _resolve_extends(
     comments: dict[str, str] = {}
     for raw in reversed(chain):
         data = _merge(data, raw.data)
+        _forget_stale_file_facts(data, raw.data)
         comments.update({k: v for k, v in raw.comments.items() if v})
     data.pop("extends", None)
     return _RawPreset(name, chain[0].path, data, comments)
+
+
+def _forget_stale_file_facts(merged: dict[str, Any], child: Mapping[str, Any]) -> None:
+    """A [files.<key>] that names another repo does not keep the parent's file name (the user
+    must name it), and a new repo or file does not keep the parent's size (nor a new repo its
+    licence gate): those describe the parent's file, not this one."""
+    files = child.get("files")
+    if not isinstance(files, dict) or not isinstance(merged.get("files"), dict):
+        return
+    for key, entry in files.items():
+        target = merged["files"].get(key)
+        if not isinstance(entry, dict) or not isinstance(target, dict):
+            continue
+        if "repo" in entry and "file" not in entry:
+            target.pop("file", None)
+        if ("repo" in entry or "file" in entry) and "size_gb" not in entry:
+            target.pop("size_gb", None)
+        if "repo" in entry and "gated" not in entry:
+            target.pop("gated", None)
 
 
 def _layered(shipped_dir: Path, user_dir: Path | None, kind: str) -> dict[str, _RawPreset]:
@@ -480,9 +505,15 @@ def _model_from_raw(raw: _RawPreset) -> ModelPreset:
             where=where,
             hint=did_you_mean(family, FAMILIES) or f"one of: {', '.join(FAMILIES)}",
         )
+    if "base_model" in model:
+        raise ConfigError(
+            "[model] base_model is now [files.base]",
+            where=where,
+            hint='[files.base] with repo = "owner/repo" and file = "<file>.safetensors" '
+            '(file = "" for a whole Diffusers repo)',
+        )
     vram = _table(raw.data, "vram", where)
     return ModelPreset(
-        base_model=str(model.get("base_model", "")),
         name=raw.name,
         title=str(model.get("title", raw.name)),
         family=family,
@@ -531,12 +562,19 @@ def _model_files(table: Any, family: Family, where: str) -> dict[str, ModelFile]
                 hint=did_you_mean(key, allowed) or f"one of: {', '.join(allowed)}",
             )
         size = entry.get("size_gb")
+        file = str(_need(entry, "file", str, at))
+        if not file and (key != "base" or family.needs_file):
+            raise ConfigError(
+                f'[files.{key}] file = "" (a whole Diffusers repo) only works for an SD base model',
+                where=where,
+                hint=f"name the .safetensors file {family.script} loads",
+            )
         out[key] = ModelFile(
             key,
             str(_need(entry, "repo", str, at)),
-            str(_need(entry, "file", str, at)),
+            file,
             float(_need(entry, "size_gb", (int, float), at)) if size is not None else None,
-            bool(_need(entry, "gated", bool, at)),
+            bool(_need(entry, "gated", bool, at)) if "gated" in entry else False,
         )
     return out
 

@@ -56,14 +56,15 @@ class Family:
 _CLIP_L = Companion("clip_l", "CLIP-L text encoder", True)
 _T5XXL = Companion("t5xxl", "T5-XXL text encoder", True)
 _AE = Companion("ae", "FLUX.1 autoencoder", True)
-# SD3.5: "Skip these if the base model is a single file" (docs/sd3_train_network.md:147); the
-# official sd3.5_*.safetensors files hold the MMDiT and VAE only, so kohyawrap passes all three.
+# SD3.5: "Skip these if the base model is a single file" (sd-scripts' SD3 guide, docs/sources.md
+# [46]); the official sd3.5_*.safetensors files hold the MMDiT and VAE only [54], [55], so kohyawrap
+# passes all three.
 _SD3_TEXT = (
     Companion("clip_l", "CLIP-L text encoder", False),
     Companion("clip_g", "CLIP-G text encoder", False),
     Companion("t5xxl", "T5-XXL text encoder", False),
 )
-_DIT_TOKENIZERS = ("openai/clip-vit-large-patch14", "google/t5-v1_1-xxl")  # strategy_flux.py:19-20
+_DIT_TOKENIZERS = ("openai/clip-vit-large-patch14", "google/t5-v1_1-xxl")  # [47]
 
 FAMILIES: dict[str, Family] = {
     "sd15": Family(
@@ -91,13 +92,12 @@ FAMILIES: dict[str, Family] = {
         "sdxl_base_v1-0",
         ("openai/clip-vit-large-patch14", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
         title="Stable Diffusion XL",
-        bucket_multiple=32,  # sdxl_train_network.py verifies 32 (config_file_semantics.md §5)
+        bucket_multiple=32,  # sdxl_train_network.py verifies 32 [5]
         modelspec_architecture="stable-diffusion-xl-v1-base",
     ),
-    # flux_train_network.py @ PINNED_COMMIT: model_version "flux1" unless --model_type chroma
-    # (:159); LoRA module networks.lora_flux (docs/flux_train_network.md:133); clip_l, t5xxl and ae
-    # required (docs :205-214); train_network's assert_extra_args (called at :46) checks a multiple
-    # of 64 before FLUX's own 32 (:95, train_network.py:175).
+    # flux_train_network.py @ PINNED_COMMIT: model_version "flux1" unless --model_type chroma [47];
+    # LoRA module networks.lora_flux, clip_l, t5xxl and ae required (sd-scripts' FLUX.1 guide [45]);
+    # train_network's check of a multiple of 64 [5] runs before FLUX's own 32 [47].
     "flux": Family(
         "flux",
         "flux_train_network.py",
@@ -110,11 +110,11 @@ FAMILIES: dict[str, Family] = {
         sample_script="flux_minimal_inference.py",
         model_type="flux",
         needs_file=True,
-        max_blocks_to_swap=35,  # docs/flux_train_network.md:296, library/flux_models.py:977
-        modelspec_architecture="flux-1-dev",  # "flux-1-schnell" for schnell (sai_model_spec.py:76)
+        max_blocks_to_swap=35,  # [45], [47]
+        modelspec_architecture="flux-1-dev",  # "flux-1-schnell" for schnell [47]
     ),
-    # Chroma: the same script with --model_type chroma; no CLIP-L (flux_train_network.py:53, docs
-    # :87), base model version "chroma" (library/flux_utils.py:26).
+    # Chroma: the same script with --model_type chroma; no CLIP-L, base model version "chroma"
+    # ([45], [47]).
     "chroma": Family(
         "chroma",
         "flux_train_network.py",
@@ -127,12 +127,12 @@ FAMILIES: dict[str, Family] = {
         sample_script="flux_minimal_inference.py",
         model_type="chroma",
         needs_file=True,
-        max_blocks_to_swap=35,  # the same 19 double / 38 single blocks (library/chroma_models.py:491)
+        max_blocks_to_swap=35,  # the same 19 double / 38 single blocks as FLUX.1 [47]
         modelspec_architecture="chroma",
     ),
     # sd3_train_network.py: model_version is the MMDiT's model_type, "5-large" / "5-medium" for
-    # SD3.5 (library/sd3_utils.py:56-58); networks.lora_sd3 (README.md @ 884fc8c7^ "Specify
-    # networks.lora_sd3"); verify_bucket_reso_steps(32) (sd3_train_network.py:62).
+    # SD3.5, and buckets in multiples of 32 [48]; networks.lora_sd3 ("Specify networks.lora_sd3",
+    # the README text sd-scripts moved into its SD3 guide [49]).
     "sd35-large": Family(
         "sd35-large",
         "sd3_train_network.py",
@@ -145,7 +145,7 @@ FAMILIES: dict[str, Family] = {
         sample_script="sd3_minimal_inference.py",
         bucket_multiple=32,
         needs_file=True,
-        max_blocks_to_swap=36,  # 38 joint blocks - 2 (library/sd3_models.py:1079)
+        max_blocks_to_swap=36,  # 38 joint blocks - 2 [48], [49]
         modelspec_architecture="stable-diffusion-3-5-large",
     ),
     "sd35-medium": Family(
@@ -160,7 +160,7 @@ FAMILIES: dict[str, Family] = {
         sample_script="sd3_minimal_inference.py",
         bucket_multiple=32,
         needs_file=True,
-        max_blocks_to_swap=22,  # 24 joint blocks - 2 (library/sd3_models.py:1079)
+        max_blocks_to_swap=22,  # 24 joint blocks - 2 [48], [49]
         modelspec_architecture="stable-diffusion-3-5-medium",
     ),
 }

@@ -861,7 +861,7 @@ def _dit_companions(ctx: _Ctx) -> Iterator[Finding]:
             "note",
             "chroma-clip-l",
             "clip_l",
-            "Chroma uses no CLIP-L: clip_l is not loaded (docs/flux_train_network.md:87)",
+            "Chroma uses no CLIP-L: clip_l is not loaded (sd-scripts' FLUX.1 guide, docs/sources.md [45])",
             "remove clip_l",
         )
 
@@ -877,7 +877,7 @@ def _dit_single_file(ctx: _Ctx) -> Iterator[Finding]:
             "pretrained_model_name_or_path",
             f"{name!r} does not look like a .safetensors file: {ctx.script} loads the base model "
             "from one file; Diffusers repos and folders are not supported "
-            "(docs/flux_train_network.md:203)",
+            "(sd-scripts' FLUX.1 guide, docs/sources.md [45])",
             'pretrained_model_name_or_path = "/path/to/model.safetensors"',
         )
 
@@ -911,7 +911,7 @@ def _block_swap(ctx: _Ctx) -> Iterator[Finding]:
             "offload-unsupported",
             "cpu_offload_checkpointing",
             "cpu_offload_checkpointing crashes sd3_train_network.py: the MMDiT's "
-            "enable_gradient_checkpointing takes no cpu_offload (library/sd3_models.py:921)",
+            "enable_gradient_checkpointing takes no cpu_offload (docs/sources.md [48])",
             "remove cpu_offload_checkpointing; use blocks_to_swap",
         )
 
@@ -960,7 +960,8 @@ def _flux_guidance(ctx: _Ctx) -> Iterator[Finding]:
             "error",
             "chroma-t5-mask",
             "apply_t5_attn_mask",
-            "Chroma needs apply_t5_attn_mask (flux_train_network.py:54 asserts it at start-up)",
+            "Chroma needs apply_t5_attn_mask (flux_train_network.py asserts it at start-up, "
+            "docs/sources.md [47])",
             "apply_t5_attn_mask = true",
         )
     if chroma and _is_number(guidance) and guidance != 0:
@@ -969,7 +970,7 @@ def _flux_guidance(ctx: _Ctx) -> Iterator[Finding]:
             "chroma-guidance",
             "guidance_scale",
             f"guidance_scale = {guidance}: Chroma is not guidance-distilled and needs 0.0 "
-            "(docs/flux_train_network.md:217)",
+            "(sd-scripts' FLUX.1 guide, docs/sources.md [45])",
             "guidance_scale = 0.0",
         )
     if guidance is None:
@@ -978,7 +979,7 @@ def _flux_guidance(ctx: _Ctx) -> Iterator[Finding]:
             "flux-guidance-default",
             "guidance_scale",
             "guidance_scale is not set: sd-scripts then trains with 3.5, FLUX.1 [dev]'s inference "
-            "value; training dev wants 1.0 and Chroma 0.0 (docs/flux_train_network.md:216-217)",
+            "value; training dev wants 1.0 and Chroma 0.0 (sd-scripts' FLUX.1 guide, docs/sources.md [45])",
             "guidance_scale = 1.0  (0.0 for Chroma)",
         )
 
@@ -990,7 +991,7 @@ def _split_mode(ctx: _Ctx) -> Iterator[Finding]:
             "split-mode",
             "split_mode",
             "split_mode is deprecated: sd-scripts replaces it with blocks_to_swap = 18 unless "
-            "blocks_to_swap is set (flux_train_network.py, docs/flux_train_network.md:243)",
+            "blocks_to_swap is set (sd-scripts' FLUX.1 guide, docs/sources.md [45])",
             "remove split_mode; set blocks_to_swap (e.g. 18) instead",
         )
 
@@ -1005,7 +1006,7 @@ def _dit_sd_options(ctx: _Ctx) -> Iterator[Finding]:
                 "sd-only-option",
                 key,
                 f"{key} is a Stable Diffusion 1.x/2.x option that {ctx.script} does not use "
-                "(docs/flux_train_network.md:241-242)",
+                "(sd-scripts' FLUX.1 guide, docs/sources.md [45])",
                 "t5xxl_max_token_length" if key == "max_token_length" else f"remove {key}",
             )
 
@@ -1018,7 +1019,7 @@ def _flow_shift(ctx: _Ctx) -> Iterator[Finding]:
             "flow-shift-unused",
             "discrete_flow_shift",
             f'discrete_flow_shift is only used with timestep_sampling = "shift" (it is '
-            f"{sampling!r}; docs/flux_train_network.md:338)",
+            f"{sampling!r}; sd-scripts' FLUX.1 guide, docs/sources.md [45])",
         )
 
 

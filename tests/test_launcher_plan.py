@@ -14,11 +14,19 @@ from kohyawrap.launcher.request import (
     dataset_files,
     dataset_hash,
     expand_work_dir,
-    model_source,
     with_host_paths,
 )
 from kohyawrap.launcher.runplan import spec_from_json, spec_to_json
 from kohyawrap.models import RunSpec
+from kohyawrap.models_fetch import BASE_KEY, fetch_plan
+from kohyawrap.presets import load_catalog
+
+SDXL = load_catalog(user_dir=Path("/nonexistent-kohyawrap-user-dir")).model("sdxl")
+
+
+def base_file(text: str):
+    return fetch_plan(SDXL, {BASE_KEY: text}, "/w/models")[0]
+
 
 NOW = datetime(2026, 11, 28, 10, 15, 0, tzinfo=timezone.utc)
 
@@ -73,24 +81,28 @@ def test_expand_work_dir(work: str, expected: str) -> None:
     assert expand_work_dir(work, "/home/u") == expected
 
 
-def test_model_source_kinds(tmp_path: Path) -> None:
+def test_base_model_kinds_keep_the_host_cache_names_of_earlier_releases(tmp_path: Path) -> None:
+    # A host that already holds a base model fetched by kohyawrap 0.1 reuses it: same names.
     local = tmp_path / "my model.safetensors"
     local.write_bytes(b"weights")
-    up = model_source(str(local), None, "/w/models")
+    up = base_file(str(local))
     assert up.kind == "upload"
     assert up.local_sha256 == file_sha256(local)
     assert up.remote_path == f"/w/models/uploads/{up.local_sha256[:16]}-my-model.safetensors"
-    hf = model_source("stabilityai/stable-diffusion-xl-base-1.0", None, "/w/models")
+    hf = base_file("stabilityai/stable-diffusion-xl-base-1.0")
     assert (hf.kind, hf.filename) == ("hf", "sd_xl_base_1.0.safetensors")
-    assert hf.remote_path.startswith(
-        "/w/models/hf-files/stabilityai--stable-diffusion-xl-base-1.0--"
+    assert hf.remote_path == (
+        "/w/models/hf-files/stabilityai--stable-diffusion-xl-base-1.0--sd_xl_base_1.0.safetensors"
     )
-    whole = model_source("someone/diffusers-model", None, "/w/models")
-    assert whole.filename == ""
-    url = model_source("https://example.com/files/model.safetensors?download=1", None, "/w/models")
-    assert url.kind == "url" and url.remote_path.endswith("-model.safetensors")
-    with pytest.raises(UsageError, match="not a file, a URL or a Hugging Face repo id"):
-        model_source("./missing.safetensors", None, "/w/models")
+    whole = base_file("someone/diffusers-model")
+    assert (
+        whole.filename == "" and whole.remote_path == "/w/models/hf-files/someone--diffusers-model"
+    )
+    url = base_file("https://example.com/files/model.safetensors?download=1")
+    assert url.kind == "url"
+    assert url.remote_path == "/w/models/urls/b1c83491e6b5-model.safetensors"
+    with pytest.raises(UsageError, match="no such file"):
+        base_file("./missing.safetensors")
 
 
 def test_dataset_files_and_hash(tmp_path: Path) -> None:
@@ -127,10 +139,14 @@ def test_host_paths_point_inside_the_run_folder() -> None:
         output_name="n",
         train_data_dir="/laptop/data",
     )
-    model = model_source("runwayml/stable-diffusion-v1-5", None, "/w/models")
-    host = with_host_paths(spec, model, RemoteLayout("/w", "RID"))
+    files = fetch_plan(
+        load_catalog().model("flux-dev"), {BASE_KEY: "acme/flux/f.safetensors"}, "/w/models"
+    )
+    host = with_host_paths(spec, files, RemoteLayout("/w", "RID"))
     assert (host.train_data_dir, host.output_dir, host.logging_dir) == ("dataset", "output", "logs")
-    assert host.base_model == model.remote_path
+    assert host.base_model == "/w/models/hf-files/acme--flux--f.safetensors"
+    assert [key for key, _ in host.companions] == ["clip_l", "t5xxl", "ae"]
+    assert all(path.startswith("/w/models/hf-files/") for _, path in host.companions)
     assert host.tokenizer_cache_dir == "/w/models/tokenizers"
 
 
@@ -163,15 +179,15 @@ def test_preflight_refuses_a_small_disk_with_numbers(tmp_path: Path) -> None:
         home=host.home(),
         now=NOW,
     )
-    need = disk_needed_gb(plan, model_present=False, venv_present=False)
-    assert 15.9 < need < 16.1  # SDXL 7 + venv 6 + outputs and states 3 + a tiny dataset
-    assert disk_needed_gb(plan, model_present=True, venv_present=True) < 3.1
+    need = disk_needed_gb(plan, absent=plan.model_files, venv_present=False)
+    assert 15.9 < need < 16.0  # SDXL 6.94 + venv 6 + outputs and states 3 + a tiny dataset
+    assert disk_needed_gb(plan, absent=(), venv_present=True) < 3.1
     facts = dataclasses.replace(
         read_facts(host, str(tmp_path / "w")), disk_free_bytes=2 * 10**9, gpus=()
     )
     with pytest.raises(HostError, match="no NVIDIA GPU"):
         preflight(host, plan, facts, SilentReporter(), force=False)
-    with pytest.raises(HostError, match=r"2\.0 GB free .* about 16\.0 GB needed"):
+    with pytest.raises(HostError, match=r"2\.0 GB free .* about 15\.9 GB needed"):
         preflight(host, plan, facts, SilentReporter(), force=True)
 
 
@@ -184,9 +200,7 @@ def test_regularisation_images_reach_the_config(tmp_path: Path) -> None:
         (tmp_path / folder).mkdir(parents=True)
         Image.new("RGB", (512, 512), (9, 9, 9)).save(tmp_path / folder / "a.png")
         (tmp_path / folder / "a.txt").write_text(caption + "\n")
-    spec = RunSpec(
-        gpu="rtx4090", model="sd15", base_model="runwayml/stable-diffusion-v1-5", output_name="n"
-    )
+    spec = RunSpec(gpu="rtx4090", model="sd15", base_model="", output_name="n")
     plan = build_run_plan(
         TrainRequest(spec=spec, dataset=tmp_path / "data"), target="local", home="/h", now=NOW
     )

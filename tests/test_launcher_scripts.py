@@ -17,6 +17,7 @@ import pytest
 from kohyawrap.launcher.scripts import parse_kv, render_script
 from kohyawrap.launcher.setup import HUB_SPEC
 from kohyawrap.launcher.watchdog import script_text
+from kohyawrap.models_fetch import BASE_KEY, FetchFile, script_values
 
 
 def bash(script: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -272,28 +273,27 @@ def test_run_wrapper_stop_kills_trainer_and_records(tmp_path: Path) -> None:
         os.kill(trainer, 0)
 
 
-def test_model_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: object) -> None:
+def test_files_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: object) -> None:
+    from kohyawrap.models_fetch import FetchFile, script_values
     from tests.fixtures.hub import FakeHub
 
     assert isinstance(fake_hub, FakeHub)
     token = "hf_" + "S3cr3tT0k3n" * 3
     fake_hub.files["acme/tiny-sd/model.safetensors"] = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
+    fake_hub.gated.add("acme/tiny-sd")
     work = tmp_path / "work"
     work.mkdir()
     stale = work / ".hf-token-20261128-101500-old-123456"
     stale.write_text(token + "\n")  # what kohyawrap 0.1.0 could leave after a dropped connection
     dest = work / "models" / "hf-files" / "acme--tiny-sd--model.safetensors"
+    base = FetchFile(
+        "pretrained_model_name_or_path", "hf", "acme/tiny-sd", "model.safetensors", str(dest)
+    )
     script = render_script(
-        "model",
-        python=sys.executable,
-        hub_env="",
-        hub_spec=HUB_SPEC,
-        kind="hf",
-        source="acme/tiny-sd",
-        filename="model.safetensors",
-        dest=str(dest),
-        hf_home=str(work / "models" / "hf"),
-        work=str(work),
+        "files",
+        **script_values(
+            [base], python=sys.executable, hf_home=str(work / "models" / "hf"), work=str(work)
+        ),
     )
     assert token not in script
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -307,7 +307,7 @@ def test_model_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: ob
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert parse_kv(result.stdout)["model"] == "downloaded"
+    assert parse_kv(result.stdout)["file.pretrained_model_name_or_path"] == "downloaded"
     assert dest.read_bytes() == fake_hub.files["acme/tiny-sd/model.safetensors"]
     assert f"Bearer {token}" in fake_hub.auth_seen
     assert token not in result.stdout + result.stderr
@@ -315,8 +315,12 @@ def test_model_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: ob
     for path in tmp_path.rglob("*"):
         if path.is_file() and not path.is_symlink():
             assert token.encode() not in path.read_bytes(), path
-    again = bash(script, env=env)
-    assert parse_kv(again.stdout)["model"] == "cached"
+    # Run again (as after a dropped connection): nothing fetched, the same answer.
+    again = subprocess.run(
+        ["bash", "-c", script], input="\n", capture_output=True, text=True, env=env, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert parse_kv(again.stdout)["file.pretrained_model_name_or_path"] == "cached"
 
 
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs a system python3")
@@ -334,20 +338,18 @@ def test_model_script_brings_its_own_hub_when_python_has_none(
     fake_hub.files["acme/tiny-sd/model.safetensors"] = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
     work = tmp_path / "work"
     hub_env = work / "tools" / "hub-test"
-    values = dict(
-        python="/usr/bin/python3",
-        hub_env=str(hub_env),
-        hub_spec=HUB_SPEC,
-        kind="hf",
-        source="acme/tiny-sd",
-        filename="model.safetensors",
-        hf_home=str(work / "models" / "hf"),
-        work=str(work),
-    )
+
+    def script_for(dest: Path) -> str:
+        wanted = FetchFile(BASE_KEY, "hf", "acme/tiny-sd", "model.safetensors", str(dest))
+        values = script_values(
+            [wanted], python="/usr/bin/python3", hf_home=str(work / "models" / "hf"), work=str(work)
+        )
+        return render_script("files", **values, hub_env=str(hub_env), hub_spec=HUB_SPEC)
+
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_TOKEN", None)
     first = work / "models" / "a.safetensors"
-    script = render_script("model", dest=str(first), **values)
+    script = script_for(first)
     result = subprocess.run(
         ["bash", "-c", script], input="\n", capture_output=True, text=True, env=env, timeout=300
     )
@@ -361,7 +363,7 @@ def test_model_script_brings_its_own_hub_when_python_has_none(
         check=True,
     )
     assert HUB_SPEC.endswith("==" + version.stdout.strip())
-    second = render_script("model", dest=str(work / "models" / "b.safetensors"), **values)
+    second = script_for(work / "models" / "b.safetensors")
     again = subprocess.run(
         ["bash", "-c", second], input="\n", capture_output=True, text=True, env=env, timeout=120
     )

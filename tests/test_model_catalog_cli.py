@@ -1,6 +1,6 @@
 """Every command that takes --model reads the model catalog: a user's own preset works in plan,
-config render and dataset build/lint alike, and --base-model defaults to the preset's base_model
-(no list of model names in the CLI)."""
+config render and dataset build/lint alike, and --base-model defaults to the preset's
+[files.base] (no list of model names in the CLI)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ extends = "sdxl"
 
 [model]
 title = "小马 XL (a community SDXL base)"
-base_model = "某人/pony-xl-v6"  # the user's own base
+
+[files.base]
+repo = "某人/pony-xl-v6"  # the user's own base, a Diffusers repo
+file = ""
 """
 
 
@@ -78,6 +81,35 @@ def test_base_model_defaults_to_the_presets(
     assert base_model_in(tmp_path / "run") == repo
     code, out = run_cli(["presets", "list", "--json"], capsys)
     assert json.loads(out)["models"][model]["base_model"] == repo
+
+
+def test_a_preset_names_its_base_model_in_one_place(tmp_path: Path) -> None:
+    from kohyawrap.errors import ConfigError
+    from kohyawrap.presets import load_catalog
+
+    models = tmp_path / "presets" / "models"
+    models.mkdir(parents=True)
+    # Another repo in [files.base] does not keep the parent's file name (a file is named whole).
+    (models / "mine.toml").write_text(
+        'extends = "sdxl"\n[files.base]\nrepo = "me/my-xl"\nfile = "my.safetensors"\n'
+    )
+    mine = load_catalog(user_dir=tmp_path / "presets").model("mine")
+    assert (mine.base_model, mine.files["base"].file, mine.files["base"].gated) == (
+        "me/my-xl",
+        "my.safetensors",
+        False,
+    )
+    for name, text, message in (
+        ("half", '[files.base]\nrepo = "me/my-xl"\n', "'file' is missing"),
+        ("old", '[model]\nbase_model = "me/x"\n', r"\[model\] base_model is now \[files.base\]"),
+        ("flux", '[files.base]\nrepo = "me/f"\nfile = ""\n', "only works for an SD base model"),
+    ):
+        folder = tmp_path / name / "models"
+        folder.mkdir(parents=True)
+        parent = "flux-dev" if name == "flux" else "sdxl"
+        (folder / f"{name}.toml").write_text(f'extends = "{parent}"\n{text}', encoding="utf-8")
+        with pytest.raises(ConfigError, match=message):
+            load_catalog(user_dir=tmp_path / name)
 
 
 def test_cli_modules_name_no_model_presets() -> None:

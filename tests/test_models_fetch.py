@@ -11,13 +11,13 @@ import pytest
 
 from kohyawrap.errors import RemoteCommandError, UsageError
 from kohyawrap.hosts.local import LocalHost
-from kohyawrap.launcher.request import model_source
 from kohyawrap.launcher.scripts import parse_kv, render_script
 from kohyawrap.models_fetch import (
     BASE_KEY,
     FetchFile,
     config_paths,
     download_gb,
+    expected_gb,
     fetch_plan,
     needs_token,
     render_downloads,
@@ -116,7 +116,10 @@ def test_user_choices_url_upload_and_repo_files(tmp_path):
     upload = files["clip_l"]
     digest = hashlib.sha256(local.read_bytes()).hexdigest()
     assert (upload.kind, upload.local_sha256, upload.source) == ("upload", digest, str(local))
-    assert upload.remote_path == f"{MODELS}/uploads/{digest[:16]}-touch-pwned-.safetensors"
+    # Host names keep the laptop's letters (names follow the laptop's file system), not $ ( ).
+    assert (
+        upload.remote_path == f"{MODELS}/uploads/{digest[:16]}-模型-文件-touch-pwned-.safetensors"
+    )
     url = files["t5xxl"]
     assert url.kind == "url" and url.filename == "t5xxl_fp8_e4m3fn.safetensors"
     assert url.remote_path.startswith(f"{MODELS}/urls/") and "?" not in url.remote_path
@@ -159,31 +162,14 @@ def test_an_sd_base_model_may_still_be_a_whole_diffusers_repo():
     assert named[0].filename == "sd_xl_base_1.0.safetensors" and named[0].size_gb == 6.94
 
 
-@pytest.mark.parametrize(
-    "base",
-    [
-        "stabilityai/stable-diffusion-xl-base-1.0",
-        "someone/my-sdxl-finetune",
-        "https://civitai.example/api/download/models/12345?type=Model",
-    ],
-)
-def test_base_model_cache_names_match_the_launchers(base):
-    # A host that already holds a base model fetched by the launcher reuses it.
-    ours = plan("sdxl", pretrained_model_name_or_path=base)[0]
-    theirs = model_source(base, None, MODELS)
-    assert (ours.kind, ours.source, ours.filename, ours.remote_path) == (
-        theirs.kind,
-        theirs.source,
-        theirs.filename,
-        theirs.remote_path,
-    )
-
-
-def test_uploaded_base_model_cache_name_matches_the_launchers(tmp_path):
-    local = tmp_path / "我的 model.safetensors"
-    local.write_bytes(b"\x00" * 64)
-    ours = plan("sd15", pretrained_model_name_or_path=str(local))[0]
-    assert ours.remote_path == model_source(str(local), None, MODELS).remote_path
+def test_expected_size_counts_unknown_files_as_the_presets_own():
+    flux = CATALOG.model("flux-dev")
+    mine = plan("flux-dev", pretrained_model_name_or_path="acme/flux-fp8/f.safetensors")
+    assert mine[0].size_gb is None
+    # The unknown base counts as the preset's 23.8 GB; the default companions as themselves.
+    assert expected_gb(mine, flux) == pytest.approx(23.8 + 0.246 + 9.79 + 0.335)
+    assert expected_gb(mine[1:2], flux) == pytest.approx(0.246)
+    assert expected_gb((), flux) == 0
 
 
 def test_render_paths_default_to_a_models_folder_next_to_launch_sh():
@@ -199,7 +185,10 @@ def test_render_paths_default_to_a_models_folder_next_to_launch_sh():
         "https://huggingface.co/black-forest-labs/FLUX.1-schnell/resolve/main/ae.safetensors"
     )
     assert downloads[BASE_KEY]["gated"] == "yes"
-    assert render_paths(CATALOG.model("sd15"), {}) == ("runwayml/stable-diffusion-v1-5", ())
+    assert render_paths(CATALOG.model("sd15"), {}) == (
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        (),
+    )
     with pytest.raises(UsageError, match="loads no --clip-l"):
         render_paths(CATALOG.model("chroma"), {"clip_l": "x"})
 

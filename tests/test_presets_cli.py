@@ -93,5 +93,5 @@ def test_show_flux_explains_its_tier_with_the_sd_scripts_doc(capsys, monkeypatch
     assert code == 0
     assert settings["blocks_to_swap"]["value"] == 16
     assert settings["blocks_to_swap"]["origin"] == "tier flux >= 12 GB"
-    assert "flux_train_network.md:288" in settings["blocks_to_swap"]["source"]
+    assert "the FLUX.1 guide's 12 GB row [45]" in settings["blocks_to_swap"]["source"]
     assert settings["guidance_scale"]["value"] == 1.0 and "split_mode" not in settings

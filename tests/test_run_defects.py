@@ -265,7 +265,7 @@ def _drop_during_download(
         threading.Timer(1.0, fake_hub.release.set).start()
         _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
-    assert "reconnected; fetching the base model again" in err
+    assert "reconnected; fetching the model files again" in err
     assert_no_noise(err)
     assert f"Bearer {token}" in fake_hub.auth_seen
     assert token not in err

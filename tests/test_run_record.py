@@ -56,7 +56,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def plan_for(data: Path, gpu: str = "rtx4090", model: str = "sdxl", **money: float) -> RunPlan:
     spec = RunSpec(
-        gpu=gpu, model=model, base_model="acme/some-model", output_name="柴犬 o'neil (v2)"
+        gpu=gpu,
+        model=model,
+        base_model="acme/some-model/model v2.safetensors",
+        output_name="柴犬 o'neil (v2)",
     )
     request = TrainRequest(
         spec=spec, dataset=data, money=MoneyOptions(**money), force=True, pull_state=True
@@ -81,6 +84,7 @@ def full_manifest(plan: RunPlan) -> RunManifest:
         sd_scripts=SdScriptsRecord("repo", "main", "c" * 40, "/root/kohyawrap/sd-scripts/c", False),
         environment=EnvironmentRecord("/v/bin/python", "f" * 16, "2.6.0", True, "uv", ("a==1",)),
         model_how="downloaded",
+        files_how={f.key: "cached" for f in plan.model_files},
         upload=UploadRecord(3, 100, 4, 120),
         pid=123,
         started_at=1.5,
@@ -99,8 +103,32 @@ def full_manifest(plan: RunPlan) -> RunManifest:
 
 
 def test_manifest_round_trips_through_json(data: Path) -> None:
-    manifest = full_manifest(plan_for(data))
-    assert RunManifest.from_json(json.loads(json.dumps(manifest.to_json()))) == manifest
+    for model in ("sdxl", "flux-dev"):
+        manifest = full_manifest(plan_for(data, model=model))
+        assert RunManifest.from_json(json.loads(json.dumps(manifest.to_json()))) == manifest
+
+
+def test_a_recorded_flux_run_is_requested_again_with_the_same_files(
+    data: Path, tmp_path: Path
+) -> None:
+    from kohyawrap.launcher.reproduce import request_from_manifest
+
+    clip = tmp_path / "我的 clip_l.safetensors"
+    clip.write_bytes(b"clip")
+    spec = RunSpec(
+        gpu="rtx4090",
+        model="flux-dev",
+        base_model="",  # the preset's
+        companions=(("clip_l", str(clip)), ("t5xxl", "https://example.com/t5 fp8.safetensors")),
+        output_name="flux",
+    )
+    request = TrainRequest(spec=spec, dataset=data, force=True)
+    plan = build_run_plan(request, target="root@1.2.3.4", home="/root", now=NOW)
+    again = build_run_plan(
+        request_from_manifest(full_manifest(plan)), target="root@1.2.3.4", home="/root", now=NOW
+    )
+    assert again.model_files == plan.model_files
+    assert [f.kind for f in plan.model_files] == ["hf", "upload", "url", "hf"]
 
 
 def legacy_run(tmp_path: Path) -> RunDir:
@@ -124,6 +152,15 @@ def test_a_manifest_of_the_first_release_still_loads(
     assert m.plan.money.price_per_hour == m.plan.estimate.price_per_hour
     assert m.environment is not None and m.environment.packages == ()
     assert m.host.target == "local"
+    # One base model, uploaded, became the run's only model file.
+    (base,) = m.plan.model_files
+    assert (base.key, base.kind, base.in_place) == (
+        "pretrained_model_name_or_path",
+        "upload",
+        False,
+    )
+    assert m.plan.base_file.remote_path.endswith("-base-model.safetensors")
+    assert m.files_how == {"pretrained_model_name_or_path": "uploaded"}
     code, out = run_cli(["runs", "list", "--runs-dir", str(run.path.parent), "--json"], capsys)
     assert code == 0 and json.loads(out)[0]["status"] == "finished"
 

@@ -16,6 +16,7 @@ READS_SHARED_ON_PURPOSE = {
     "tests/test_logparse.py",
     "tests/test_tensorboard.py",
     "tests/test_validate.py",
+    "tests/test_render_families.py",
     "tests/test_sources.py",
 }
 

@@ -328,7 +328,9 @@ def test_hf_token_reaches_the_hub_and_nowhere_else(
     assert f"Bearer {token}" in fake_hub.auth_seen
     run = only_run(world)
     m = assert_finished_run(run)
-    assert m.plan.model.kind == "hf"
+    assert m.plan.base_file.kind == "hf" and m.files_how == {
+        "pretrained_model_name_or_path": "downloaded"
+    }
     assert token not in result.stdout + result.stderr
     assert not [line for line in token_watch if token in line], "token seen in a process's argv"
     for path in [*run.rglob("*"), *world.work.rglob("*")]:

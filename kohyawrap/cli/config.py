@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from kohyawrap.cli.complete import gpu_names, model_names
+from kohyawrap.cli.options import COMPANION_OPTIONS, companion_specs
 
 if TYPE_CHECKING:
     from kohyawrap.dataset.scan import TrainingDir
@@ -21,9 +22,6 @@ if TYPE_CHECKING:
     from kohyawrap.presets import ModelPreset
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Files the DiT families load beside the base model: option name -> sd-scripts key.
-COMPANION_OPTIONS = {"clip_l": "--clip-l", "clip_g": "--clip-g", "t5xxl": "--t5xxl", "ae": "--ae"}
 
 
 def run_options(func: F) -> F:
@@ -44,11 +42,6 @@ def run_options(func: F) -> F:
             "--model",
             required=True,
             shell_complete=model_names,
-            help="Model preset (kohyawrap presets list): sd15, sd2, sdxl or your own.",
-        ),
-        click.option(
-            "--model",
-            required=True,
             help="Model preset, e.g. sdxl or flux-dev (`kohyawrap presets list`; or your own).",
         ),
         click.option(
@@ -59,13 +52,9 @@ def run_options(func: F) -> F:
             "--base-model",
             help="Repo id, URL or path; default: the model preset's base model.",
         ),
-        click.option(
-            "--clip-l", help="CLIP-L file (FLUX.1, SD3.5); default models/clip_l.safetensors."
-        ),
-        click.option("--clip-g", help="CLIP-G file (SD3.5); default models/clip_g.safetensors."),
-        click.option("--t5xxl", help="T5-XXL file (FLUX.1, Chroma, SD3.5); default models/<file>."),
-        click.option(
-            "--ae", help="FLUX.1 autoencoder file (FLUX.1, Chroma); default models/ae.safetensors."
+        *(
+            click.option(*decls, **attrs)
+            for decls, attrs in companion_specs("default models/<the preset's file>")
         ),
         click.option(
             "--name",

@@ -172,6 +172,8 @@ def build(
         force=force,
         jobs=jobs,
         length=steps.length,
+        bucket=steps.bucket,
+        min_short_side=steps.min_short_side,
     )
     with progress("writing images", enabled=not as_json) as update:
         result = build_dataset(request, progress=update)
@@ -302,6 +304,7 @@ def lint_command(
             trigger=trigger,
             length=steps.length,
             bucket=steps.bucket,
+            min_short_side=steps.min_short_side,
             near_duplicates=not no_near_duplicates,
             jobs=jobs,
         )

@@ -86,6 +86,27 @@ def grouped(title: str, *decls: str, **attrs: Any) -> Callable[[F], F]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Model files
+
+# Files the FLUX.1, Chroma and SD3.5 scripts load beside the base model: sd-scripts option ->
+# (this CLI's option, what the file is and which families load it).
+COMPANION_OPTIONS = {
+    "clip_l": ("--clip-l", "CLIP-L text encoder (FLUX.1, SD3.5)"),
+    "clip_g": ("--clip-g", "CLIP-G text encoder (SD3.5)"),
+    "t5xxl": ("--t5xxl", "T5-XXL text encoder (FLUX.1, Chroma, SD3.5)"),
+    "ae": ("--ae", "FLUX.1 autoencoder (FLUX.1, Chroma)"),
+}
+
+
+def companion_specs(default: str) -> list[Spec]:
+    """The --clip-l/--clip-g/--t5xxl/--ae options, each saying ``default`` for a file left out."""
+    return [
+        ((option, key), {"default": None, "help": f"{title}; {default}."})
+        for key, (option, title) in COMPANION_OPTIONS.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
 # Connection
 
 

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from kohyawrap.cli.complete import model_names
 from kohyawrap.cli.options import (
     GroupedCommand,
+    companion_specs,
     connect_options,
     follow_options,
     grouped,
@@ -41,8 +43,12 @@ def _what(
     vram: float | None,
     model: str,
     dataset: Path,
-    base_model: str,
+    base_model: str | None,
     base_model_file: str | None,
+    clip_l: str | None,
+    clip_g: str | None,
+    t5xxl: str | None,
+    ae: str | None,
     output_name: str,
     sets: tuple[str, ...],
     caption_extension: str,
@@ -58,10 +64,12 @@ def _what(
 
     overrides, prompts = parse_sets(sets, load_catalog().model(model).script)
     subject = concept_name(trigger, class_word or "") if trigger else class_word or ""
+    given = {"clip_l": clip_l, "clip_g": clip_g, "t5xxl": t5xxl, "ae": ae}
     spec = RunSpec(
         gpu=gpu,
         model=model,
-        base_model=base_model,
+        base_model=base_model or "",  # "": the model preset's [files.base]
+        companions=tuple((key, value) for key, value in given.items() if value),
         output_name=output_name,
         caption_extension=caption_extension,
         overrides=overrides,
@@ -82,12 +90,17 @@ what_options = option_group(
         (("--gpu",), {"default": "auto", "show_default": True,
                       "help": "GPU preset (`kohyawrap presets list`), or 'auto' to read it from the host."}),
         (("--vram",), {"type": VRAM_GB, "default": None, "help": "VRAM in GB, for a GPU without a preset."}),
-        (("--model",), {"required": True, "help": "Model preset: sd15, sd2, sdxl, or one of your own."}),
+        (("--model",), {"required": True, "shell_complete": model_names,
+                        "help": "Model preset, e.g. sdxl or flux-dev (`kohyawrap presets list`; or your own)."}),
         (("--dataset",), {"type": click.Path(file_okay=False, path_type=Path), "required": True,
                           "help": "A dataset made by `kohyawrap dataset build` (parent of the N_concept folders)."}),
-        (("--base-model",), {"required": True,
-                             "help": "Hugging Face repo id, URL, or local .safetensors file (uploaded)."}),
-        (("--base-model-file",), {"default": None, "help": "File inside the Hugging Face repo (known repos need none)."}),
+        (("--base-model",), {"default": None,
+                             "help": "Hugging Face repo id (or owner/repo/file), URL, or local .safetensors file "
+                             "(uploaded); default: the model preset's base model."}),
+        (("--base-model-file",), {"default": None,
+                                  "help": "File inside the --base-model repo (the preset's repo needs none)."}),
+        *companion_specs("owner/repo/file, a URL or a local file (uploaded); default: the preset's, "
+                         "fetched on the host"),
         (("--name", "output_name"), {"required": True,
                                      "help": "The LoRA's name (any language): the stem of its files."}),
         (("--set", "sets"), {"multiple": True, "metavar": "KEY=VALUE",
@@ -261,7 +274,9 @@ def train(
     """Train a LoRA on an SSH host (or this machine) and pull the results back, verified.
 
     Nothing is typed on the host: kohyawrap clones sd-scripts at a pinned commit, builds its
-    environment once (a second run skips it), uploads the dataset (only what changed), starts the
+    environment once (a second run skips it), fetches the model files into the host's shared
+    model cache (the base model and, for FLUX.1, Chroma and SD3.5, the text encoders and
+    autoencoder: once per host), uploads the dataset (only what changed), starts the
     training detached (it survives a dropped connection: `kohyawrap attach RUN`), follows loss and
     cost, and pulls every checkpoint as it appears into runs/<run-id>/checkpoints/.
 
@@ -271,6 +286,10 @@ def train(
           --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora --price 0.59 --yes
       kohyawrap train --host local --gpu rtx3090 --model sd15 --dataset ./training_data \\
           --base-model ./models/v1-5-pruned-emaonly.safetensors --name 柴犬 --yes
+      kohyawrap train --host root@1.2.3.4 -p 22022 --gpu auto --model flux-dev \\
+          --dataset ./training_data --name my_flux_lora --hf-token-file ~/.hf_token --yes
+      kohyawrap train --host gpu-box --gpu rtx3090 --model chroma --dataset ./training_data \\
+          --t5xxl comfyanonymous/flux_text_encoders/t5xxl_fp8_e4m3fn.safetensors --name test --dry-run
       kohyawrap train --host gpu-box --model sd15 --dataset ./training_data --base-model ./m.safetensors \\
           --name test --smoke --dry-run
       kohyawrap train --host root@1.2.3.4 -p 22022 --model sdxl --dataset ./training_data \\

@@ -95,6 +95,7 @@ def _when(epoch: float | None) -> str:
 
 def show_run(m: RunManifest, path: Path) -> None:
     """A run at a glance (``runs show``)."""
+    from kohyawrap.console.train import model_file_rows
     from kohyawrap.launcher.budget import dollars
 
     f = m.follow
@@ -106,7 +107,8 @@ def show_run(m: RunManifest, path: Path) -> None:
         ("status", m.status.value + (f" ({why(m)})" if why(m) else "")),
         ("host", f"{m.host.target} ({m.host.label})" if m.host.label else m.host.target),
         ("gpu", f"{gpu}; preset {m.plan.spec.gpu}"),
-        ("model", f"{m.plan.spec.model}: {m.plan.model.source}"),
+        ("model", f"{m.plan.spec.model} via {m.plan.rendered.script}"),
+        *model_file_rows(m.plan.model_files, m.files_how),
         ("steps", f"{steps} (planned {m.plan.estimate.steps})"),
         ("last loss", f"{f.last_loss:.4g}" if f.last_loss is not None else "-"),
         ("launched", _when(m.launched_at)),

@@ -22,9 +22,12 @@ from kohyawrap.models import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from kohyawrap.launcher.manifest import RunManifest
     from kohyawrap.launcher.runplan import RunPlan
     from kohyawrap.launcher.states import StateRef
+    from kohyawrap.models_fetch import FetchFile
 
 
 def _eta(seconds: float | None) -> str:
@@ -151,6 +154,29 @@ class ConsoleReporter:
         self._stop_bar()
 
 
+def model_file_rows(
+    files: Sequence[FetchFile], how: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """One row per model file: where it comes from, its size, and how it reaches the host (the
+    plan), or how it did (``how``, a run's record)."""
+    from kohyawrap.models_fetch import BASE_KEY
+
+    rows = []
+    for f in files:
+        where = f"{f.source}/{f.filename}" if f.kind == "hf" and f.filename else f.source
+        facts = [_size(f.size_gb * 1e9) if f.size_gb is not None else "size unknown"]
+        if how and f.key in how:
+            facts.append(how[f.key])
+        elif f.kind == "upload":
+            facts.append("used in place" if f.in_place else "uploaded from here")
+        else:
+            facts.append("downloaded by the host unless it has it")
+        if f.gated:
+            facts.append("gated: needs a Hugging Face token")
+        rows.append(("base model" if f.key == BASE_KEY else f.key, f"{where} ({', '.join(facts)})"))
+    return rows
+
+
 def show_run_plan(plan: RunPlan) -> None:
     """A short summary of what `train` is about to do."""
     from rich.markup import escape
@@ -166,7 +192,8 @@ def show_run_plan(plan: RunPlan) -> None:
     rows = [
         ("run", plan.run_id),
         ("host", f"{plan.target}  ({plan.layout.run_dir})"),
-        ("model", f"{plan.spec.model} via {plan.rendered.script}; base {plan.model.source}"),
+        ("model", f"{plan.spec.model} via {plan.rendered.script}"),
+        *model_file_rows(plan.model_files),
         ("gpu preset", f"{plan.spec.gpu}  (VRAM need ~{est.vram_needed_gb:.1f} of "
                        f"{est.vram_available_gb:.0f} GB: {fit})"),
         ("steps", str(est.steps)),

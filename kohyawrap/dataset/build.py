@@ -59,7 +59,7 @@ class BuildRequest:
     inputs: tuple[Path, ...]
     output: Path
     triggers: tuple[str, ...]
-    model: str
+    model: str  # the model preset's family (repeats rule); the shipped preset of that name
     class_words: tuple[str, ...] = ()
     repeats: tuple[int, ...] = ()
     reg_dirs: tuple[Path, ...] = ()
@@ -73,6 +73,10 @@ class BuildRequest:
     # How the result is linted and its steps counted (``forecast.preset_steps`` gives the
     # presets' own, as ``plan`` counts): by default batch 1 for the suggested 10 epochs.
     length: TrainingLength = SUGGESTED_LENGTH
+    # The model preset's buckets and smallest sharp short side (``forecast.preset_steps``);
+    # None: the shipped preset named ``model``.
+    bucket: BucketSettings | None = None
+    min_short_side: int | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,10 @@ def _check_output(output: Path, force: bool) -> None:
         )
 
 
+def _bucket(request: BuildRequest) -> BucketSettings:
+    return request.bucket or bucket_settings_for(request.model)
+
+
 def _ours(entry: Path) -> bool:
     if not entry.is_dir():
         return False
@@ -199,9 +207,7 @@ def _ours(entry: Path) -> bool:
 
 
 def _max_side(request: BuildRequest) -> int | None:
-    default = bucket_settings_for(
-        request.model
-    ).max_bucket_reso  # also: an unknown model stops here
+    default = _bucket(request).max_bucket_reso  # also: an unknown model stops here
     if not request.resize:
         return None
     if request.max_side is not None:
@@ -394,11 +400,12 @@ def _lint_output(output: Path, request: BuildRequest, outcomes: Sequence[Outcome
     return lint(
         tdir,
         model=request.model,
-        bucket=bucket_settings_for(request.model),
+        bucket=_bucket(request),
         length=request.length,
         caption_extension=request.caption_extension,
         trigger=trigger,
         phashes=phashes,
+        min_short_side=request.min_short_side,
     )
 
 
@@ -464,6 +471,7 @@ class LintRequest:
     bucket: BucketSettings | None = None  # None: the model preset's
     near_duplicates: bool = True
     jobs: int | None = None
+    min_short_side: int | None = None  # None: the model preset's
 
 
 def lint_dataset(request: LintRequest) -> LintReport:
@@ -478,6 +486,7 @@ def lint_dataset(request: LintRequest) -> LintReport:
         caption_extension=request.caption_extension,
         trigger=request.trigger,
         phashes=phashes,
+        min_short_side=request.min_short_side,
     )
 
 

@@ -35,17 +35,20 @@ KEPT_MODES = ("RGB", "L")
 # Source format -> (format when re-encoded, extension). Copies keep their format.
 _ENCODE = {"JPEG": ("JPEG", ".jpg"), "MPO": ("JPEG", ".jpg"), "WEBP": ("WEBP", ".webp")}
 _COPY_EXT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
-# images × repeats per epoch, by model (the Kohya Colab notebooks, docs/sources.md [16], [17]):
-# SD1.5 200-400 per epoch over ~10 epochs (we aim at the middle), SDXL about 100. SD2 follows SD1.5
-# (an assumption: no published figure).
+# images × repeats per epoch, by model family (the Kohya Colab notebooks, docs/sources.md [16],
+# [17]): SD1.5 200-400 per epoch over ~10 epochs (we aim at the middle), SDXL about 100. SD2 follows
+# SD1.5 (an assumption: no published figure).
 PER_EPOCH_TARGET = {
     "sd15": (300, "≈200-400 images × repeats per epoch for SD1.5, ~10 epochs (Kohya Colab)"),
     "sd2": (300, "≈200-400 images × repeats per epoch as for SD1.5, ~10 epochs (Kohya Colab)"),
     "sdxl": (100, "≈100 images × repeats per epoch for SDXL, ~10 epochs (Kohya Colab XL)"),
     # No published rule for the 1024 px DiT families: SDXL's (an estimate, said so in the notes).
     **{
-        model: (100, "estimate: ≈100 images × repeats per epoch as for SDXL at 1024 px, ~10 epochs")
-        for model in ("flux-dev", "flux-schnell", "chroma", "sd35-large", "sd35-medium")
+        family: (
+            100,
+            "estimate: ≈100 images × repeats per epoch as for SDXL at 1024 px, ~10 epochs",
+        )
+        for family in ("flux", "chroma", "sd35-large", "sd35-medium")
     },
 }
 SUGGESTED_EPOCHS = 10
@@ -64,9 +67,9 @@ class ConceptInput:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to build: model (for the repeats rule), resizing and captions."""
+    """How to build: model family (for the repeats rule), resizing and captions."""
 
-    model: str
+    model: str  # the model preset's family: sd15, sdxl, flux, ...
     max_side: int | None  # None: never downscale
     caption_template: str = DEFAULT_TEMPLATE
     caption_extension: str = ".txt"

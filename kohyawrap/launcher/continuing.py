@@ -113,11 +113,12 @@ def check_inputs(m: RunManifest) -> None:
             f"the dataset {root} changed since run {m.run_id} started",
             hint="a resumed run must see the same images: restore them, or train a new run",
         )
-    if plan.model.kind == "upload" and not Path(plan.model.source).is_file():
-        raise UsageError(
-            f"the base model {plan.model.source} is no longer on this computer",
-            hint="put it back: a new host gets it uploaded",
-        )
+    for f in plan.model_files:
+        if f.kind == "upload" and not Path(f.source).is_file():
+            raise UsageError(
+                f"the model file {f.source} is no longer on this computer",
+                hint="put it back: a new host gets it uploaded",
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from kohyawrap.launcher.runplan import (
     SetupOptions,
 )
 from kohyawrap.models import Failure, Finding
+from kohyawrap.models_fetch import BASE_KEY
 
 SCHEMA = 2
 
@@ -226,7 +227,8 @@ class RunManifest:
     kohyawrap_version: str = __version__
     sd_scripts: SdScriptsRecord | None = None
     environment: EnvironmentRecord | None = None
-    model_how: str | None = None  # cached | downloaded | uploaded | in place
+    model_how: str | None = None  # the base model: cached | downloaded | uploaded | in place
+    files_how: dict[str, str] = field(default_factory=dict)  # each model file's key -> how
     upload: UploadRecord | None = None
     pid: int | None = None
     started_at: float | None = None  # laptop clock, when work on the host began (money counts)
@@ -292,6 +294,7 @@ class RunManifest:
             "sd_scripts": _opt(self.sd_scripts),
             "environment": _opt(self.environment),
             "model_how": self.model_how,
+            "files_how": dict(self.files_how),
             "upload": _opt(self.upload),
             "pid": self.pid,
             "started_at": self.started_at,
@@ -353,6 +356,7 @@ def _from_current(data: dict[str, Any]) -> RunManifest:
         sd_scripts=_maybe(SdScriptsRecord, data.get("sd_scripts")),
         environment=_environment(data.get("environment")),
         model_how=data.get("model_how"),
+        files_how={str(k): str(v) for k, v in (data.get("files_how") or {}).items()},
         upload=_maybe(UploadRecord, data.get("upload")),
         pid=_int_or_none(data.get("pid")),
         started_at=_float_or_none(data.get("started_at")),
@@ -442,7 +446,7 @@ def upgrade(data: dict[str, Any], config_files: dict[str, str] | None = None) ->
 
     Schema 1 (kohyawrap 0.1.0) had no ``schema`` key, kept only hashes of the rendered files (their
     text is in the run's ``config/`` folder: pass it as ``config_files``), a count of the dataset's
-    files, and flat status fields.
+    files, one base model (``plan.model``) and flat status fields.
     """
     schema = data.get("schema", 1)
     if schema == SCHEMA:
@@ -478,8 +482,10 @@ def _from_schema1(old: dict[str, Any], config_files: dict[str, str]) -> dict[str
             )
         ),
         smoke=bool(plan.get("smoke", plan["spec"].get("smoke", False))),
-        model={**plan["model"], "in_place": False},
+        # One base model, no companion files: it becomes the first (only) model file.
+        model_files=[{**plan["model"], "key": BASE_KEY, "in_place": False}],
     )
+    plan.pop("model")
     host = dict(old.get("host") or {})
     connect_keys = ("port", "identity", "known_hosts", "ssh_config")
     environment = old.get("environment")
@@ -494,6 +500,7 @@ def _from_schema1(old: dict[str, Any], config_files: dict[str, str]) -> dict[str
         }
     checkpoints = old.get("checkpoints") or {}
     status = old.get("status", "planned")
+    how = (old.get("model") or {}).get("how")
     return {
         "schema": SCHEMA,
         "kohyawrap_version": old.get("kohyawrap_version", ""),
@@ -508,7 +515,8 @@ def _from_schema1(old: dict[str, Any], config_files: dict[str, str]) -> dict[str
         },
         "sd_scripts": old.get("sd_scripts"),
         "environment": environment,
-        "model_how": (old.get("model") or {}).get("how"),
+        "model_how": how,
+        "files_how": {BASE_KEY: how} if how else {},
         "upload": old.get("upload"),
         "pid": old.get("pid"),
         "started_at": old.get("started_at"),

@@ -15,6 +15,7 @@ from kohyawrap.launcher.request import TrainRequest
 from kohyawrap.launcher.runplan import RunPlan
 from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.models import RenderedRun
+from kohyawrap.models_fetch import BASE_KEY, FetchFile
 
 
 def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> RenderedRun:
@@ -54,17 +55,19 @@ def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> Rendere
 
 
 def request_from_manifest(manifest: RunManifest) -> TrainRequest:
-    """The TrainRequest that re-runs a recorded run: same spec, base model, dataset, sd-scripts
-    commit, price and limits."""
+    """The TrainRequest that re-runs a recorded run: same spec, model files, dataset,
+    sd-scripts commit, price and limits."""
     commit = manifest.sd_scripts.commit if manifest.sd_scripts else ""
     return request_from_plan(manifest.original_plan, commit)
 
 
 def request_from_plan(plan: RunPlan, commit: str = "") -> TrainRequest:
     """The TrainRequest that renders ``plan`` again (the run's paths become the defaults)."""
+    base = plan.base_file
     original = replace(
         plan.spec,
-        base_model=plan.model.source,
+        base_model=base.source,
+        companions=tuple((f.key, named(f)) for f in plan.model_files if f.key != BASE_KEY),
         train_data_dir="dataset",
         output_dir="output",
         logging_dir="logs",
@@ -74,7 +77,7 @@ def request_from_plan(plan: RunPlan, commit: str = "") -> TrainRequest:
     return TrainRequest(
         spec=original,
         dataset=Path(plan.dataset_root),
-        base_model_file=plan.model.filename if plan.model.kind == "hf" else None,
+        base_model_file=base.filename if base.kind == "hf" and base.filename else None,
         work_dir=plan.layout.work,
         # The exact commit that ran, even when the original asked for a branch.
         setup=replace(plan.setup, ref=commit or plan.setup.ref),
@@ -83,3 +86,8 @@ def request_from_plan(plan: RunPlan, commit: str = "") -> TrainRequest:
         force=True,
         keep_states=0,  # the spec already holds the state options the run had, if any
     )
+
+
+def named(f: FetchFile) -> str:
+    """A model file as the user would name it again: ``owner/repo/file``, a URL or a path."""
+    return f"{f.source}/{f.filename}" if f.kind == "hf" and f.filename else f.source

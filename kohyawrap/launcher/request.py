@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -20,26 +20,13 @@ from kohyawrap.hashcache import HashCache
 from kohyawrap.hosts.facts import HostFacts
 from kohyawrap.launcher.layout import RemoteLayout, make_run_id
 from kohyawrap.launcher.money import check_money
-from kohyawrap.launcher.runplan import (
-    ModelSource,
-    MoneyOptions,
-    RunPlan,
-    SetupOptions,
-)
+from kohyawrap.launcher.runplan import MoneyOptions, RunPlan, SetupOptions
 from kohyawrap.models import RunSpec
-from kohyawrap.names import check_output_name, slug
+from kohyawrap.models_fetch import BASE_KEY, FetchFile, config_paths, expected_gb, fetch_plan
+from kohyawrap.names import check_output_name
 
 if TYPE_CHECKING:
     from kohyawrap.forecast import Forecast
-
-# The single-file checkpoints people mean when they name these repos.
-KNOWN_FILES = {
-    "runwayml/stable-diffusion-v1-5": "v1-5-pruned-emaonly.safetensors",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "v1-5-pruned-emaonly.safetensors",
-    "stabilityai/stable-diffusion-2-1": "v2-1_768-ema-pruned.safetensors",
-    "stabilityai/stable-diffusion-xl-base-1.0": "sd_xl_base_1.0.safetensors",
-}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Options a run manages itself: where files go and what data is read. Set through --set they
 # would send the LoRA where nothing pulls it (or train on the wrong data); each names its option.
@@ -51,6 +38,10 @@ RUN_MANAGED = {
     "reg_data_dir": "put class images in <dataset>/reg (`kohyawrap dataset build --reg`)",
     "dataset_config": "the run renders its own from --dataset",
     "pretrained_model_name_or_path": "use --base-model",
+    "clip_l": "use --clip-l",
+    "clip_g": "use --clip-g",
+    "t5xxl": "use --t5xxl",
+    "ae": "use --ae",
     "config_file": "the run renders its own training_config.toml",
     "output_config": "the run renders its own training_config.toml",
     "resume": "resuming is the run's to manage",
@@ -61,7 +52,11 @@ LOCAL_TARGETS = {"local", "localhost", "127.0.0.1", "::1"}
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """A ``kohyawrap train`` invocation, minus the connection details."""
+    """A ``kohyawrap train`` invocation, minus the connection details.
+
+    ``spec.base_model`` and ``spec.companions`` hold the model files as the user named them
+    (``""`` / left out: the model preset's ``[files.*]``); the plan replaces them with host paths.
+    """
 
     spec: RunSpec  # gpu may be "auto" until the host's GPU is known
     dataset: Path
@@ -108,6 +103,9 @@ def check_request(request: TrainRequest) -> TrainRequest:
             f"dataset folder {request.dataset} does not exist",
             hint="build one with `kohyawrap dataset build`",
         )
+    # A model file the family does not load, a missing local file, a repo where a file is needed:
+    # refused here, before any host is contacted (nothing is hashed yet: placed "in place").
+    model_files(request, request.spec, "/", in_place=True)
     return replace(request, spec=replace(request.spec, output_name=name))
 
 
@@ -152,9 +150,6 @@ def resolve_device(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
     return replace(spec, cpu=not facts.gpus)
 
 
-# Typical single-file checkpoint sizes: SDXL 6.94 GB, SD1.5 4.27 GB (docs/sources.md [39], [40]);
-# SD2.1 ~5.2 GB (estimate).
-MODEL_GB = {"sd15": 4.3, "sd2": 5.3, "sdxl": 7.0}
 VENV_GB = (
     6.0  # torch + CUDA wheels, ~2.9 GB downloaded and ~5 GB unpacked ([38]), plus requirements
 )
@@ -164,14 +159,13 @@ VENV_GB = (
 OUTPUT_GB = 3.0
 
 
-def disk_needed_gb(plan: RunPlan, *, model_present: bool, venv_present: bool) -> float:
-    """What the run will write on the host, in GB, for the free-disk check."""
+def disk_needed_gb(plan: RunPlan, *, absent: Iterable[FetchFile], venv_present: bool) -> float:
+    """What the run will write on the host, in GB, for the free-disk check: the model files not
+    there yet (``absent``), the dataset, the outputs, and an environment unless one is there."""
+    from kohyawrap.presets import load_catalog
+
     need = OUTPUT_GB + sum(Path(p).stat().st_size for p in plan.dataset_files.values()) / 1e9
-    if not model_present:
-        if plan.model.kind == "upload":
-            need += Path(plan.model.source).stat().st_size / 1e9
-        else:
-            need += MODEL_GB.get(plan.spec.model, 7.0)
+    need += expected_gb(absent, load_catalog().model(plan.spec.model))
     if not venv_present and plan.setup.torch_spec != "skip" and not plan.setup.sd_scripts_path:
         need += VENV_GB
     return need
@@ -211,41 +205,6 @@ def dataset_hash(files: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def model_source(
-    base_model: str, filename: str | None, models_dir: str, *, in_place: bool = False
-) -> ModelSource:
-    """Classify ``--base-model`` (local file, URL, or Hugging Face repo id) and place it on the
-    host. ``in_place``: the host is this machine, so a local file is used where it is."""
-    local = Path(base_model).expanduser()
-    if local.is_file():
-        if in_place:
-            path = str(local.resolve())
-            return ModelSource("upload", path, local.name, path, "", in_place=True)
-        digest = HashCache.default().sha256(local)
-        name = f"{digest[:16]}-{slug(local.name, 80)}"
-        return ModelSource(
-            "upload",
-            str(local.resolve()),
-            local.name,
-            posixpath.join(models_dir, "uploads", name),
-            digest,
-        )
-    if base_model.startswith(("http://", "https://")):
-        tail = slug(base_model.rsplit("/", 1)[-1].split("?")[0], 80) or "model.safetensors"
-        key = hashlib.sha256(base_model.encode()).hexdigest()[:12]
-        return ModelSource(
-            "url", base_model, tail, posixpath.join(models_dir, "urls", f"{key}-{tail}")
-        )
-    if _REPO_ID.match(base_model):
-        file = filename if filename is not None else KNOWN_FILES.get(base_model, "")
-        name = slug(base_model.replace("/", "--"), 120) + (f"--{slug(file, 120)}" if file else "")
-        return ModelSource("hf", base_model, file, posixpath.join(models_dir, "hf-files", name))
-    raise UsageError(
-        f"--base-model {base_model!r} is not a file, a URL or a Hugging Face repo id",
-        hint="e.g. stabilityai/stable-diffusion-xl-base-1.0, ./models/v1-5.safetensors or https://...",
-    )
-
-
 def expected_installer(setup: SetupOptions, facts: HostFacts | None) -> Literal["uv", "pip"]:
     """What will build the environment: uv when asked for, or (auto) when the host has it."""
     if setup.installer == "uv" or (
@@ -264,16 +223,35 @@ def checkout_dir(setup: SetupOptions, layout: RemoteLayout) -> str:
     return setup.sd_scripts_path or layout.sd_scripts(setup.ref)
 
 
-def with_host_paths(spec: RunSpec, model: ModelSource, layout: RemoteLayout) -> RunSpec:
-    """The spec as the host will see it: model and tokenizer cache at absolute host paths,
-    dataset/output/logs relative to the run folder (sd-scripts' working directory)."""
+def with_host_paths(spec: RunSpec, files: Iterable[FetchFile], layout: RemoteLayout) -> RunSpec:
+    """The spec as the host will see it: model files and tokenizer cache at absolute host
+    paths, dataset/output/logs relative to the run folder (sd-scripts' working directory)."""
+    base, companions = config_paths(files)
     return replace(
         spec,
-        base_model=model.remote_path,
+        base_model=base,
+        companions=companions,
         train_data_dir="dataset",
         output_dir="output",
         logging_dir="logs",
         tokenizer_cache_dir=layout.tokenizers,
+    )
+
+
+def model_files(
+    request: TrainRequest, spec: RunSpec, models_dir: str, *, in_place: bool
+) -> tuple[FetchFile, ...]:
+    """The model files of the run (base first), placed in the host's shared model cache; what
+    the user did not name comes from the model preset. ``in_place``: the host is this machine."""
+    from kohyawrap.presets import load_catalog
+
+    choices: dict[str, str | None] = {BASE_KEY: spec.base_model or None, **dict(spec.companions)}
+    return fetch_plan(
+        load_catalog().model(spec.model),
+        choices,
+        models_dir,
+        base_model_file=request.base_model_file,
+        in_place=in_place,
     )
 
 
@@ -299,15 +277,13 @@ def build_run_plan(
         request = replace(
             request, spec=replace(request.spec, overrides=request.spec.overrides + extra)
         )
-    files = dataset_files(request.dataset)
-    digest = dataset_hash(files)
+    data = dataset_files(request.dataset)
+    digest = dataset_hash(data)
     spec = resolve_device(resolve_gpu(request.spec, facts), facts)
     work = expand_work_dir(request.work_dir, home)
     provisional = RemoteLayout(work, "pending")
-    model = model_source(
-        spec.base_model, request.base_model_file, provisional.models, in_place=target == "local"
-    )
-    host_spec = with_host_paths(spec, model, provisional)
+    files = model_files(request, spec, provisional.models, in_place=target == "local")
+    host_spec = with_host_paths(spec, files, provisional)
     if (request.dataset / "reg").is_dir():
         # `dataset build --reg` puts class images in <dataset>/reg/<repeats>_<class>/.
         host_spec = replace(host_spec, reg_data_dir="dataset/reg")
@@ -342,10 +318,10 @@ def build_run_plan(
         spec=host_spec,
         rendered=relaunch(forecast.rendered, checkout_dir(request.setup, provisional)),
         estimate=forecast.estimate,
-        model=model,
+        model_files=files,
         setup=request.setup,
         dataset_root=str(request.dataset.resolve()),
-        dataset_files=files,
+        dataset_files=data,
         dataset_sha256=digest,
         money=replace(request.money, price_per_hour=forecast.estimate.price_per_hour),
         smoke=spec.smoke,

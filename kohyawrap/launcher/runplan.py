@@ -16,6 +16,7 @@ from typing import Any, Literal
 from kohyawrap import __version__
 from kohyawrap.launcher.layout import RemoteLayout
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
+from kohyawrap.models_fetch import BASE_KEY, FetchFile
 from kohyawrap.names import slug
 from kohyawrap.sdscripts import DEFAULT_REPO, PINNED_COMMIT
 
@@ -24,20 +25,7 @@ DEFAULT_TORCH = (
     "torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124"
 )
 
-ModelKind = Literal["hf", "url", "upload"]
 Installer = Literal["auto", "uv", "pip"]
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the base model comes from and where it will be on the host."""
-
-    kind: ModelKind
-    source: str  # repo id, URL, or local file path
-    filename: str  # file inside the repo ("" = whole diffusers repo), or the file's name
-    remote_path: str  # absolute host path written into the config
-    local_sha256: str = ""  # for uploads: content hash (the remote name is derived from it)
-    in_place: bool = False  # a local file used where it is (``--host local``): nothing copied
 
 
 @dataclass(frozen=True)
@@ -78,7 +66,9 @@ class RunPlan:
     spec: RunSpec
     rendered: RenderedRun
     estimate: Estimate
-    model: ModelSource
+    # Every model file the run needs on the host, the base model first (then clip_l, clip_g,
+    # t5xxl, ae as the family loads them): where each comes from and where it goes.
+    model_files: tuple[FetchFile, ...]
     setup: SetupOptions
     dataset_root: str
     dataset_files: dict[str, str]  # relative POSIX path -> local path
@@ -94,6 +84,11 @@ class RunPlan:
         return self.layout.dataset_cache(
             f"{slug(Path(self.dataset_root).name)}-{self.dataset_sha256[:8]}"
         )
+
+    @property
+    def base_file(self) -> FetchFile:
+        """The base model (``pretrained_model_name_or_path``)."""
+        return next(f for f in self.model_files if f.key == BASE_KEY)
 
     @property
     def output_name(self) -> str:
@@ -119,7 +114,7 @@ class RunPlan:
             },
             "inputs_hash": self.rendered.inputs_hash,
             "estimate": {**asdict(self.estimate), "notes": list(self.estimate.notes)},
-            "model": asdict(self.model),
+            "model_files": [f.to_json() for f in self.model_files],
             "setup": asdict(self.setup),
             "dataset": {
                 "root": self.dataset_root,
@@ -154,7 +149,7 @@ class RunPlan:
                 inputs_hash=str(data["inputs_hash"]),
             ),
             estimate=Estimate(**estimate),
-            model=ModelSource(**data["model"]),
+            model_files=tuple(FetchFile(**f) for f in data["model_files"]),
             setup=SetupOptions(**data["setup"]),
             dataset_root=str(data["dataset"]["root"]),
             dataset_files={str(k): str(v) for k, v in data["dataset"]["files"].items()},

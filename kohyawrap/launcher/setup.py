@@ -1,5 +1,8 @@
 """SETUP, MODEL and UPLOAD: make the host ready to train, and the checks that come before.
 
+MODEL puts every model file in the host's shared model cache (``<work>/models``): the base model
+and the files its family loads beside it, uploaded from the laptop or downloaded on the host.
+
 Each step is idempotent: run again on the same host it finds its work done and skips it
 (fingerprinted venv, cached clone and model, incremental upload), so a step cut by a dropped
 connection is simply run again.
@@ -22,6 +25,7 @@ from kohyawrap.launcher.manifest import UploadRecord
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runplan import RunPlan
 from kohyawrap.launcher.scripts import parse_kv, render_script
+from kohyawrap.models_fetch import BASE_KEY, FetchFile, script_values
 
 # Lines of pip / uv output worth showing while an environment is built.
 _INSTALL_PROGRESS = re.compile(
@@ -212,44 +216,97 @@ def packages(host: Host, python: str) -> tuple[str, ...]:
 HUB_SPEC = "huggingface_hub==0.34.3"
 
 
-def ensure_model(host: Host, plan: RunPlan, reporter: Reporter, hf_token: str | None) -> str:
-    """Make the base model exist at its planned host path; returns how ("cached", ...).
+@dataclass(frozen=True)
+class FilesFetched:
+    """How each model file came to be on the host: ``cached``, ``downloaded``, ``uploaded`` or
+    ``in place`` (a local file used where it is), by key (``pretrained_model_name_or_path``,
+    ``clip_l``, ...)."""
 
-    Needs nothing of SETUP, so it runs beside it: a download uses the host's Python (with a
-    small huggingface_hub environment of its own when that Python lacks one).
+    how: dict[str, str]
+
+    @property
+    def base(self) -> str:
+        return self.how.get(BASE_KEY, "?")
+
+
+def ensure_files(
+    host: Host, plan: RunPlan, reporter: Reporter, hf_token: str | None
+) -> FilesFetched:
+    """Make every model file exist at its planned host path: uploads are sent (only what is not
+    there yet), then ``files.sh`` downloads the repo files and URLs into the shared model cache.
+
+    Needs nothing of SETUP, so it runs beside it: downloads use the host's Python, with a small
+    huggingface_hub environment of its own when that Python lacks one. Idempotent (a file
+    already there is kept), so it is simply run again after a dropped connection. The Hugging
+    Face token travels on the script's standard input only.
     """
-    model = plan.model
-    reporter.stage("model", f"{model.kind}: {model.source}")
-    if model.in_place:
-        return "in place"
-    if model.kind == "upload":
-        folder, name = posixpath.split(model.remote_path)
+    files = plan.model_files
+    reporter.stage("model", ", ".join(_label(f.key) for f in files))
+    how = {f.key: "in place" for f in files if f.in_place}
+    uploads = [f for f in files if f.kind == "upload" and not f.in_place]
+    how.update(_send_uploads(host, uploads, reporter))
+    fetched = [f for f in files if f.kind in ("hf", "url")]
+    if fetched:
+        how.update(_fetch(host, plan, fetched, reporter, hf_token))
+    return FilesFetched({f.key: how.get(f.key, "?") for f in files})
+
+
+def _label(key: str) -> str:
+    return "base model" if key == BASE_KEY else key
+
+
+def _send_uploads(host: Host, uploads: list[FetchFile], reporter: Reporter) -> dict[str, str]:
+    """Upload local model files into the host's cache (each named by its content hash)."""
+    how: dict[str, str] = {}
+    for f in uploads:
+        folder, name = posixpath.split(f.remote_path)
         stats = host.upload_tree(
-            {name: Path(model.source)},
+            {name: Path(f.source)},
             folder,
-            progress=lambda d, t: reporter.transfer("base model", d, t),
-            sidecars=True,  # a warm run reads <model>.sha256 instead of hashing gigabytes
+            progress=_transfer(reporter, _label(f.key)),
+            sidecars=True,  # a warm run reads <file>.sha256 instead of hashing gigabytes
         )
-        return "uploaded" if stats.files_sent else "cached"
-    # The token travels on the command's standard input, never in a file or an argument.
-    token = (hf_token or "").encode() + b"\n" if model.kind == "hf" else None
+        how[f.key] = "uploaded" if stats.files_sent else "cached"
+    return how
+
+
+def _transfer(reporter: Reporter, label: str) -> Callable[[int, int], None]:
+    return lambda done, total: reporter.transfer(label, done, total)
+
+
+def _fetch(
+    host: Host,
+    plan: RunPlan,
+    files: list[FetchFile],
+    reporter: Reporter,
+    hf_token: str | None,
+) -> dict[str, str]:
+    """Download repo files and URLs on the host with files.sh; returns key -> cached|downloaded."""
+    known = sum(f.size_gb or 0.0 for f in files)
+    reporter.info(
+        f"fetching {len(files)} model file(s) on the host"
+        + (f" (up to {known:.1f} GB; a file already there is kept)" if known else "")
+    )
+    # The token travels on the command's standard input (one line, empty without a token),
+    # never in a file, an argument or the environment.
+    token = (hf_token or "").encode() + b"\n"
     found = _stream_script(
         host,
-        "model",
-        "check the repo id / URL, the token (HF_TOKEN) and the host's disk space",
+        "files",
+        "check the repo ids / URLs, the token (HF_TOKEN or --hf-token-file, for gated repos) and "
+        "the host's disk space",
         reporter,
         stdin=token,
-        python=plan.setup.python,
+        **script_values(
+            files,
+            python=plan.setup.python,
+            hf_home=posixpath.join(plan.layout.models, "hf"),
+            work=plan.layout.work,
+        ),
         hub_env="" if plan.setup.sd_scripts_path else plan.layout.hub_env(plan.setup.python),
         hub_spec=HUB_SPEC,
-        kind=model.kind,
-        source=model.source,
-        filename=model.filename,
-        dest=model.remote_path,
-        hf_home=posixpath.join(plan.layout.models, "hf"),
-        work=plan.layout.work,
     )
-    return found.get("model", "?")
+    return {f.key: found.get(f"file.{f.key}", "?") for f in files}
 
 
 _PRUNE = r"""
@@ -416,7 +473,5 @@ def preflight(
             + ("" if plan.smoke else "; --smoke tests the whole chain on the CPU"),
         )
     reporter.info(f"python {check_python(host, plan, facts)} ({plan.setup.python})")
-    model_present = plan.model.in_place or host.stat(plan.model.remote_path) is not None
-    check_disk(
-        facts, disk_needed_gb(plan, model_present=model_present, venv_present=bool(facts.venvs))
-    )
+    absent = [f for f in plan.model_files if not f.in_place and host.stat(f.remote_path) is None]
+    check_disk(facts, disk_needed_gb(plan, absent=absent, venv_present=bool(facts.venvs)))

@@ -155,12 +155,12 @@ def _environment(s: RunSession) -> tuple[str, str]:
 
 def _model(s: RunSession) -> None:
     plan = s.manifest.plan
-    how = s.reconnector.call(
-        lambda: setup.ensure_model(s.host, plan, s.reporter, s.hf_token),
-        "fetching the base model again",
+    fetched = s.reconnector.call(
+        lambda: setup.ensure_files(s.host, plan, s.reporter, s.hf_token),
+        "fetching the model files again",
     )
     s.timings.lap("model")
-    s.update(model_how=how)
+    s.update(model_how=fetched.base, files_how=fetched.how)
 
 
 def _upload(s: RunSession) -> None:
@@ -393,11 +393,11 @@ def _prepare(s: RunSession) -> None:
         _record_setup(s, env)
 
     def model(r: Reporter) -> None:
-        how = s.reconnector.call(
-            lambda: setup.ensure_model(s.host, plan, r, s.hf_token),
-            "fetching the base model again",
+        fetched = s.reconnector.call(
+            lambda: setup.ensure_files(s.host, plan, r, s.hf_token),
+            "fetching the model files again",
         )
-        s.update(model_how=how)
+        s.update(model_how=fetched.base, files_how=fetched.how)
 
     def upload(r: Reporter) -> None:
         record = s.reconnector.call(

@@ -108,6 +108,7 @@ class Launcher:
             # Nothing to ask the host: its home is shown as ~.
             plan = build_run_plan(request, target=target, home="~", now=self.now())
             on_plan(plan)
+            self._warn_token(plan, hf_token)
             return TrainResult(plan)
         timings = Timings(self.clock)
         started_at = self.clock.now()
@@ -125,6 +126,7 @@ class Launcher:
             )
             timings.lap("plan")
             on_plan(plan)
+            self._warn_token(plan, hf_token)
             preflight(host, plan, facts, self.reporter, force=request.force)
             if dry_run:
                 return TrainResult(plan)
@@ -457,6 +459,19 @@ class Launcher:
         return session
 
     # -- plumbing --------------------------------------------------------------------------------
+    def _warn_token(self, plan: RunPlan, hf_token: str | None) -> None:
+        """A gated repo without a token fails on the host, unless the host has its own."""
+        from kohyawrap.models_fetch import needs_token
+
+        if hf_token or not needs_token(plan.model_files):
+            return
+        gated = sorted({f.source for f in plan.model_files if f.kind == "hf" and f.gated})
+        self.reporter.info(
+            "warning: " + ", ".join(gated) + " is gated: the host "
+            "needs a Hugging Face token with access (accept the licence on huggingface.co, then "
+            "set HF_TOKEN or pass --hf-token-file), unless its own HF_TOKEN is set"
+        )
+
     @contextmanager
     def _session(
         self, run: RunDir, manifest: RunManifest, given: ConnectOptions
