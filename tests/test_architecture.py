@@ -35,6 +35,14 @@ PURE_CORE = [
     "launcher/runplan.py",
     "launcher/manifest.py",
     "launcher/budget.py",
+    "evaluate/options.py",
+    "evaluate/prompts.py",
+    "evaluate/gridplan.py",
+    "evaluate/record.py",
+    "evaluate/loss.py",
+    "evaluate/effect.py",
+    "evaluate/sheets.py",
+    "evaluate/chart.py",
 ]
 WORLD = {"subprocess", "socket", "paramiko", "urllib", "http", "huggingface_hub", "git", "requests"}
 
