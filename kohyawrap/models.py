@@ -160,5 +160,7 @@ class Estimate:
     vram_available_gb: float
     fits: bool
     price_per_hour: float
-    dollars: float
+    dollars: float  # the whole run: set-up, training and the grid
     notes: tuple[str, ...] = field(default_factory=tuple)
+    grid_images: int = 0  # images the grid will draw after training (0: no grid)
+    grid_seconds: float = 0.0

@@ -295,3 +295,55 @@ def launch(
         sys.exit(1)
     if result.manifest is not None and result.run is not None:
         show_outcome(result.manifest, result.run.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation (the grid after training)
+
+MAX_PROMPT_FILE_BYTES = 256 * 1024
+
+
+def find_run(runs_dir: Path, ref: str) -> Any:
+    """The run ``ref`` names (a RunDir); when it names several, the newest, and a note saying so."""
+    from kohyawrap.launcher.runstore import RunStore
+
+    found = RunStore(runs_dir).find(ref)
+    if found.others:
+        older = ", ".join(r.run_id for r in found.others[:5])
+        click.echo(
+            f"note: '{ref}' matches {len(found.others) + 1} runs; using the newest, "
+            f"{found.run.run_id} (also: {older})",
+            err=True,
+        )
+    return found.run
+
+
+def read_sample_prompts(path: Path | None) -> tuple[str, ...]:
+    """The prompt lines of a ``--sample-prompts`` file (bounded, UTF-8, checked); () for None."""
+    if path is None:
+        return ()
+    from kohyawrap.errors import UsageError
+    from kohyawrap.evaluate.prompts import read_prompt_file
+
+    where = f"--sample-prompts {path}"
+    try:
+        if not path.is_file():
+            raise UsageError(f"{where}: no such file")
+        if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+            raise UsageError(f"{where}: larger than {MAX_PROMPT_FILE_BYTES // 1024} KB")
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise UsageError(f"{where}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    return read_prompt_file(text, str(path))
+
+
+GRID_HELP = (
+    "The grid after training: epochs=auto|all|N,M,...,strengths=0,0.5,...,seeds=N[,batch=N] "
+    "(keys may be left out)."
+)
+SAMPLE_PROMPTS_HELP = (
+    "Your own prompts (sd-scripts syntax, one a line) for the samples and the grid, instead of "
+    "ones made from the trigger word."
+)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kohyawrap.cli.options import GroupedCommand, connect_options, follow_options
+from kohyawrap.cli.options import GroupedCommand, connect_options, find_run, follow_options
 
 if TYPE_CHECKING:
     from kohyawrap.launcher.runstore import RunDir
@@ -21,21 +21,6 @@ _RUNS_DIR = click.option(
     help="Folder holding the run records.",
 )
 _JSON = click.option("--json", "as_json", is_flag=True, help="The run's record as JSON.")
-
-
-def find_run(runs_dir: Path, ref: str) -> RunDir:
-    """The run ``ref`` names; when it names several, the newest, and a note saying so."""
-    from kohyawrap.launcher.runstore import RunStore
-
-    found = RunStore(runs_dir).find(ref)
-    if found.others:
-        older = ", ".join(r.run_id for r in found.others[:5])
-        click.echo(
-            f"note: '{ref}' matches {len(found.others) + 1} runs; using the newest, "
-            f"{found.run.run_id} (also: {older})",
-            err=True,
-        )
-    return found.run
 
 
 def _launcher(runs_dir: Path, follow: Any = None) -> Launcher:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kohyawrap.cli.options import (
+    GRID_HELP,
+    SAMPLE_PROMPTS_HELP,
     GroupedCommand,
     connect_options,
     follow_options,
@@ -15,11 +17,13 @@ from kohyawrap.cli.options import (
     launch,
     option_group,
     parse_sets,
+    read_sample_prompts,
     read_token,
     runs_dir_option,
 )
 
 if TYPE_CHECKING:
+    from kohyawrap.evaluate.options import GridOptions
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.launcher.runplan import MoneyOptions, SetupOptions
 
@@ -148,6 +152,34 @@ money_options = option_group(
 )  # fmt: skip
 
 
+def _evaluation(
+    grid: str | None, no_grid: bool, sample_prompts: Path | None
+) -> tuple[GridOptions, bool]:
+    """The grid's options, and whether --grid was given (a smoke run draws none unless asked)."""
+    from dataclasses import replace
+
+    from kohyawrap.errors import UsageError
+    from kohyawrap.evaluate.options import GridOptions, parse_grid
+
+    if grid is not None and no_grid:
+        raise UsageError("--grid and --no-grid together: choose one")
+    options = parse_grid(grid) if grid is not None else GridOptions(enabled=not no_grid)
+    return replace(options, prompts=read_sample_prompts(sample_prompts)), grid is not None
+
+
+evaluation_options = option_group(
+    "Evaluation",
+    "evaluation",
+    _evaluation,
+    [
+        (("--grid",), {"default": None, "metavar": "SPEC", "help": GRID_HELP}),
+        (("--no-grid",), {"is_flag": True, "help": "Draw no grid: the run ends when its files are pulled."}),
+        (("--sample-prompts",), {"type": click.Path(dir_okay=False, path_type=Path), "default": None,
+                                 "help": SAMPLE_PROMPTS_HELP}),
+    ],
+)  # fmt: skip
+
+
 @click.command(cls=GroupedCommand)
 @grouped("Connection", "--host", "target", required=True,
          help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.")  # fmt: skip
@@ -157,6 +189,7 @@ money_options = option_group(
 @grouped("Host set-up", "--work-dir", default="~/kohyawrap", show_default=True,
          help="Where kohyawrap works on the host.")  # fmt: skip
 @money_options
+@evaluation_options
 @follow_options
 @runs_dir_option
 @grouped("Following", "--hf-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -177,6 +210,7 @@ def train(
     setup: SetupOptions,
     work_dir: str,
     money: MoneyOptions,
+    evaluation: tuple[GridOptions, bool],
     follow: Any,
     runs_dir: Path,
     hf_token_file: Path | None,
@@ -191,7 +225,9 @@ def train(
     Nothing is typed on the host: kohyawrap clones sd-scripts at a pinned commit, builds its
     environment once (a second run skips it), uploads the dataset (only what changed), starts the
     training detached (it survives a dropped connection: `kohyawrap attach RUN`), follows loss and
-    cost, and pulls every checkpoint as it appears into runs/<run-id>/checkpoints/.
+    cost, and pulls every checkpoint as it appears into runs/<run-id>/checkpoints/. Then, on the
+    same card, it draws a grid of test images (checkpoints x strengths x seeds; --grid, --no-grid)
+    and writes runs/<run-id>/report/index.html: which file to use, and why.
 
     \b
     Examples:
@@ -201,11 +237,21 @@ def train(
           --base-model ./models/v1-5-pruned-emaonly.safetensors --name 柴犬 --yes
       kohyawrap train --host gpu-box --model sd15 --dataset ./training_data --base-model ./m.safetensors \\
           --name test --smoke --dry-run
+      kohyawrap train ... --grid epochs=6,8,10,strengths=0,0.7,1,seeds=5 --sample-prompts prompts.txt
     """
     from dataclasses import replace
 
+    grid, asked = evaluation
+    if what.spec.smoke and not asked:
+        grid = replace(grid, enabled=False)  # a smoke run proves the chain; --grid draws anyway
     request = replace(
-        what, setup=setup, money=money, work_dir=work_dir, pull_state=pull_state, force=force
+        what,
+        setup=setup,
+        money=money,
+        work_dir=work_dir,
+        pull_state=pull_state,
+        force=force,
+        grid=grid,
     )
     launch(
         request,

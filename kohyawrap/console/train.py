@@ -174,6 +174,16 @@ def show_run_plan(plan: RunPlan) -> None:
         ("cost", f"~{dollars(est.dollars)} at {dollars(est.price_per_hour)}/h"),
         ("sd-scripts", f"{where} @ {setup.ref[:12]}"),
     ]  # fmt: skip
+    if plan.grid.enabled:
+        grid_dollars = est.price_per_hour * est.grid_seconds / 3600
+        rows.append(
+            ("grid", f"{est.grid_images} images ({plan.grid.describe()}), ~{est.grid_seconds / 60:.0f} "
+                     f"min, ~{dollars(grid_dollars)} (included above)")
+        )  # fmt: skip
+    else:
+        rows.append(("grid", "off (--no-grid / a smoke run): `kohyawrap grid RUN` draws one later"))
+    for note in plan.notes:
+        rows.append(("note", note))
     if plan.money.max_dollars is not None or plan.money.max_hours is not None:
         limits = [
             f"{dollars(plan.money.max_dollars)}" if plan.money.max_dollars is not None else "",
@@ -211,3 +221,8 @@ def show_outcome(manifest: RunManifest, path: Path) -> None:
     for info in sorted(m.pulled.values(), key=lambda f: f.path):
         if info.path.startswith("checkpoints/"):
             con.print(f"    {escape(str(path / info.path))}")
+    if m.grid is not None:
+        grid = m.grid
+        spent = f", {dollars(grid.dollars)}" if grid.dollars is not None else ""
+        why = f" ({grid.reason})" if grid.reason else ""
+        con.print(escape(f"grid {grid.status}: {grid.pulled} of {grid.images} images{spent}{why}"))

@@ -20,6 +20,7 @@ from kohyawrap.launcher.manifest import FollowState, StopReason
 from kohyawrap.launcher.reconnect import Reconnector
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
+from kohyawrap.launcher.samples import SampleWatcher
 from kohyawrap.logparse import LogParser, readable_lines
 from kohyawrap.models import CheckpointSaved, Event, Failure, Progress
 
@@ -45,6 +46,7 @@ class Follower:
         reconnector: Reconnector,
         state: FollowState,
         poll_seconds: float = 2.0,
+        samples: SampleWatcher | None = None,
     ) -> None:
         self.host = host
         self.run = run
@@ -55,6 +57,7 @@ class Follower:
         self.puller = puller
         self.reconnector = reconnector
         self.poll = poll_seconds
+        self.samples = samples  # pulls sample images as they appear (None: not while following)
         self.log_offset = state.log_offset
         self.last_step, self.total_steps, self.last_loss = (
             state.last_step,
@@ -177,6 +180,8 @@ class Follower:
             self._note(event)
             self._report(event)
         self.pull_ready(ended is not None)
+        if self.samples is not None:
+            self.samples.poll()
         if ended is not None:
             for event in self.parser.close():
                 self._note(event)

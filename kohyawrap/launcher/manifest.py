@@ -14,6 +14,7 @@ from typing import Any
 
 from kohyawrap import __version__
 from kohyawrap.errors import UsageError
+from kohyawrap.evaluate.record import GridRecord
 from kohyawrap.launcher.runplan import (
     DEFAULT_TORCH,
     MoneyOptions,
@@ -166,6 +167,7 @@ class RunManifest:
     error: str | None = None
     stop_reason: StopReason | None = None
     provenance: tuple[Provenance, ...] = ()
+    grid: GridRecord | None = None  # the evaluation grid drawn after training (the latest one)
 
     @property
     def remote_run_dir(self) -> str:
@@ -206,6 +208,7 @@ class RunManifest:
             "error": self.error,
             "stop_reason": self.stop_reason.value if self.stop_reason else None,
             "provenance": [asdict(p) for p in self.provenance],
+            "grid": self.grid.to_json() if self.grid is not None else None,
         }
 
     @classmethod
@@ -267,6 +270,7 @@ def _from_current(data: dict[str, Any]) -> RunManifest:
         error=data.get("error"),
         stop_reason=StopReason(data["stop_reason"]) if data.get("stop_reason") else None,
         provenance=tuple(Provenance(**p) for p in data.get("provenance") or ()),
+        grid=GridRecord.from_json(data.get("grid")),
     )
 
 

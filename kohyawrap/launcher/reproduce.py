@@ -26,7 +26,9 @@ def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> Rendere
             f"run {run.run_id} was rendered by kohyawrap {plan.kohyawrap_version}, this is {__version__}",
             hint=f"install that version to reproduce it exactly: pip install kohyawrap=={plan.kohyawrap_version}",
         )
-    rendered = render_run(plan.spec)
+    from kohyawrap.evaluate.prompts import with_sample_prompts
+
+    rendered = with_sample_prompts(render_run(plan.spec), plan.grid.prompts)
     problems: list[str] = []
     for name, text in sorted(rendered.files.items()):
         recorded = run.config / name
@@ -71,4 +73,5 @@ def request_from_manifest(manifest: RunManifest) -> TrainRequest:
         money=plan.money,
         pull_state=plan.pull_state,
         force=True,
+        grid=plan.grid,
     )

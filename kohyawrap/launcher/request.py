@@ -13,8 +13,11 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kohyawrap.errors import HostError, UsageError
+from kohyawrap.evaluate.gridplan import GEN_SCRIPTS
+from kohyawrap.evaluate.options import GridOptions
 from kohyawrap.hosts.facts import HostFacts
 from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.layout import RemoteLayout, make_run_id, slug
@@ -26,6 +29,9 @@ from kohyawrap.launcher.runplan import (
 )
 from kohyawrap.models import RunSpec
 from kohyawrap.names import check_output_name
+
+if TYPE_CHECKING:
+    from kohyawrap.forecast import Forecast
 
 # The single-file checkpoints people mean when they name these repos.
 KNOWN_FILES = {
@@ -67,6 +73,7 @@ class TrainRequest:
     bandwidth_mbps: float | None = None  # MB/s; None = the preset default
     pull_state: bool = False
     force: bool = False
+    grid: GridOptions = field(default_factory=lambda: GridOptions(enabled=False))
 
 
 def looks_local(target: str) -> bool:
@@ -241,6 +248,8 @@ def build_run_plan(
 ) -> RunPlan:
     """The executable plan. Deterministic for the same request, host home, clock and facts."""
     from kohyawrap.dataset.scan import read_training_dir
+    from kohyawrap.evaluate.gridplan import check_listed_epochs
+    from kohyawrap.evaluate.prompts import with_sample_prompts
     from kohyawrap.forecast import build_forecast, require_fit
 
     request = check_request(request)
@@ -257,16 +266,30 @@ def build_run_plan(
         # `dataset build --reg` puts class images in <dataset>/reg/<repeats>_<class>/.
         host_spec = replace(host_spec, reg_data_dir="dataset/reg")
     tdir = read_training_dir(request.dataset, caption_extension=spec.caption_extension)
-    forecast = build_forecast(
-        host_spec,
-        tdir,
-        price_per_hour=request.money.price_per_hour,
-        bandwidth_mbps=request.bandwidth_mbps,
-        # A host that already holds an environment skips the install in the time estimate.
-        setup="warm" if facts is not None and facts.venvs else "cold",
-    )
+    grid, grid_notes = request.grid, tuple[str, ...]()
+
+    def forecast_with(grid: GridOptions) -> Forecast:
+        return build_forecast(
+            host_spec,
+            tdir,
+            price_per_hour=request.money.price_per_hour,
+            bandwidth_mbps=request.bandwidth_mbps,
+            # A host that already holds an environment skips the install in the time estimate.
+            setup="warm" if facts is not None and facts.venvs else "cold",
+            grid=grid,
+        )
+
+    forecast = forecast_with(grid)
+    if grid.enabled and forecast.rendered.script not in GEN_SCRIPTS:
+        grid = replace(grid, enabled=False)
+        grid_notes = (
+            f"no grid: it draws SD1.x/2.x and SDXL LoRAs, not {forecast.rendered.script}'s",
+        )
+        forecast = forecast_with(grid)
     if not request.force and not spec.smoke:
         require_fit(forecast, force_hint="--force to try anyway")
+    every = forecast.rendered.settings.get("save_every_n_epochs")
+    check_listed_epochs(grid, forecast.steps.epochs, every if isinstance(every, int) else None)
     run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
     return RunPlan(
         run_id=run_id,
@@ -274,7 +297,7 @@ def build_run_plan(
         target=target,
         layout=RemoteLayout(work, run_id),
         spec=host_spec,
-        rendered=forecast.rendered,
+        rendered=with_sample_prompts(forecast.rendered, grid.prompts),
         estimate=forecast.estimate,
         model=model,
         setup=request.setup,
@@ -284,4 +307,15 @@ def build_run_plan(
         money=replace(request.money, price_per_hour=forecast.estimate.price_per_hour),
         smoke=spec.smoke,
         pull_state=request.pull_state,
+        grid=grid,
+        notes=(*grid_notes, *_sampling_notes(grid, forecast.rendered.files)),
     )
+
+
+def _sampling_notes(grid: GridOptions, files: dict[str, str]) -> tuple[str, ...]:
+    from kohyawrap.render import SAMPLE_PROMPTS
+
+    if grid.prompts and SAMPLE_PROMPTS not in files:
+        return ("no samples during training on this card (sample_every_n_epochs = 0): your "
+                "--sample-prompts are drawn by the grid only",)  # fmt: skip
+    return ()

@@ -2,12 +2,13 @@
 
 ``train`` runs them all; ``attach``, ``stop`` and ``pull`` are selections over a loaded run:
 
-    SETUP -> MODEL -> UPLOAD -> TRAIN (detached) -> FOLLOW -> PULL -> FINISH
+    SETUP -> MODEL -> UPLOAD -> TRAIN (detached) -> FOLLOW -> PULL -> GRID -> FINISH
 
 Each stage reads what it needs from the run's record and writes what it did back, so a later
 process can carry on from any point. SETUP, MODEL and UPLOAD are idempotent and are retried after
-a dropped connection; FOLLOW reconnects by itself; FINISH runs only for a run whose every
-announced checkpoint is verified on the laptop.
+a dropped connection; FOLLOW reconnects by itself; GRID draws the evaluation grid of a finished
+run (its failure is recorded, never raised); FINISH runs only for a run whose every announced
+checkpoint is verified on the laptop.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from kohyawrap.launcher.manifest import (
 from kohyawrap.launcher.reconnect import Reconnector
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
+from kohyawrap.launcher.samples import SampleWatcher
 
 
 class Stage(str, Enum):
@@ -43,11 +45,22 @@ class Stage(str, Enum):
     TRAIN = "train"
     FOLLOW = "follow"
     PULL = "pull"
+    GRID = "grid"  # the evaluation grid, drawn on the host once every checkpoint is here
     FINISH = "finish"
 
 
-FULL = (Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.FINISH)
-ATTACH = (Stage.FOLLOW, Stage.PULL, Stage.FINISH)
+FULL = (
+    Stage.SETUP,
+    Stage.MODEL,
+    Stage.UPLOAD,
+    Stage.TRAIN,
+    Stage.FOLLOW,
+    Stage.PULL,
+    Stage.GRID,
+    Stage.FINISH,
+)
+ATTACH = (Stage.FOLLOW, Stage.PULL, Stage.GRID, Stage.FINISH)
+GRID_THEN_FINISH = (Stage.GRID, Stage.FINISH)
 AFTER_STOP = (Stage.FOLLOW, Stage.PULL)
 PULL_ONLY = (Stage.PULL,)
 
@@ -213,6 +226,7 @@ def _follow(s: RunSession) -> None:
         reconnector=s.reconnector,
         state=m.follow,
         poll_seconds=s.options.poll_seconds,
+        samples=SampleWatcher(s.host, m.remote_run_dir, puller, s.reporter, s.clock),
     )
     s.follower = follower
     s.reporter.stage("follow", m.remote_run_dir)
@@ -272,6 +286,16 @@ def _pull(s: RunSession) -> None:
         s.update(status=verdict(s.manifest))
 
 
+def _grid(s: RunSession) -> None:
+    if not s.manifest.plan.grid.enabled:
+        return
+    from kohyawrap.launcher.grid import grid_stage
+
+    grid_stage(s, budget_of(s.manifest, s.clock))
+    s.timings.lap("grid")
+    s.update()
+
+
 def verdict(m: RunManifest) -> RunStatus:
     """What an ended job amounts to, from its exit, why it stopped, and what is on the laptop."""
     if m.stop_reason in (StopReason.BUDGET, StopReason.DEADLINE, StopReason.MANUAL):
@@ -304,5 +328,6 @@ STAGES: dict[Stage, Callable[[RunSession], None]] = {
     Stage.TRAIN: _train,
     Stage.FOLLOW: _follow,
     Stage.PULL: _pull,
+    Stage.GRID: _grid,
     Stage.FINISH: _finish,
 }
