@@ -6,13 +6,16 @@ fails, runs out of budget, loses its connection or its laptop."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageStat
 
 from kohyawrap.evaluate.page import external_references
 from kohyawrap.hosts.transfer import file_sha256
@@ -354,3 +357,63 @@ def test_grid_of_a_run_without_checkpoints_or_running_is_refused(tmp_path: Path)
                  "max_train_epochs=4", "--set", "save_every_n_epochs=2", "--grid", "epochs=3",
                  "--dry-run")  # fmt: skip
     assert epochs.returncode == 2 and "epoch(s) 3" in epochs.stderr and "2, 4" in epochs.stderr
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no headless Chromium here (Debian: apt-get install chromium; .ci/run installs it)")
+
+
+def _headless(
+    browser: str, page: Path, profile: Path, *mode: str
+) -> subprocess.CompletedProcess[str]:
+    # No network at all: every host resolves to nothing and the proxy is a closed port, so the
+    # page can only show what lies next to it.
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--user-data-dir={profile}", "--proxy-server=127.0.0.1:9",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=15000", *mode,
+         page.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_report_opens_from_disk_in_headless_chromium(
+    trained: tuple[Env, Path, str], tmp_path: Path
+) -> None:
+    browser = _chromium()
+    _, run, _ = trained
+    # Copied away from the run folder: the page needs nothing but its own folder.
+    copy = tmp_path / "报告 copy"
+    shutil.copytree(run / "report", copy)
+    page = copy / "index.html"
+    html = page.read_text(encoding="utf-8")
+    assert external_references(html) == []
+    assert "http://" not in html and "https://" not in html
+    from kohyawrap.evaluate.page import _REFERENCE
+
+    for match in _REFERENCE.finditer(html):
+        ref = next(g for g in match.groups() if g is not None)
+        if not ref.startswith("#"):
+            assert (copy / unquote(ref)).is_file(), f"broken link {ref}"
+    dom = _headless(browser, page, tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    images = re.search(r'data-images="(\d+)"', dom.stdout)
+    broken = re.search(r'data-broken="(\d+)"', dom.stdout)
+    assert images and broken, "the page's load handler did not run"
+    assert int(images.group(1)) == html.count("<img ") > DEFAULT_IMAGES
+    assert broken.group(1) == "0", "images that did not load"
+    shot = tmp_path / "shot.png"
+    taken = _headless(browser, page, tmp_path / "profile2", f"--screenshot={shot}",
+                      "--window-size=1280,3000")  # fmt: skip
+    assert taken.returncode == 0 and shot.is_file(), taken.stderr[-2000:]
+    with Image.open(shot) as picture:
+        grey = picture.convert("L")
+        assert ImageStat.Stat(grey).stddev[0] > 20, "a blank page"
+        colours = picture.convert("RGB").getcolors(1 << 22) or []
+        assert len(colours) > 2000, "text alone: the plot and images did not render"
+        # The grid's tables are far down: the first contact sheet's images are in the shot.
+        assert picture.size == (1280, 3000)
