@@ -417,3 +417,36 @@ def test_report_opens_from_disk_in_headless_chromium(
         assert len(colours) > 2000, "text alone: the plot and images did not render"
         # The grid's tables are far down: the first contact sheet's images are in the shot.
         assert picture.size == (1280, 3000)
+
+
+def test_samples_arrive_while_training_and_attach_shows_them(
+    tmp_path: Path, fake_sdscripts: FakeSdScripts
+) -> None:
+    env = make_world(tmp_path / "w")
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.25))
+    args = args_for(env, fake_sdscripts, commit, "--no-grid", epochs=4)
+    proc = subprocess.Popen([sys.executable, "-m", "kohyawrap", *args], cwd=env.root, env=env.environ(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    run: Path | None = None
+    while time.monotonic() < deadline:
+        found = list(env.runs.glob("*/samples/*.png")) if env.runs.exists() else []
+        if found:
+            run = found[0].parent.parent
+            break
+        time.sleep(0.1)
+    assert run is not None, "no sample arrived while training"
+    m = manifest_of(run)
+    assert m.status is RunStatus.RUNNING, "pulled during training, not at the end"
+    proc.kill()
+    proc.wait()
+    before = {p.name for p in (run / "samples").iterdir()}
+    result = cli(env, "attach", run.name, "--runs-dir", str(env.runs), "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in (run / "samples").iterdir())
+    assert len(names) == 4 * 2, names
+    shown = " ".join(result.stderr.split())
+    for name in set(names) - before:
+        assert name in shown, f"attach did not show {name}"
+    m = manifest_of(run)
+    assert all(f"output/sample/{n}" in m.pulled for n in names)

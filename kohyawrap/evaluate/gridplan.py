@@ -8,9 +8,11 @@ folder per call) and renamed on the host to the grid's own names: gen_img.py cou
 ``--f``, but sdxl_gen_img.py has no such option, and one way for both is simpler to trust.
 
 Strength 0 is the base model: its images are the same for every checkpoint, so they are drawn once,
-in a call of their own WITHOUT the LoRA. (Not with ``--am 0``: checked against the real gen_img.py
-at the pinned commit, a LoRA loaded at multiplier 0 does not always give the base model's image;
-with a random-weight model one prompt came out black at ``--am 0`` and normal without the LoRA.)
+in a call of their own that loads no LoRA: the base model exactly, whatever the LoRA holds. (With
+``--am 0`` gen_img.py still runs the LoRA's modules and multiplies their output by 0; the real
+script gave the very same pixels as no LoRA for a sound LoRA, but a LoRA with NaN or inf weights,
+what a run whose loss went NaN saves, gives NaN x 0 = NaN: black "base" images. The extra call
+costs one model load per grid.)
 """
 
 from __future__ import annotations

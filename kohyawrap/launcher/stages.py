@@ -226,7 +226,15 @@ def _follow(s: RunSession) -> None:
         reconnector=s.reconnector,
         state=m.follow,
         poll_seconds=s.options.poll_seconds,
-        samples=SampleWatcher(s.host, m.remote_run_dir, puller, s.reporter, s.clock),
+        # The sample folder is listed every few polls (10 s at the default 2 s poll).
+        samples=SampleWatcher(
+            s.host,
+            m.remote_run_dir,
+            puller,
+            s.reporter,
+            s.clock,
+            max(1.0, 5 * s.options.poll_seconds),
+        ),
     )
     s.follower = follower
     s.reporter.stage("follow", m.remote_run_dir)
