@@ -239,6 +239,8 @@ def test_a_grid_that_would_pass_the_budget_is_skipped(
     assert m.grid is not None and m.grid.status == "skipped"
     assert "--max-dollars" in m.grid.reason
     assert "no grid:" in result.stderr
+    html = (only_run(env) / "report" / "index.html").read_text(encoding="utf-8")
+    assert "The grid skipped: the grid needs" in html
 
 
 def test_sdxl_uses_sdxl_gen_img(tmp_path: Path, fake_sdscripts: FakeSdScripts) -> None:

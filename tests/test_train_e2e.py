@@ -119,6 +119,7 @@ def train_args(
         "save_every_n_epochs=1",
         "--set",
         "train_batch_size=1",
+        "--no-grid",  # the grid has its own flows: tests/test_evaluate_e2e.py
     ]
 
 

@@ -170,7 +170,8 @@ def show_run_plan(plan: RunPlan) -> None:
                        f"{est.vram_available_gb:.0f} GB: {fit})"),
         ("steps", str(est.steps)),
         ("time", f"~{est.train_seconds / 60:.0f} min training + ~{est.setup_seconds / 60:.0f} min "
-                 "set-up and transfers"),
+                 "set-up and transfers" + (f" + ~{est.grid_seconds / 60:.0f} min grid"
+                                           if est.grid_seconds else "")),
         ("cost", f"~{dollars(est.dollars)} at {dollars(est.price_per_hour)}/h"),
         ("sd-scripts", f"{where} @ {setup.ref[:12]}"),
     ]  # fmt: skip

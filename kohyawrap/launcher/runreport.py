@@ -139,7 +139,7 @@ def _grid_section(
 
     record = m.grid
     plan = record.plan() if record is not None else None
-    if record is None or plan is None:
+    if record is None or plan is None or record.pulled == 0:
         return None, None, None, 0
     images = run.path / "grid" / record.grid_id / "images"
     available = {p.name for p in images.glob("*.png")} if images.is_dir() else set()
@@ -306,7 +306,7 @@ def write_report(run: RunDir, now: datetime | None = None) -> ReportResult:
         },
         "samples": samples,
         "grid": grid,
-        "no_grid": "No grid was drawn for this run: `kohyawrap grid RUN` draws one.",
+        "no_grid": _no_grid(m),
         "effect": _effect_context(effect, plan),
         "cell_width": CELL_WIDTH,
         "costs": _costs(m),
@@ -330,6 +330,15 @@ def write_report(run: RunDir, now: datetime | None = None) -> ReportResult:
         verdict,
         effect,
         grid_count + sample_count + int(plotted),
+    )
+
+
+def _no_grid(m: RunManifest) -> str:
+    again = f"`kohyawrap grid {m.run_id}` draws one."
+    if m.grid is None:
+        return f"No grid was drawn for this run: {again}"
+    return (
+        f"The grid {m.grid.status}" + (f": {m.grid.reason}" if m.grid.reason else "") + f". {again}"
     )
 
 
