@@ -134,3 +134,15 @@ def test_suggest_picks_a_saved_checkpoint_with_a_reason(
     assert chosen[0].epoch == epoch
     assert says in chosen[1]
     assert suggest(verdict, []) is None
+
+
+def test_recorded_short_run_is_too_short_to_judge() -> None:
+    # A real 8-step run (2 epochs of 4 steps): the verdict says it cannot read so few values.
+    path = RECORDED.parent / "short_run" / "events.out.tfevents.1795983492.vm.10042.0"
+    curve = LossCurve.from_scalars(read_scalars(path))
+    assert len(curve.current) == 8 and len(curve.epochs) == 2
+    assert curve.steps_per_epoch == 4
+    verdict = judge(curve)
+    assert verdict.kind == "too_short" and "8 steps, 2 epoch(s)" in verdict.detail
+    chosen = suggest(verdict, checkpoints(1, 2))
+    assert chosen is not None and chosen[0].epoch == 2
