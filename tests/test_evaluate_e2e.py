@@ -452,3 +452,24 @@ def test_samples_arrive_while_training_and_attach_shows_them(
         assert name in shown, f"attach did not show {name}"
     m = manifest_of(run)
     assert all(f"output/sample/{n}" in m.pulled for n in names)
+
+
+def test_a_gone_training_host_points_at_grid_elsewhere(
+    tmp_path: Path, fake_sdscripts: FakeSdScripts, sshd: Sshd
+) -> None:
+    env = make_world(tmp_path / "w")
+    with TcpRelay(sshd.port) as relay:
+        args = args_for(env, fake_sdscripts, fake_sdscripts.head, "--no-grid", target=sshd.target)
+        trained = cli(env, *args, *ssh_args(sshd, relay.port))
+        assert trained.returncode == 0, trained.stderr
+    run = only_run(env)  # the relay is closed: the host it trained on no longer answers
+    gone = cli(env, "grid", run.name, "--runs-dir", str(env.runs), "--reconnect", "0")
+    assert gone.returncode == 3, gone.stderr
+    assert "--host NEW" in " ".join(gone.stderr.split())
+    assert "Traceback" not in gone.stderr
+    here = cli(env, "grid", run.name, "--host", "local", "--work-dir", str(env.root / "local work"),
+               "--grid", "seeds=1", "--runs-dir", str(env.runs), "--poll", "0.2")  # fmt: skip
+    assert here.returncode == 0, here.stderr
+    m = manifest_of(run)
+    assert m.grid is not None and m.grid.status == "done" and m.grid.host == "local"
+    assert_grid_pulled(run, m)

@@ -239,7 +239,7 @@ class Launcher:
         target = request.target or manifest.host.target
         recorded = ConnectOptions.from_json(manifest.host.connect)
         given = recorded.overlaid(connect) if target == manifest.host.target else connect
-        with run.follow_lock(), _opened(target, given) as host:
+        with run.follow_lock(), _opened_or_elsewhere(target, given, run, request) as host:
             session = RunSession(run, manifest, host, self.reporter, self.clock, self.options)
             draw_for(session, request, hf_token=request.hf_token)
         self._report(run)
@@ -291,6 +291,28 @@ class Launcher:
 @contextmanager
 def _opened(target: str, connect: ConnectOptions) -> Iterator[Host]:
     host = open_host(target, connect)
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+@contextmanager
+def _opened_or_elsewhere(
+    target: str, connect: ConnectOptions, run: RunDir, request: GridRequest
+) -> Iterator[Host]:
+    """The grid's host; a training host that is gone (stopped after the run) says what to do."""
+    try:
+        host = open_host(target, connect)
+    except HostError as err:
+        if request.target is not None:
+            raise
+        raise HostError(
+            f"cannot reach the host that trained run {run.run_id}: {err.message}",
+            evidence=err.evidence,
+            hint=f"a rented host is often gone after the run: `kohyawrap grid {run.run_id} --host "
+            "NEW` draws the grid on another machine (the checkpoints are uploaded there)",
+        ) from err
     try:
         yield host
     finally:
