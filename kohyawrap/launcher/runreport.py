@@ -167,7 +167,7 @@ def _grid_section(
         f"{record.host or 'the host'}"
     )
     section = {"summary": summary, "reason": record.reason, "prompts": prompts}
-    return section, plan, images, shown + len(prompts)
+    return section, plan, images, shown
 
 
 def _samples_section(run: RunDir, folder: Path) -> tuple[list[dict[str, Any]], int]:
