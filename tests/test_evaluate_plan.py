@@ -110,3 +110,10 @@ def test_plan_and_manifest_round_trip_with_a_grid(dataset: Path) -> None:
     assert loaded == replace(
         manifest, grid=None, plan=replace(plan, grid=GridOptions(enabled=False))
     )
+
+
+def test_a_grid_too_large_to_be_meant_is_refused(dataset: Path) -> None:
+    huge = parse_grid("epochs=all,strengths=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1,1.1,seeds=20")
+    prompts = tuple(f"prompt {i}" for i in range(20))
+    with pytest.raises(UsageError, match="at most 5000"):
+        plan_of(request(dataset, replace(huge, prompts=prompts)))

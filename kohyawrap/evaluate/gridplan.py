@@ -268,6 +268,18 @@ def image_count(checkpoints: int, options: GridOptions, prompts: int) -> int:
     return per_prompt_seed * options.seeds * prompts if checkpoints else 0
 
 
+MAX_IMAGES = 5000  # hours of a card; more is a typo in --grid, not an evaluation
+
+
+def check_size(images: int) -> None:
+    """Refuse a grid too large to be meant (before anything is rented or drawn)."""
+    if images > MAX_IMAGES:
+        raise UsageError(
+            f"the grid would draw {images} images; at most {MAX_IMAGES}",
+            hint="fewer epochs, strengths, seeds or prompts: e.g. --grid epochs=auto,seeds=5",
+        )
+
+
 def call_count(checkpoints: int, options: GridOptions) -> int:
     """Model loads of a grid: one per checkpoint, and one for the base model (strength 0)."""
     return checkpoints + (1 if 0 in options.strengths and checkpoints else 0)

@@ -80,6 +80,8 @@ def export(
             f"--to {dest}: no such folder",
             hint="give your WebUI's models/Lora or ComfyUI's models/loras folder",
         )
+    if name is not None and (problem := remote_name_problem(name)) is not None:
+        raise UsageError(f"--name {name!r}: {problem}", hint="a plain file name, e.g. my_lora_v2")
     checkpoint, reason = choose_checkpoint(run, epoch)
     m = run.load()
     source = run.path / checkpoint.local
@@ -89,8 +91,6 @@ def export(
             f"{source} is not the file that was pulled (its sha256 changed)",
             hint=f"move it away and `kohyawrap pull {run.run_id}` fetches it again",
         )
-    if name is not None and (problem := remote_name_problem(name)) is not None:
-        raise UsageError(f"--name {name!r}: {problem}", hint="a plain file name, e.g. my_lora_v2")
     file_name = (
         local_file_name(name, windows=ON_WINDOWS)
         if name

@@ -28,6 +28,7 @@ from kohyawrap.evaluate.gridplan import (
     GEN_SCRIPTS,
     GridCall,
     build_grid,
+    check_size,
     choose,
     estimate_seconds,
     generation_args,
@@ -146,6 +147,7 @@ def plan_record(
     prompts = grid_prompts_of(m.plan, options.prompts)
     defaults = prompt_defaults_of(m.plan)
     plan = build_grid(chosen, options, prompts, defaults)
+    check_size(len(plan.cells))
     per_image, load = rates
     seconds = estimate_seconds(len(plan.cells), len(plan.calls), per_image, load)
     return GridRecord(

@@ -248,7 +248,7 @@ def build_run_plan(
 ) -> RunPlan:
     """The executable plan. Deterministic for the same request, host home, clock and facts."""
     from kohyawrap.dataset.scan import read_training_dir
-    from kohyawrap.evaluate.gridplan import check_listed_epochs
+    from kohyawrap.evaluate.gridplan import check_listed_epochs, check_size
     from kohyawrap.evaluate.prompts import with_sample_prompts
     from kohyawrap.forecast import build_forecast, require_fit
 
@@ -290,6 +290,7 @@ def build_run_plan(
         require_fit(forecast, force_hint="--force to try anyway")
     every = forecast.rendered.settings.get("save_every_n_epochs")
     check_listed_epochs(grid, forecast.steps.epochs, every if isinstance(every, int) else None)
+    check_size(forecast.estimate.grid_images)
     run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
     return RunPlan(
         run_id=run_id,
