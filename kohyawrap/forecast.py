@@ -22,6 +22,14 @@ from kohyawrap.dataset.buckets import (
 )
 from kohyawrap.dataset.lint import LintReport, lint
 from kohyawrap.errors import DatasetError, UsageError
+from kohyawrap.evaluate.gridplan import (
+    call_count,
+    estimate_seconds,
+    image_count,
+    planned_checkpoints,
+)
+from kohyawrap.evaluate.options import GridOptions
+from kohyawrap.evaluate.prompts import concept_prompts, concepts_from_folders
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
 from kohyawrap.presets import Catalog, GpuPreset, ModelPreset, Rules, load_catalog, resolve
 from kohyawrap.prompts import count_prompts
@@ -84,8 +92,10 @@ class Forecast:
 
     @property
     def total_seconds(self) -> float:
-        """Wall-clock seconds, setup to results pulled back."""
-        return self.estimate.train_seconds + self.estimate.setup_seconds
+        """Wall-clock seconds, setup to results pulled back (and the grid, when planned)."""
+        return (
+            self.estimate.train_seconds + self.estimate.setup_seconds + self.estimate.grid_seconds
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The plan as data (``kohyawrap plan --json``)."""
@@ -359,15 +369,10 @@ def _stages(
     setup: Setup,
     installer: Installer = "pip",
 ) -> tuple[Part, ...]:
-    rules, model, gpu, options = plan_in.rules, plan_in.model, plan_in.gpu, plan_in.options
+    rules, model, options = plan_in.rules, plan_in.model, plan_in.options
     n = rules.number
     host = n("host_download_mb_s")
-    speed = gpu.speed.get(model.family) or gpu.speed[model.name]
-    per_image = (
-        speed.s_per_image
-        * _pixels(options.get("resolution", model.resolution))
-        / model.resolution**2
-    )
+    per_image = _per_image(plan_in)
     cold = setup == "cold"
     upload_mb = sum(w * h for w, h in plan_in.sizes) * n("image_bytes_per_pixel") / 1e6
     dim = int(options.get("network_dim", 4))
@@ -435,6 +440,64 @@ def _overlapped(parts: tuple[Part, ...]) -> tuple[Part, ...]:
     return (*parts[:where], part, *parts[where:])
 
 
+def grid_prompt_count(grid: GridOptions, tdir: TrainingDir) -> int:
+    """The grid's prompts: the user's, else two per concept folder (at least one prompt)."""
+    if grid.prompts:
+        return len(grid.prompts)
+    concepts = concepts_from_folders(
+        [s.class_tokens for s in tdir.subsets if not s.is_reg],
+        [s.class_tokens for s in tdir.subsets if s.is_reg],
+    )
+    return max(1, len(concept_prompts(concepts)))
+
+
+def _grid_part(
+    plan_in: _Inputs, steps: Steps, grid: GridOptions, tdir: TrainingDir
+) -> tuple[Part, int]:
+    """After training, on the same card: a model load per checkpoint, then each image (sampled
+    like the in-training samples: [plan] sample_steps denoising steps at sampling_fraction)."""
+    every = plan_in.rendered.settings.get("save_every_n_epochs")
+    checkpoints = planned_checkpoints(grid, steps.epochs, every if isinstance(every, int) else None)
+    prompts = grid_prompt_count(grid, tdir)
+    images = image_count(checkpoints, grid, prompts)
+    per_image, load = _grid_rates(plan_in)
+    calls = call_count(checkpoints, grid)
+    seconds = estimate_seconds(images, calls, per_image, load)
+    basis = (
+        f"{images} images ({checkpoints} checkpoint(s) x {len(grid.strengths)} strengths x "
+        f"{grid.seeds} seeds x {prompts} prompt(s)), {per_image:.2f} s each + {calls} "
+        "model load(s)"
+    )
+    return Part("grid", seconds, basis), images
+
+
+def _per_image(plan_in: _Inputs) -> float:
+    """Seconds of one training image on this card at this resolution (the speed preset)."""
+    model, gpu, options = plan_in.model, plan_in.gpu, plan_in.options
+    speed = gpu.speed.get(model.family) or gpu.speed[model.name]
+    return (
+        speed.s_per_image
+        * _pixels(options.get("resolution", model.resolution))
+        / model.resolution**2
+    )
+
+
+def _grid_rates(plan_in: _Inputs) -> tuple[float, float]:
+    n = plan_in.rules.number
+    return _per_image(plan_in) * n("sample_steps") * n("sampling_fraction"), n("model_load_s")
+
+
+def grid_rates(
+    spec: RunSpec, settings: Mapping[str, Any], catalog: Catalog | None = None
+) -> tuple[float, float]:
+    """(seconds per grid image, seconds per model load) of a recorded run, from its presets."""
+    catalog = catalog if catalog is not None else load_catalog()
+    gpu, model = catalog.gpu(spec.gpu, spec.vram_gb), catalog.model(spec.model)
+    rendered = RenderedRun(spec, model.script, {}, (), dict(settings), "")
+    inputs = _Inputs(rendered, gpu, model, catalog.rules, settings, ())
+    return _grid_rates(inputs)
+
+
 @dataclass(frozen=True)
 class _Inputs:
     rendered: RenderedRun
@@ -457,9 +520,11 @@ def build_forecast(
     setup: Setup = "cold",
     catalog: Catalog | None = None,
     installer: Installer = "pip",
+    grid: GridOptions | None = None,
 ) -> Forecast:
     """Render the run and estimate it. ``bandwidth_mbps`` is the upload/download speed between
-    this machine and the host in MB/s (default: presets/tiers.toml [plan] upload_mb_s)."""
+    this machine and the host in MB/s (default: presets/tiers.toml [plan] upload_mb_s).
+    ``grid``: the evaluation grid drawn after training (its time and dollars are added)."""
     catalog = catalog if catalog is not None else load_catalog()
     rendered = render_run(spec, tdir=tdir, catalog=catalog)
     gpu, model = catalog.gpu(spec.gpu, spec.vram_gb), catalog.model(spec.model)
@@ -474,11 +539,16 @@ def build_forecast(
     if bandwidth <= 0:
         raise UsageError(f"--bandwidth must be above 0 MB/s, not {bandwidth:g}")
     stages = _stages(inputs, steps, per_step, bandwidth, setup, installer)
+    grid_images = 0
+    if grid is not None and grid.enabled:
+        part, grid_images = _grid_part(inputs, steps, grid, tdir)
+        stages = (*stages, part)
     vram = vram_parts(model, options)
     price = price_per_hour if price_per_hour is not None else gpu.price_per_hour
     estimate = replace(
         _estimate(gpu, steps, stages, vram, price, catalog.rules),
         seconds_per_step=round(per_step[0], 4),
+        grid_images=grid_images,
     )
     estimate = replace(estimate, notes=(*estimate.notes, *_estimate_notes(gpu, model)))
     basis = "--price" if price_per_hour is not None else f"typical price in {gpu.path}"
@@ -495,7 +565,9 @@ def _estimate(
 ) -> Estimate:
     stages = tuple(stages)
     train = sum(s.seconds for s in stages if s.name in _TRAIN_STAGES)
-    other = sum(s.seconds for s in stages if s.name not in _TRAIN_STAGES)
+    grid = next((s for s in stages if s.name == "grid"), None)
+    other = sum(s.seconds for s in stages if s.name not in (*_TRAIN_STAGES, "grid"))
+    grid_seconds = grid.seconds if grid is not None else 0.0
     needed = sum(part.seconds for part in vram)
     usable = gpu.vram_gb * rules.number("usable_vram_fraction")
     fits = needed <= usable
@@ -518,8 +590,9 @@ def _estimate(
         vram_available_gb=gpu.vram_gb,
         fits=fits,
         price_per_hour=price,
-        dollars=round(price * (train + other) / 3600, 4),
+        dollars=round(price * (train + other + grid_seconds) / 3600, 4),
         notes=tuple(notes),
+        grid_seconds=round(grid_seconds, 1),
     )
 
 

@@ -172,6 +172,8 @@ class Estimate:
     vram_available_gb: float
     fits: bool
     price_per_hour: float
-    dollars: float
+    dollars: float  # the whole run: set-up, training and the grid
     notes: tuple[str, ...] = field(default_factory=tuple)
     seconds_per_step: float = 0.0  # the preset's speed for these settings (0: not recorded)
+    grid_images: int = 0  # images the grid will draw after training (0: no grid)
+    grid_seconds: float = 0.0

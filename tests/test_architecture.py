@@ -43,6 +43,14 @@ PURE_CORE = [
     "launcher/states.py",
     "launcher/legs.py",
     "launcher/installfail.py",
+    "evaluate/options.py",
+    "evaluate/prompts.py",
+    "evaluate/gridplan.py",
+    "evaluate/record.py",
+    "evaluate/loss.py",
+    "evaluate/effect.py",
+    "evaluate/sheets.py",
+    "evaluate/chart.py",
 ]
 WORLD = {"subprocess", "socket", "paramiko", "urllib", "http", "huggingface_hub", "git", "requests"}
 # Adapters over these live outside the pure core (dataset/imaging.py, dataset/tagger.py).

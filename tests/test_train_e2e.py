@@ -449,7 +449,7 @@ def test_prepare_overlaps_and_rides_out_a_cut(
     for phase in ("connect", "plan", "prepare", "setup", "model", "upload", "train", "pull"):
         assert phase in m.timings, phase
     assert m.model_how == "uploaded"
-    there = Path(m.plan.model.remote_path)
+    there = Path(m.plan.base_file.remote_path)
     assert file_sha256(there) == file_sha256(world.base_model)
     assert Path(f"{there}.sha256").read_text().split()[0] == file_sha256(world.base_model)
     assert not list(uploads.glob(".*.upload")), "no staging folder left behind"

@@ -65,7 +65,7 @@ def hub_sshd(fake_hub: FakeHub, tmp_path: Path) -> Iterator[Sshd]:
     """An sshd whose sessions reach the fake hub (the image sets HF_ENDPOINT, as a provider's
     might); the laptop's own environment does not."""
     hub_env = f"SetEnv HF_ENDPOINT={fake_hub.url} HF_HUB_DISABLE_TELEMETRY=1\n"
-    with running_sshd(tmp_path / "sshd-hub", hub_env) as sshd:
+    with running_sshd(tmp_path / "sshd-hub", extra_config=hub_env) as sshd:
         yield sshd
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kohyawrap.evaluate.options import GridOptions
 from kohyawrap.hosts.connect import ConnectOptions
 from kohyawrap.launcher.report import SilentReporter
 from kohyawrap.launcher.request import TrainRequest
@@ -43,6 +44,7 @@ def dry_run(dataset: Path, tmp_path: Path) -> RunPlan:
         ),
         dataset=dataset,
         money=MoneyOptions(price_per_hour=0.59, max_dollars=2.0, on_finish="none"),
+        grid=GridOptions(),  # the CLI's default: the grid after training
     )
     planned: list[RunPlan] = []
     launcher = Launcher(RunStore(tmp_path / "runs"), SilentReporter(), now=lambda: NOW)

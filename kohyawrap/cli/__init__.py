@@ -80,6 +80,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "reproduce",
         "Re-render a recorded run's configs byte for byte, and optionally re-run it.",
     ),
+    "grid": (
+        "kohyawrap.cli.evaluate",
+        "grid",
+        "Draw a finished run's test images: epochs x LoRA strengths x seeds x prompts.",
+    ),
+    "loss": ("kohyawrap.cli.evaluate", "loss", "A run's loss: terminal chart, PNG plot, verdict."),
+    "report": (
+        "kohyawrap.cli.evaluate",
+        "report",
+        "Write a run's report page: which checkpoint to use, and why.",
+    ),
+    "export": (
+        "kohyawrap.cli.evaluate",
+        "export",
+        "Copy a run's LoRA into a WebUI / ComfyUI LoRA folder, verified.",
+    ),
 }
 
 

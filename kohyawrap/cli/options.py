@@ -47,10 +47,14 @@ class GroupedCommand(click.Command):
         sections: dict[str, list[tuple[str, str]]] = {}
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
-            if record is None:
-                continue
+            if record is None or isinstance(param, click.Argument):
+                continue  # arguments are in the usage line and the examples
             title = getattr(param, "group", None) or "Other options"
             sections.setdefault(title, []).append(record)
+        # The grouped options first, in the order the command declares them; the rest last.
+        rest = sections.pop("Other options", None)
+        if rest:
+            sections["Other options"] = rest
         for title, rows in sections.items():
             with formatter.section(title):
                 formatter.write_dl(rows)
@@ -318,3 +322,40 @@ def launch(
         sys.exit(1)
     if result.manifest is not None and result.run is not None:
         show_outcome(result.manifest, result.run.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation (the grid after training)
+
+MAX_PROMPT_FILE_BYTES = 256 * 1024
+
+
+def read_sample_prompts(path: Path | None) -> tuple[str, ...]:
+    """The prompt lines of a ``--sample-prompts`` file (bounded, UTF-8, checked); () for None."""
+    if path is None:
+        return ()
+    from kohyawrap.errors import UsageError
+    from kohyawrap.evaluate.prompts import read_prompt_file
+
+    where = f"--sample-prompts {path}"
+    try:
+        if not path.is_file():
+            raise UsageError(f"{where}: no such file")
+        if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+            raise UsageError(f"{where}: larger than {MAX_PROMPT_FILE_BYTES // 1024} KB")
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise UsageError(f"{where}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    return read_prompt_file(text, str(path))
+
+
+GRID_HELP = (
+    "The grid after training: epochs=auto|all|N,M,...,strengths=0,0.5,...,seeds=N[,batch=N] "
+    "(keys may be left out)."
+)
+SAMPLE_PROMPTS_HELP = (
+    "Your own prompts (sd-scripts syntax, one a line) for the samples and the grid, instead of "
+    "ones made from the trigger word."
+)

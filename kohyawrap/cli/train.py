@@ -9,6 +9,8 @@ import click
 
 from kohyawrap.cli.complete import model_names
 from kohyawrap.cli.options import (
+    GRID_HELP,
+    SAMPLE_PROMPTS_HELP,
     GroupedCommand,
     companion_specs,
     connect_options,
@@ -16,6 +18,7 @@ from kohyawrap.cli.options import (
     grouped,
     launch,
     option_group,
+    read_sample_prompts,
     read_token,
     runs_dir_option,
 )
@@ -30,6 +33,7 @@ from kohyawrap.cli.types import (
 )
 
 if TYPE_CHECKING:
+    from kohyawrap.evaluate.options import GridOptions
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.launcher.runplan import MoneyOptions, SetupOptions
 
@@ -229,6 +233,34 @@ recovery_options = option_group(
 )  # fmt: skip
 
 
+def _evaluation(
+    grid: str | None, no_grid: bool, sample_prompts: Path | None
+) -> tuple[GridOptions, bool]:
+    """The grid's options, and whether --grid was given (a smoke run draws none unless asked)."""
+    from dataclasses import replace
+
+    from kohyawrap.errors import UsageError
+    from kohyawrap.evaluate.options import GridOptions, parse_grid
+
+    if grid is not None and no_grid:
+        raise UsageError("--grid and --no-grid together: choose one")
+    options = parse_grid(grid) if grid is not None else GridOptions(enabled=not no_grid)
+    return replace(options, prompts=read_sample_prompts(sample_prompts)), grid is not None
+
+
+evaluation_options = option_group(
+    "Evaluation",
+    "evaluation",
+    _evaluation,
+    [
+        (("--grid",), {"default": None, "metavar": "SPEC", "help": GRID_HELP}),
+        (("--no-grid",), {"is_flag": True, "help": "Draw no grid: the run ends when its files are pulled."}),
+        (("--sample-prompts",), {"type": click.Path(dir_okay=False, path_type=Path), "default": None,
+                                 "help": SAMPLE_PROMPTS_HELP}),
+    ],
+)  # fmt: skip
+
+
 @click.command(cls=GroupedCommand)
 @grouped("Connection", "--host", "target", required=True,
          help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.")  # fmt: skip
@@ -239,6 +271,7 @@ recovery_options = option_group(
          help="Where kohyawrap works on the host.")  # fmt: skip
 @money_options
 @recovery_options
+@evaluation_options
 @follow_options
 @runs_dir_option
 @grouped("Following", "--hf-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -262,6 +295,7 @@ def train(
     work_dir: str,
     money: MoneyOptions,
     recovery: tuple[int, int],
+    evaluation: tuple[GridOptions, bool],
     follow: Any,
     runs_dir: Path,
     hf_token_file: Path | None,
@@ -278,7 +312,9 @@ def train(
     model cache (the base model and, for FLUX.1, Chroma and SD3.5, the text encoders and
     autoencoder: once per host), uploads the dataset (only what changed), starts the
     training detached (it survives a dropped connection: `kohyawrap attach RUN`), follows loss and
-    cost, and pulls every checkpoint as it appears into runs/<run-id>/checkpoints/.
+    cost, and pulls every checkpoint as it appears into runs/<run-id>/checkpoints/. Then, on the
+    same card, it draws a grid of test images (checkpoints x strengths x seeds; --grid, --no-grid)
+    and writes runs/<run-id>/report/index.html: which file to use, and why.
 
     \b
     Examples:
@@ -297,9 +333,13 @@ def train(
           --max-dollars 3 --on-finish destroy --push-to-hub me/my_lora --yes
       kohyawrap train --host root@1.2.3.4 --model sdxl --dataset ./training_data --name my_lora \\
           --base-model stabilityai/stable-diffusion-xl-base-1.0 --pull-state --retry-oom 3 --keep-states 3
+      kohyawrap train ... --grid epochs=6,8,10,strengths=0,0.7,1,seeds=5 --sample-prompts prompts.txt
     """
     from dataclasses import replace
 
+    grid, asked = evaluation
+    if what.spec.smoke and not asked:
+        grid = replace(grid, enabled=False)  # a smoke run proves the chain; --grid draws anyway
     request = replace(
         what,
         setup=setup,
@@ -309,6 +349,7 @@ def train(
         force=force,
         retry_oom=recovery[0],
         keep_states=recovery[1],
+        grid=grid,
     )
     launch(
         request,

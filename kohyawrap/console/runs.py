@@ -129,6 +129,13 @@ def show_run(m: RunManifest, path: Path) -> None:
         )
     if m.timings:
         rows.append(("timings", ", ".join(f"{k} {v:.0f}s" for k, v in m.timings.items())))
+    if m.grid is not None:
+        spent = f", {dollars(m.grid.dollars)}" if m.grid.dollars is not None else ""
+        why_not = f" ({m.grid.reason})" if m.grid.reason else ""
+        rows.append(("grid", f"{m.grid.status}: {m.grid.pulled} of {m.grid.images} images in "
+                             f"{path / 'grid' / m.grid.grid_id}{spent}{why_not}"))  # fmt: skip
+    if (path / "report" / "index.html").is_file():
+        rows.append(("report", str(path / "report" / "index.html")))
     if m.failure is not None:
         rows.append(("failure", f"{m.failure.kind}: {m.failure.message}"))
         rows.append(("hint", m.failure.hint))
@@ -147,7 +154,11 @@ def show_run(m: RunManifest, path: Path) -> None:
     _show_legs(m)
     from kohyawrap.launcher.legs import pulled_everywhere
 
-    files = sorted(pulled_everywhere(m).values(), key=lambda p: p.path)
+    # Grid images are summed up in the "grid" row: a grid is hundreds of files.
+    files = sorted(
+        (p for p in pulled_everywhere(m).values() if not p.path.startswith("grid/")),
+        key=lambda p: p.path,
+    )
     if files:
         con.print("[bold]files[/]")
         for info in files:

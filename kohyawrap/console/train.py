@@ -198,12 +198,25 @@ def show_run_plan(plan: RunPlan) -> None:
                        f"{est.vram_available_gb:.0f} GB: {fit})"),
         ("steps", str(est.steps)),
         ("time", f"~{est.train_seconds / 60:.0f} min training + ~{est.setup_seconds / 60:.0f} min "
-                 "set-up and transfers"),
+                 "set-up and transfers" + (f" + ~{est.grid_seconds / 60:.0f} min grid"
+                                           if est.grid_seconds else "")),
         ("cost", f"~{dollars(est.dollars)} at {dollars(est.price_per_hour)}/h: "
                  f"~{dollars(est.price_per_hour * est.setup_seconds / 3600)} set-up and transfers, "
-                 f"~{dollars(est.price_per_hour * est.train_seconds / 3600)} training"),
+                 f"~{dollars(est.price_per_hour * est.train_seconds / 3600)} training"
+                 + (f", ~{dollars(est.price_per_hour * est.grid_seconds / 3600)} grid"
+                    if est.grid_seconds else "")),
         ("sd-scripts", f"{where} @ {setup.ref[:12]}"),
     ]  # fmt: skip
+    if plan.grid.enabled:
+        grid_dollars = est.price_per_hour * est.grid_seconds / 3600
+        rows.append(
+            ("grid", f"{est.grid_images} images ({plan.grid.describe()}), ~{est.grid_seconds / 60:.0f} "
+                     f"min, ~{dollars(grid_dollars)} (included above)")
+        )  # fmt: skip
+    else:
+        rows.append(("grid", "off (--no-grid / a smoke run): `kohyawrap grid RUN` draws one later"))
+    for note in plan.notes:
+        rows.append(("note", note))
     if plan.money.max_dollars is not None or plan.money.max_hours is not None:
         limits = [
             f"{dollars(plan.money.max_dollars)}" if plan.money.max_dollars is not None else "",
@@ -298,3 +311,8 @@ def show_outcome(manifest: RunManifest, path: Path) -> None:
     fits = fitting_settings(m)
     if fits:
         con.print(f"    settings that fit this GPU: {escape(fits)}")
+    if m.grid is not None:
+        grid = m.grid
+        spent = f", {dollars(grid.dollars)}" if grid.dollars is not None else ""
+        why = f" ({grid.reason})" if grid.reason else ""
+        con.print(escape(f"grid {grid.status}: {grid.pulled} of {grid.images} images{spent}{why}"))

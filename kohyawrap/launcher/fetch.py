@@ -25,6 +25,15 @@ MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt")
 ON_WINDOWS = sys.platform == "win32"
 
 
+SAMPLES = "samples"  # local folder of the in-training sample images
+
+
+def is_sample(rel: str) -> bool:
+    """An image sd-scripts sampled during training: ``output/sample/<name>.png``."""
+    parts = rel.split("/")
+    return len(parts) == 3 and parts[:2] == ["output", "sample"] and rel.endswith(".png")
+
+
 def is_checkpoint(rel: str) -> bool:
     """A LoRA file sd-scripts saved: directly in ``output/``, with a model extension."""
     parts = rel.split("/")
@@ -53,8 +62,11 @@ class Puller:
         self.rejected = rejected
         self.windows = windows
 
-    def pull(self, rel: str, local_dir: Path) -> bool:
-        """Pull ``run_dir/rel`` into ``local_dir`` unless done before; True when it arrived now."""
+    def pull(self, rel: str, local_dir: Path, digest: str | None = None) -> bool:
+        """Pull ``run_dir/rel`` into ``local_dir`` unless done before; True when it arrived now.
+
+        ``digest``: its sha256 on the host when already known (many files hashed in one call).
+        """
         if rel in self.pulled or rel in self.rejected:
             return False
         remote = posixpath.join(self.run_dir, rel)
@@ -62,7 +74,8 @@ class Puller:
         problem = remote_name_problem(name)
         if problem is not None:
             return self._reject(rel, f"unsafe file name from the host ({problem})")
-        digest = self.host.sha256([remote]).get(remote)
+        if digest is None:
+            digest = self.host.sha256([remote]).get(remote)
         if digest is None:
             return False
         target = self._target(local_dir, local_file_name(name, windows=self.windows), digest)
@@ -113,7 +126,8 @@ class Puller:
         return sorted(p for p in out.split("\0") if p)
 
     def pull_outputs(self, *, pull_state: bool) -> None:
-        """Every checkpoint and TensorBoard file (and training states on request), then the log."""
+        """Every checkpoint, sample image and TensorBoard file (and training states on request),
+        then the log."""
         self.reporter.stage("pull", str(self.run.path))
         for rel in self.listing():
             parts = rel.split("/")
@@ -122,6 +136,8 @@ class Puller:
             elif parts[0] == "output" and len(parts) == 3 and parts[1].endswith("-state"):
                 if pull_state:
                     self.pull(rel, self.run.checkpoints / _safe_folder(parts[1], self.windows))
+            elif is_sample(rel):
+                self.pull(rel, self.run.path / SAMPLES)
             elif parts[0] == "logs" and parts[-1].startswith("events.out.tfevents"):
                 folders = [_safe_folder(p, self.windows) for p in parts[1:-1]]
                 self.pull(rel, self.run.path.joinpath("tensorboard", *folders))
@@ -146,8 +162,15 @@ def _safe_folder(name: str, windows: bool) -> str:
     return local_file_name(name, windows=windows)
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every PNG file
+
+
 def _incomplete(path: Path) -> str | None:
-    """Why a pulled .safetensors file is unusable (truncated, bad header), or None when whole."""
+    """Why a pulled .safetensors or .png file is unusable (truncated, bad header), or None."""
+    if path.suffix == ".png":
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - len(_PNG_END)))
+            return None if fh.read() == _PNG_END else "a PNG without its end (truncated)"
     if path.suffix != ".safetensors":
         return None
     from kohyawrap.safetensors_header import read_header

@@ -22,6 +22,7 @@ from kohyawrap.launcher.manifest import FollowState, StopReason
 from kohyawrap.launcher.reconnect import Reconnector
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
+from kohyawrap.launcher.samples import SampleWatcher
 from kohyawrap.logparse import LogParser, readable_lines
 from kohyawrap.models import CheckpointSaved, Event, Failure, Finding, Progress
 
@@ -56,6 +57,7 @@ class Follower:
         poll_seconds: float = 2.0,
         step_offset: int = 0,
         hooks: Sequence[FollowHook] = (),
+        samples: SampleWatcher | None = None,
     ) -> None:
         self.host = host
         self.run = run
@@ -66,6 +68,7 @@ class Follower:
         self.puller = puller
         self.reconnector = reconnector
         self.poll = poll_seconds
+        self.samples = samples  # pulls sample images as they appear (None: not while following)
         self.log_offset = state.log_offset
         self.last_step, self.total_steps, self.last_loss = (
             state.last_step,
@@ -207,6 +210,8 @@ class Follower:
         self.pull_ready(ended is not None)
         for hook in self.hooks:
             hook.after_poll(self, events, ended is not None)
+        if self.samples is not None:
+            self.samples.poll()
         if ended is not None:
             for event in map(self._shifted, self.parser.close()):
                 self._note(event)

@@ -14,6 +14,7 @@ from typing import Any
 
 from kohyawrap import __version__
 from kohyawrap.errors import UsageError
+from kohyawrap.evaluate.record import GridRecord
 from kohyawrap.launcher.runplan import (
     DEFAULT_TORCH,
     MoneyOptions,
@@ -248,6 +249,7 @@ class RunManifest:
     finish: FinishRecord | None = None  # what happened to the host after the run
     legs: tuple[Leg, ...] = ()  # every leg so far; the last one is the current (see Leg)
     origin: RunPlan | None = None  # the first leg's plan, once a later leg runs another one
+    grid: GridRecord | None = None  # the evaluation grid drawn after training (the latest one)
 
     @property
     def remote_run_dir(self) -> str:
@@ -314,6 +316,7 @@ class RunManifest:
             "finish": _opt(self.finish),
             "legs": [asdict(leg) for leg in self.legs],
             "origin": self.origin.to_json() if self.origin is not None else None,
+            "grid": self.grid.to_json() if self.grid is not None else None,
         }
 
     @classmethod
@@ -387,6 +390,7 @@ def _from_current(data: dict[str, Any]) -> RunManifest:
         finish=_finish(data.get("finish")),
         legs=tuple(_leg(leg) for leg in data.get("legs") or ()),
         origin=RunPlan.from_json(data["origin"]) if data.get("origin") else None,
+        grid=GridRecord.from_json(data.get("grid")),
     )
 
 
@@ -446,7 +450,7 @@ def upgrade(data: dict[str, Any], config_files: dict[str, str] | None = None) ->
 
     Schema 1 (kohyawrap 0.1.0) had no ``schema`` key, kept only hashes of the rendered files (their
     text is in the run's ``config/`` folder: pass it as ``config_files``), a count of the dataset's
-    files, one base model (``plan.model``) and flat status fields.
+    files, one base model (``plan["model"]``) and flat status fields.
     """
     schema = data.get("schema", 1)
     if schema == SCHEMA:

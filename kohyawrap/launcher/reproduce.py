@@ -29,11 +29,13 @@ def rerender(run: RunDir, manifest: RunManifest, output: Path | None) -> Rendere
             f"run {run.run_id} was rendered by kohyawrap {plan.kohyawrap_version}, this is {__version__}",
             hint=f"install that version to reproduce it exactly: pip install kohyawrap=={plan.kohyawrap_version}",
         )
+    from kohyawrap.evaluate.prompts import with_sample_prompts
+
     # launch.sh runs the checkout the run used (recorded by SETUP; else the planned one).
     checkout = (
         manifest.sd_scripts.path if manifest.sd_scripts else checkout_dir(plan.setup, plan.layout)
     )
-    rendered = relaunch(render_run(plan.spec), checkout)
+    rendered = with_sample_prompts(relaunch(render_run(plan.spec), checkout), plan.grid.prompts)
     problems: list[str] = []
     for name, text in sorted(rendered.files.items()):
         recorded = run.config / name
@@ -85,6 +87,7 @@ def request_from_plan(plan: RunPlan, commit: str = "") -> TrainRequest:
         pull_state=plan.pull_state,
         force=True,
         keep_states=0,  # the spec already holds the state options the run had, if any
+        grid=plan.grid,
     )
 
 

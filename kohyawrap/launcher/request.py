@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kohyawrap.errors import HostError, UsageError
+from kohyawrap.evaluate.gridplan import GEN_SCRIPTS
+from kohyawrap.evaluate.options import GridOptions
 from kohyawrap.hashcache import HashCache
 from kohyawrap.hosts.facts import HostFacts
 from kohyawrap.launcher.layout import RemoteLayout, make_run_id
@@ -69,6 +71,7 @@ class TrainRequest:
     force: bool = False
     keep_states: int = 2  # save training states with the checkpoints, keeping the last N (0: none)
     retry_oom: int = 2  # after "CUDA out of memory", retry with the next rung of the OOM ladder
+    grid: GridOptions = field(default_factory=lambda: GridOptions(enabled=False))
 
 
 def state_overrides(request: TrainRequest) -> tuple[tuple[str, Any], ...]:
@@ -269,6 +272,8 @@ def build_run_plan(
     ``managed``: options the run itself sets after the user's (a resumed leg's ``resume``).
     """
     from kohyawrap.dataset.scan import read_training_dir
+    from kohyawrap.evaluate.gridplan import check_listed_epochs, check_size
+    from kohyawrap.evaluate.prompts import with_sample_prompts
     from kohyawrap.forecast import build_forecast, require_fit
 
     request = check_request(request)
@@ -293,20 +298,36 @@ def build_run_plan(
 
         # The sample prompts show the trigger and class word, as `dataset build` named the folders.
         host_spec = replace(host_spec, prompt_subjects=subjects_from_dataset(tdir))
-    forecast = build_forecast(
-        host_spec,
-        tdir,
-        price_per_hour=request.money.price_per_hour,
-        bandwidth_mbps=request.bandwidth_mbps,
-        # A host that already holds an environment, or a pre-installed sd-scripts, installs nothing.
-        setup="warm"
-        if request.setup.sd_scripts_path or (facts is not None and facts.venvs)
-        else "cold",
-        installer=expected_installer(request.setup, facts),
-    )
+    grid, grid_notes = request.grid, tuple[str, ...]()
+
+    def forecast_with(grid: GridOptions) -> Forecast:
+        return build_forecast(
+            host_spec,
+            tdir,
+            price_per_hour=request.money.price_per_hour,
+            bandwidth_mbps=request.bandwidth_mbps,
+            # A host that already holds an environment, or a pre-installed sd-scripts, installs
+            # nothing.
+            setup="warm"
+            if request.setup.sd_scripts_path or (facts is not None and facts.venvs)
+            else "cold",
+            installer=expected_installer(request.setup, facts),
+            grid=grid,
+        )
+
+    forecast = forecast_with(grid)
+    if grid.enabled and forecast.rendered.script not in GEN_SCRIPTS:
+        grid = replace(grid, enabled=False)
+        grid_notes = (
+            f"no grid: it draws SD1.x/2.x and SDXL LoRAs, not {forecast.rendered.script}'s",
+        )
+        forecast = forecast_with(grid)
     if not request.force and not spec.smoke:
         require_fit(forecast, force_hint="--force to try anyway")
         _require_budget(forecast, request, host_spec, tdir)
+    every = forecast.rendered.settings.get("save_every_n_epochs")
+    check_listed_epochs(grid, forecast.steps.epochs, every if isinstance(every, int) else None)
+    check_size(forecast.estimate.grid_images)
     run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
     from kohyawrap.render import relaunch
 
@@ -316,7 +337,9 @@ def build_run_plan(
         target=target,
         layout=RemoteLayout(work, run_id),
         spec=host_spec,
-        rendered=relaunch(forecast.rendered, checkout_dir(request.setup, provisional)),
+        rendered=with_sample_prompts(
+            relaunch(forecast.rendered, checkout_dir(request.setup, provisional)), grid.prompts
+        ),
         estimate=forecast.estimate,
         model_files=files,
         setup=request.setup,
@@ -326,7 +349,12 @@ def build_run_plan(
         money=replace(request.money, price_per_hour=forecast.estimate.price_per_hour),
         smoke=spec.smoke,
         pull_state=request.pull_state,
-        notes=money_notes(request.money, forecast, facts),
+        grid=grid,
+        notes=(
+            *money_notes(request.money, forecast, facts),
+            *grid_notes,
+            *_sampling_notes(grid, forecast.rendered.files),
+        ),
     )
 
 
@@ -380,3 +408,12 @@ def money_notes(
             "money-saving choice (refused until every checkpoint is safe)"
         )
     return tuple(notes)
+
+
+def _sampling_notes(grid: GridOptions, files: dict[str, str]) -> tuple[str, ...]:
+    from kohyawrap.render import SAMPLE_PROMPTS
+
+    if grid.prompts and SAMPLE_PROMPTS not in files:
+        return ("no samples during training on this card (sample_every_n_epochs = 0): your "
+                "--sample-prompts are drawn by the grid only",)  # fmt: skip
+    return ()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kohyawrap import __version__
+from kohyawrap.evaluate.options import GridOptions
 from kohyawrap.launcher.layout import RemoteLayout
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
 from kohyawrap.models_fetch import BASE_KEY, FetchFile
@@ -78,6 +79,7 @@ class RunPlan:
     pull_state: bool = False
     notes: tuple[str, ...] = ()
     kohyawrap_version: str = __version__
+    grid: GridOptions = field(default_factory=lambda: GridOptions(enabled=False))
 
     @property
     def dataset_cache(self) -> str:
@@ -125,6 +127,7 @@ class RunPlan:
             "smoke": self.smoke,
             "pull_state": self.pull_state,
             "notes": list(self.notes),
+            "grid": self.grid.to_json(),
         }
 
     @classmethod
@@ -159,6 +162,7 @@ class RunPlan:
             pull_state=bool(data["pull_state"]),
             notes=tuple(str(n) for n in data.get("notes") or ()),
             kohyawrap_version=str(data["kohyawrap_version"]),
+            grid=GridOptions.from_json(data.get("grid")),
         )
 
 

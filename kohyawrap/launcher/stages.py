@@ -2,15 +2,16 @@
 
 ``train`` runs them all; ``attach``, ``stop`` and ``pull`` are selections over a loaded run:
 
-    SETUP -> MODEL -> UPLOAD -> TRAIN (detached) -> FOLLOW -> PULL -> FINISH
+    SETUP -> MODEL -> UPLOAD -> TRAIN (detached) -> FOLLOW -> PULL -> GRID -> FINISH
 
 PREPARE runs SETUP, MODEL and UPLOAD at the same time (they are independent until TRAIN);
 ``train`` uses it, and a selection may still name the three one after another.
 
 Each stage reads what it needs from the run's record and writes what it did back, so a later
 process can carry on from any point. SETUP, MODEL and UPLOAD are idempotent and are retried after
-a dropped connection; FOLLOW reconnects by itself; FINISH runs only for a run whose every
-announced checkpoint is verified on the laptop.
+a dropped connection; FOLLOW reconnects by itself; GRID draws the evaluation grid of a finished
+run (its failure is recorded, never raised); FINISH runs only for a run whose every announced
+checkpoint is verified on the laptop.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from kohyawrap.launcher.overlap import overlap
 from kohyawrap.launcher.reconnect import Reconnector
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
+from kohyawrap.launcher.samples import SampleWatcher
 from kohyawrap.launcher.watch import hooks_for
 
 
@@ -50,15 +52,18 @@ class Stage(str, Enum):
     TRAIN = "train"
     FOLLOW = "follow"
     PULL = "pull"
+    GRID = "grid"  # the evaluation grid, drawn on the host once every checkpoint is here
     FINISH = "finish"
 
 
-FULL = (Stage.PREPARE, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.FINISH)
+FULL = (Stage.PREPARE, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.GRID, Stage.FINISH)
 # The same run with set-up one step after another (what PREPARE overlaps).
 SEQUENTIAL = (
-    Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.FINISH
+    Stage.SETUP, Stage.MODEL, Stage.UPLOAD, Stage.TRAIN, Stage.FOLLOW, Stage.PULL, Stage.GRID,
+    Stage.FINISH,
 )  # fmt: skip
-ATTACH = (Stage.FOLLOW, Stage.PULL, Stage.FINISH)
+ATTACH = (Stage.FOLLOW, Stage.PULL, Stage.GRID, Stage.FINISH)
+GRID_THEN_FINISH = (Stage.GRID, Stage.FINISH)
 AFTER_STOP = (Stage.FOLLOW, Stage.PULL)
 PULL_ONLY = (Stage.PULL,)
 
@@ -252,6 +257,15 @@ def _follow(s: RunSession) -> None:
         poll_seconds=s.options.poll_seconds,
         step_offset=m.step_offset,
         hooks=hooks_for(m, s.host, s.run, puller, s.clock),
+        # The sample folder is listed every few polls (10 s at the default 2 s poll).
+        samples=SampleWatcher(
+            s.host,
+            m.remote_run_dir,
+            puller,
+            s.reporter,
+            s.clock,
+            max(1.0, 5 * s.options.poll_seconds),
+        ),
     )
     s.follower = follower
     s.reporter.stage("follow", m.remote_run_dir)
@@ -318,6 +332,16 @@ def _pull(s: RunSession) -> None:
     s.update(pulled=dict(puller.pulled), follow=follow)
     if m.exit_code is not None:
         s.update(status=verdict(s.manifest))
+
+
+def _grid(s: RunSession) -> None:
+    if not s.manifest.plan.grid.enabled:
+        return
+    from kohyawrap.launcher.grid import grid_stage
+
+    grid_stage(s, budget_of(s.manifest, s.clock))
+    s.timings.lap("grid")
+    s.update()
 
 
 def verdict(m: RunManifest) -> RunStatus:
@@ -426,5 +450,6 @@ STAGES: dict[Stage, Callable[[RunSession], None]] = {
     Stage.TRAIN: _train,
     Stage.FOLLOW: _follow,
     Stage.PULL: _pull,
+    Stage.GRID: _grid,
     Stage.FINISH: _finish,
 }

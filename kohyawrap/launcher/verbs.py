@@ -26,6 +26,7 @@ from kohyawrap.hosts.base import Host
 from kohyawrap.hosts.connect import ConnectOptions, open_host
 from kohyawrap.launcher import job
 from kohyawrap.launcher.continuing import ContinueRequest
+from kohyawrap.launcher.grid import GridRequest
 from kohyawrap.launcher.legs import begin_leg, first_leg
 from kohyawrap.launcher.manifest import (
     HostRecord,
@@ -44,6 +45,7 @@ from kohyawrap.launcher.stages import (
     AFTER_STOP,
     ATTACH,
     FULL,
+    GRID_THEN_FINISH,
     PULL_ONLY,
     FollowOptions,
     RunSession,
@@ -160,6 +162,7 @@ class Launcher:
                     if Stage.FINISH in stages
                     else session.manifest
                 )
+        self._report(session.run)
         raise_for_outcome(final, session.run)
         return TrainResult(plan, final, session.run)
 
@@ -167,10 +170,12 @@ class Launcher:
     def attach(self, run: RunDir, connect: ConnectOptions) -> RunManifest:
         """Follow a launched run to its end, from the log already seen; pull; finish."""
         manifest = run.load()
-        if not manifest.status.active:
+        if not manifest.status.active and not _grid_unfinished(manifest):
             return manifest
+        stages = ATTACH if manifest.status.active else GRID_THEN_FINISH
         with run.follow_lock(), self._session(run, manifest, connect) as session:
-            final = self._run(session, ATTACH)
+            final = self._run(session, stages)
+        self._report(session.run)
         raise_for_outcome(final, session.run)
         return final
 
@@ -496,6 +501,40 @@ class Launcher:
             raise self._failed(session, current, err) from err
         return session.manifest
 
+    def grid(self, run: RunDir, connect: ConnectOptions, request: GridRequest) -> RunManifest:
+        """Draw a grid for a recorded run: on its own host, or on ``request.target`` (set up
+        there, base model and chosen checkpoints uploaded); then write the report."""
+        from kohyawrap.launcher.grid import draw_for
+
+        manifest = run.load()
+        if manifest.status.active:
+            raise UsageError(
+                f"run {run.run_id} is still {manifest.status.value}",
+                hint=f"`kohyawrap attach {run.run_id}` follows it; its grid comes at the end",
+            )
+        if _grid_unfinished(manifest) and request.target in (None, manifest.host.target):
+            return self.attach(run, connect)  # a grid cut short inside `train`: carry it on
+        target = request.target or manifest.host.target
+        recorded = ConnectOptions.from_json(manifest.host.connect)
+        given = recorded.overlaid(connect) if target == manifest.host.target else connect
+        with run.follow_lock(), _opened_or_elsewhere(target, given, run, request) as host:
+            session = RunSession(run, manifest, host, self.reporter, self.clock, self.options)
+            draw_for(session, request, hf_token=request.hf_token)
+        self._report(run)
+        return run.load()
+
+    def _report(self, run: RunDir) -> None:
+        """Write the run's report page and say where it is (a failure is said, not raised)."""
+        from kohyawrap.launcher.runreport import try_write_report
+
+        result, problem = try_write_report(run)
+        if result is None:
+            self.reporter.info(f"the report could not be written: {problem}")
+            return
+        self.reporter.stage("report", str(result.path))
+        if result.suggestion is not None:
+            self.reporter.info(f"try first: {result.suggestion.local} ({result.reason})")
+
     def _interrupted(self, session: RunSession) -> None:
         run_id = session.run.run_id
         if session.manifest.status.active:
@@ -546,6 +585,33 @@ def _opened(target: str, connect: ConnectOptions) -> Iterator[Host]:
         yield host
     finally:
         host.close()
+
+
+@contextmanager
+def _opened_or_elsewhere(
+    target: str, connect: ConnectOptions, run: RunDir, request: GridRequest
+) -> Iterator[Host]:
+    """The grid's host; a training host that is gone (stopped after the run) says what to do."""
+    try:
+        host = open_host(target, connect)
+    except HostError as err:
+        if request.target is not None:
+            raise
+        raise HostError(
+            f"cannot reach the host that trained run {run.run_id}: {err.message}",
+            evidence=err.evidence,
+            hint=f"a rented host is often gone after the run: `kohyawrap grid {run.run_id} --host "
+            "NEW` draws the grid on another machine (the checkpoints are uploaded there)",
+        ) from err
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+def _grid_unfinished(m: RunManifest) -> bool:
+    """A grid that ``train`` launched and nobody followed to its end (the laptop went away)."""
+    return m.grid is not None and m.grid.in_run and not m.grid.ended
 
 
 def _check_finish_action(

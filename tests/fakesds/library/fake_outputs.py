@@ -93,9 +93,13 @@ def _pack(values: list[float], dtype: str) -> bytes:
 
 
 def lora_tensors(
-    options: dict[str, Any], family: str, step: int
+    options: dict[str, Any], family: str, step: int, effect: float = 1.0
 ) -> dict[str, tuple[str, list[int], bytes]]:
-    """Small LoRA tensors whose values depend on the step (so each save differs)."""
+    """Small LoRA tensors whose values depend on the step (so each save differs).
+
+    ``effect`` scales the up-weights: 0 leaves them at zero, a LoRA that changes nothing (what a
+    far too low learning rate leaves behind: sd-scripts initialises lora_up to zero).
+    """
     modules = _MODULES.get(family, _SD1_MODULES)
     parts = []
     if not options.get("network_train_text_encoder_only"):
@@ -109,7 +113,7 @@ def lora_tensors(
     tensors: dict[str, tuple[str, list[int], bytes]] = {}
     for module in parts:
         down = [rng.gauss(0, 0.1) for _ in range(dim * _FEATURES)]
-        up = [rng.gauss(0, 0.01) for _ in range(_FEATURES * dim)]
+        up = [rng.gauss(0, 0.01) * effect for _ in range(_FEATURES * dim)]
         tensors[f"{module}.alpha"] = (dtype, [], _pack([alpha], dtype))
         tensors[f"{module}.lora_down.weight"] = (dtype, [dim, _FEATURES], _pack(down, dtype))
         tensors[f"{module}.lora_up.weight"] = (dtype, [_FEATURES, dim], _pack(up, dtype))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from library import fake_config, fake_dit, fake_outputs, kw_safetensors
+from library import fake_config, fake_dit, fake_images, fake_outputs, kw_safetensors
 from library.fake_console import Console, format_num, frame
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +63,7 @@ def _behaviour() -> dict[str, Any]:
         "startup_seconds": 0.0,
         "oom_max_batch": None,
         "oom_fixed_by_checkpointing": False,
+        "lora_effect": 1.0,
     }
     return {**defaults, **(json.loads(path.read_text()) if path.is_file() else {})}
 
@@ -352,13 +353,55 @@ class Trainer:
                 },
             )
 
+    def _tensors(self) -> dict[str, Any]:
+        effect = float(self.run.behaviour["lora_effect"])
+        return fake_outputs.lora_tensors(self.o, self.run.family, self.step, effect)
+
+    def sample(self, epoch: int) -> None:
+        """Sample images at the end of an epoch, as sd-scripts' sample_images does: one PNG per
+        prompt line in ``<output_dir>/sample/<name>_e<epoch:06d>_<nn>_<time>_<seed>.png``."""
+        every = fake_config.number(self.o, "sample_every_n_epochs")
+        prompts = self.o.get("sample_prompts")
+        if not every or not prompts or epoch % every:
+            return
+        self.con.info("", "train_util.py:6393")
+        self.con.info(
+            f"generating sample images at step / サンプル画像生成 ステップ: {self.step}",
+            "train_util.py:6394",
+        )
+        path = Path(str(prompts))
+        if not path.is_file():
+            self.con.error(
+                f"No prompt file / プロンプトファイルがありません: {path}", "train_util.py:6396"
+            )
+            return
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        lines = [ln for ln in lines if ln and ln[0] != "#"]
+        folder = Path(str(self.o.get("output_dir", "."))) / "sample"
+        folder.mkdir(parents=True, exist_ok=True)
+        ups = [v for name, (dtype, _, data) in self._tensors().items() if name.endswith("lora_up.weight")
+               for v in fake_images._floats(data, dtype)]  # fmt: skip
+        effect = 100 * sum(abs(v) for v in ups) / len(ups) if ups else 0.0
+        name = self.o.get("output_name")
+        for i, line in enumerate(lines):
+            prompt, *parts = line.split(" --")
+            options = dict(p.partition(" ")[::2] for p in parts)
+            seed = int(options["d"]) if options.get("d", "").isdigit() else None
+            size = (int(options.get("w") or 512), int(options.get("h") or 512))
+            self.con.info(f"prompt: {prompt}", "train_util.py:6542")
+            stamp = time.strftime("%Y%m%d%H%M%S")
+            file = f"{name + '_' if name else ''}e{epoch:06d}_{i:02d}_{stamp}{'' if seed is None else f'_{seed}'}.png"
+            fake_images.write_image(
+                folder / file, prompt, seed or 0, size, effect, (200, 40, 40), {}
+            )
+
     def save(self, stem: str, *, epoch: int) -> None:
         """``saving checkpoint: <path>`` and the file (half of it when the disk "fills up")."""
         out = Path(str(self.o.get("output_dir", ".")))
         out.mkdir(parents=True, exist_ok=True)
         path = f"{out.as_posix()}/{stem}.{self.o.get('save_model_as') or 'safetensors'}"
         self.con.print(f"\nsaving checkpoint: {path}")
-        tensors = fake_outputs.lora_tensors(self.o, self.run.family, self.step)
+        tensors = self._tensors()
         meta = {}
         if not self.o.get("no_metadata"):
             meta = fake_outputs.metadata(self.run, epoch=epoch, step=self.step, tensors=tensors)
@@ -392,8 +435,7 @@ class Trainer:
             f" at epoch {epoch} step {self.step}",
             "train_network.py:946",
         )
-        tensors = fake_outputs.lora_tensors(self.o, self.run.family, self.step)
-        fake_outputs.save_state(folder, tensors, epoch, self.step)
+        fake_outputs.save_state(folder, self._tensors(), epoch, self.step)
         self.con.info(
             f"Model weights saved in {folder.as_posix()}/model.safetensors", "checkpointing.py:108"
         )
@@ -435,6 +477,7 @@ class Trainer:
                 self.save(stem, epoch=epoch + 1)
                 if self.o.get("save_state"):
                     self.save_state(stem, epoch + 1, f"saving state at epoch {epoch + 1}")
+            self.sample(epoch + 1)
             if self.step >= self.s.total_steps:
                 break
         return epoch + 1
