@@ -20,6 +20,7 @@ from kohyawrap.cli.options import (
 from kohyawrap.cli.types import CAPTION_EXTENSION, DOLLARS, HOURS, PRICE, VRAM_GB, WORDS
 
 if TYPE_CHECKING:
+    from kohyawrap.launcher.gpus import GpuRequest
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.launcher.runplan import MoneyOptions, SetupOptions
 
@@ -163,11 +164,37 @@ money_options = option_group(
 )  # fmt: skip
 
 
+def _gpus(gpus: str | None, multi_gpu: bool, scale_lr: bool) -> GpuRequest:
+    from kohyawrap.launcher.gpus import GpuRequest, parse_gpus
+
+    count, every, devices = parse_gpus(gpus) if gpus is not None else (None, False, ())
+    return GpuRequest(count, every, devices, multi_gpu, scale_lr)
+
+
+gpu_options = option_group(
+    "GPUs of the host",
+    "gpus",
+    _gpus,
+    [
+        (("--gpus",), {"default": None, "metavar": "all|N|device=I,J",
+                       "help": "Which GPUs: N free ones (no other process, most free memory), all "
+                       "free ones, or nvidia-smi's indices. Without --multi-gpu: one GPU."}),
+        (("--multi-gpu",), {"is_flag": True,
+                            "help": "One job across the chosen GPUs (accelerate --multi_gpu, one "
+                            "process each): fewer steps per epoch, a larger effective batch."}),
+        (("--scale-lr",), {"is_flag": True,
+                           "help": "With --multi-gpu: multiply the learning rates by the number of "
+                           "GPUs (sd-scripts keeps them as given)."}),
+    ],
+)  # fmt: skip
+
+
 @click.command(cls=GroupedCommand)
 @grouped("Connection", "--host", "target", required=True,
          help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.")  # fmt: skip
 @connect_options
 @what_options
+@gpu_options
 @setup_options
 @grouped("Host set-up", "--work-dir", default="~/kohyawrap", show_default=True,
          help="Where kohyawrap works on the host.")  # fmt: skip
@@ -189,6 +216,7 @@ def train(
     target: str,
     connect: Any,
     what: TrainRequest,
+    gpus: GpuRequest,
     setup: SetupOptions,
     work_dir: str,
     money: MoneyOptions,
@@ -216,12 +244,15 @@ def train(
           --base-model ./models/v1-5-pruned-emaonly.safetensors --name 柴犬 --yes
       kohyawrap train --host gpu-box --model sd15 --dataset ./training_data --base-model ./m.safetensors \\
           --name test --smoke --dry-run
+      kohyawrap train --host root@8gpu.example --gpus all --multi-gpu --model sdxl \\
+          --dataset ./training_data --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora
     """
     from dataclasses import replace
 
     request = replace(
         what, setup=setup, money=money, work_dir=work_dir, pull_state=pull_state, force=force
     )
+    request = replace(request, gpus=gpus)
     launch(
         request,
         target,

@@ -174,6 +174,7 @@ def show_run_plan(plan: RunPlan) -> None:
         ("cost", f"~{dollars(est.dollars)} at {dollars(est.price_per_hour)}/h"),
         ("sd-scripts", f"{where} @ {setup.ref[:12]}"),
     ]  # fmt: skip
+    rows[5:5] = gpu_rows(plan)
     if plan.money.max_dollars is not None or plan.money.max_hours is not None:
         limits = [
             f"{dollars(plan.money.max_dollars)}" if plan.money.max_dollars is not None else "",
@@ -190,6 +191,35 @@ def show_run_plan(plan: RunPlan) -> None:
     for key, value in rows:
         table.add_row(key, escape(value))
     stderr().print(table)
+
+
+def gpu_rows(plan: RunPlan) -> list[tuple[str, str]]:
+    """The plan's GPUs, and for a job across several what changes: steps per process, the
+    effective batch, the learning rate (docs/scale.md)."""
+    rows = []
+    if plan.gpus.devices:
+        devices = ", ".join(str(d) for d in plan.gpus.devices)
+        rows.append(("gpus", f"{devices}  ({plan.gpus.basis})"))
+    n = plan.spec.processes
+    if n > 1:
+        settings = plan.rendered.settings
+        batch = int(settings.get("train_batch_size", 1))
+        accumulation = int(settings.get("gradient_accumulation_steps", 1))
+        lr = settings.get("learning_rate")
+        how = (
+            f"x{n} (--scale-lr)"
+            if plan.spec.scale_lr
+            else "unchanged (sd-scripts does not scale it)"
+        )
+        rows.append(
+            (
+                "multi-gpu",
+                f"{n} processes, each on its share of every epoch's batches; effective batch "
+                f"{batch * n * accumulation} (batch {batch} x {n} GPUs x accumulation "
+                f"{accumulation}); learning rate {lr} {how}",
+            )
+        )
+    return rows
 
 
 def show_outcome(manifest: RunManifest, path: Path) -> None:

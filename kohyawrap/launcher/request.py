@@ -17,6 +17,14 @@ from pathlib import Path
 from kohyawrap.errors import HostError, UsageError
 from kohyawrap.hosts.facts import HostFacts
 from kohyawrap.hosts.transfer import file_sha256
+from kohyawrap.launcher.gpus import (
+    GpuAssignment,
+    GpuRequest,
+    check_free_memory,
+    check_gpu_request,
+    choose_gpus,
+    chosen_gpus,
+)
 from kohyawrap.launcher.layout import RemoteLayout, make_run_id
 from kohyawrap.launcher.runplan import (
     ModelSource,
@@ -67,6 +75,7 @@ class TrainRequest:
     bandwidth_mbps: float | None = None  # MB/s; None = the preset default
     pull_state: bool = False
     force: bool = False
+    gpus: GpuRequest = field(default_factory=GpuRequest)  # --gpus / --multi-gpu / --scale-lr
 
 
 def looks_local(target: str) -> bool:
@@ -91,6 +100,7 @@ def check_request(request: TrainRequest) -> TrainRequest:
             f"dataset folder {request.dataset} does not exist",
             hint="build one with `kohyawrap dataset build`",
         )
+    check_gpu_request(request.gpus)
     return replace(request, spec=replace(request.spec, output_name=name))
 
 
@@ -126,6 +136,22 @@ def resolve_gpu(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
     first = gpus[0]
     memory_gb = first.memory_mib / 1024 if first.memory_mib else None
     return replace(spec, gpu=match_gpu(first.name, memory_gb))
+
+
+def _on_chosen(facts: HostFacts | None, gpus: GpuAssignment) -> HostFacts | None:
+    """The facts as ``--gpu auto`` should read them: only the chosen GPUs, the smallest first
+    (a job across different cards is planned for the weakest)."""
+    if facts is None or not gpus.devices:
+        return facts
+    chosen = sorted(chosen_gpus(gpus, facts.gpus), key=lambda g: g.memory_mib or 0)
+    return replace(facts, gpus=tuple(chosen))
+
+
+def _with_processes(spec: RunSpec, asked: GpuRequest, gpus: GpuAssignment) -> RunSpec:
+    """One training process per chosen GPU for a --multi-gpu job (one otherwise)."""
+    if not asked.multi or len(gpus.devices) <= 1:
+        return spec
+    return replace(spec, processes=len(gpus.devices), scale_lr=asked.scale_lr)
 
 
 def resolve_device(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
@@ -248,7 +274,9 @@ def build_run_plan(
     request = check_request(request)
     files = dataset_files(request.dataset)
     digest = dataset_hash(files)
-    spec = resolve_device(resolve_gpu(request.spec, facts), facts)
+    gpus = choose_gpus(request.gpus, facts.gpus if facts else (), force=request.force)
+    spec = resolve_device(resolve_gpu(request.spec, _on_chosen(facts, gpus)), facts)
+    spec = _with_processes(spec, request.gpus, gpus)
     work = expand_work_dir(request.work_dir, home)
     provisional = RemoteLayout(work, "pending")
     model = model_source(
@@ -276,6 +304,9 @@ def build_run_plan(
     )
     if not request.force and not spec.smoke:
         require_fit(forecast, force_hint="--force to try anyway")
+    if facts is not None:
+        need = forecast.estimate.vram_needed_gb
+        check_free_memory(gpus, facts.gpus, need, force=request.force or spec.smoke)
     run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
     return RunPlan(
         run_id=run_id,
@@ -293,4 +324,5 @@ def build_run_plan(
         money=replace(request.money, price_per_hour=forecast.estimate.price_per_hour),
         smoke=spec.smoke,
         pull_state=request.pull_state,
+        gpus=gpus,
     )

@@ -244,6 +244,7 @@ def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) ->
         accelerate_args=list(plan.rendered.accelerate_args),
         max_seconds=int(plan.money.max_hours * 3600) if plan.money.max_hours else 0,
         script=posixpath.join(sd_scripts, plan.rendered.script),
+        visible_devices=plan.gpus.visible,  # train --gpus: the GPU(s) this job is pinned to
     )
     host.put_bytes(wrapper.encode(), plan.layout.in_run("run.sh"), mode=0o755)
     host.run(f"mkdir -p {sh(plan.layout.in_run('output'))} {sh(plan.layout.in_run('logs'))}")

@@ -93,7 +93,7 @@ class Launcher:
         """connect -> facts -> plan -> preflight -> confirm -> execute every stage."""
         request = check_request(request)
         _check_finish_action(request, target, questions)
-        if dry_run and request.spec.gpu != "auto":
+        if dry_run and request.spec.gpu != "auto" and not request.gpus.needs_host:
             # Nothing to ask the host: its home is shown as ~.
             plan = build_run_plan(request, target=target, home="~", now=self.now())
             on_plan(plan)
