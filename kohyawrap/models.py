@@ -72,6 +72,7 @@ class RunSpec:
     # Training processes accelerate launches, one per GPU (``--multi_gpu`` above 1): each sees
     # a share of the batches, so the step count depends on it (docs/scale.md).
     processes: int = 1
+    machines: int = 1  # nodes the processes are spread over (SkyPilot num_nodes)
     # Multiply the learning rates by ``processes`` (sd-scripts never scales them itself).
     scale_lr: bool = False
 

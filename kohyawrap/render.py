@@ -454,7 +454,7 @@ def scaled_learning_rates(spec: RunSpec, acc: Mapping[str, Setting]) -> dict[str
 
 _LATER_SPEC_FIELDS = ("prompt_subjects", "sample_prompts_file", "sample_prompts_text", "companions")
 # Later fields whose default is not empty: left out of the hash (and the record) at that default.
-LATER_SPEC_DEFAULTS: dict[str, Any] = {"processes": 1, "scale_lr": False}
+LATER_SPEC_DEFAULTS: dict[str, Any] = {"processes": 1, "scale_lr": False, "machines": 1}
 
 
 def inputs_hash(
@@ -508,7 +508,10 @@ def render_run(
     digest = inputs_hash(spec, acc, general, {"subsets": subsets})
     mixed = str(acc["mixed_precision"].value) if "mixed_precision" in acc else "no"
     launch_args = accelerate_args(
-        mixed, cpu=spec.smoke if spec.cpu is None else spec.cpu, processes=spec.processes
+        mixed,
+        cpu=spec.smoke if spec.cpu is None else spec.cpu,
+        processes=spec.processes,
+        machines=spec.machines,
     )
     common = {
         "version": __version__,

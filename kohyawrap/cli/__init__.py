@@ -65,6 +65,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "pull",
         "Fetch (and verify) a run's checkpoints, logs and TensorBoard files.",
     ),
+    "export": (
+        "kohyawrap.cli.export",
+        "export",
+        "Write a run as a SkyPilot task (provisioning, spot recovery, several nodes).",
+    ),
     "reproduce": (
         "kohyawrap.cli.runs",
         "reproduce",

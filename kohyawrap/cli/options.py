@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from kohyawrap.hosts.connect import ConnectOptions
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.launcher.runplan import RunPlan
+    from kohyawrap.launcher.skypilot import SkyOptions
     from kohyawrap.launcher.stages import FollowOptions
     from kohyawrap.launcher.verbs import Questions
 
@@ -281,3 +282,53 @@ def launch(
         sys.exit(1)
     if result.manifest is not None and result.run is not None:
         show_outcome(result.manifest, result.run.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# SkyPilot (`export skypilot`, `train --via skypilot`): docs/scale.md
+
+
+def _skypilot(
+    nodes: int,
+    gpus_per_node: int,
+    accelerator: str | None,
+    idle_minutes: int,
+    down: bool,
+    spot: bool,
+    infra: str | None,
+    disk_size: int | None,
+) -> SkyOptions:
+    from kohyawrap.launcher.skypilot import SkyOptions
+
+    return SkyOptions(
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        accelerator=accelerator or "",
+        idle_minutes=idle_minutes or None,
+        down=down,
+        spot=spot,
+        infra=infra or "",
+        disk_gb=disk_size,
+    )
+
+
+skypilot_options = option_group(
+    "SkyPilot",
+    "sky",
+    _skypilot,
+    [
+        (("--nodes",), {"type": click.IntRange(1, 64), "default": 1, "show_default": True,
+                        "help": "Nodes of the cluster; above 1 one job spans them (accelerate multi-node)."}),
+        (("--gpus-per-node",), {"type": click.IntRange(1, 16), "default": 1, "show_default": True,
+                                "help": "GPUs of each node, one training process each."}),
+        (("--accelerator",), {"default": None,
+                              "help": "SkyPilot's GPU name (default: the GPU preset's, e.g. RTX4090)."}),
+        (("--idle-minutes",), {"type": click.IntRange(0, 10080), "default": 30, "show_default": True,
+                               "help": "Stop the cluster after this long idle (0: never)."}),
+        (("--down",), {"is_flag": True, "help": "Tear the cluster down instead of stopping it."}),
+        (("--spot",), {"is_flag": True, "help": "Spot instances (SkyPilot managed jobs recover them)."}),
+        (("--infra",), {"default": None, "help": "Cloud (and region) for SkyPilot: aws, gcp/us-central1, runpod ..."}),
+        (("--disk-size",), {"type": click.IntRange(10, 65536), "default": None,
+                            "help": "Disk per node in GB (default: what the run needs, at least 50)."}),
+    ],
+)  # fmt: skip

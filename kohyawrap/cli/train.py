@@ -16,6 +16,7 @@ from kohyawrap.cli.options import (
     option_group,
     read_token,
     runs_dir_option,
+    skypilot_options,
 )
 from kohyawrap.cli.types import CAPTION_EXTENSION, DOLLARS, HOURS, PRICE, VRAM_GB, WORDS
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from kohyawrap.launcher.gpus import GpuRequest
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.launcher.runplan import MoneyOptions, SetupOptions
+    from kohyawrap.launcher.skypilot import SkyOptions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +194,11 @@ gpu_options = option_group(
 @click.command(cls=GroupedCommand)
 @grouped("Connection", "--host", "target", required=True,
          help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.")  # fmt: skip
+@grouped("Connection", "--via", type=click.Choice(["ssh", "skypilot"]), default="ssh", show_default=True,
+         help="skypilot: SkyPilot launches the machine (--host names its cluster), then the run goes "
+         "over SSH as with any host.")  # fmt: skip
 @connect_options
+@skypilot_options
 @what_options
 @gpu_options
 @setup_options
@@ -214,7 +220,9 @@ gpu_options = option_group(
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 def train(
     target: str,
+    via: str,
     connect: Any,
+    sky: SkyOptions,
     what: TrainRequest,
     gpus: GpuRequest,
     setup: SetupOptions,
@@ -244,6 +252,8 @@ def train(
           --base-model ./models/v1-5-pruned-emaonly.safetensors --name 柴犬 --yes
       kohyawrap train --host gpu-box --model sd15 --dataset ./training_data --base-model ./m.safetensors \\
           --name test --smoke --dry-run
+      kohyawrap train --via skypilot --host lora-1 --gpu rtx4090 --model sdxl --dataset ./training_data \\
+          --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora --idle-minutes 10
       kohyawrap train --host root@8gpu.example --gpus all --multi-gpu --model sdxl \\
           --dataset ./training_data --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora
     """
@@ -253,6 +263,14 @@ def train(
         what, setup=setup, money=money, work_dir=work_dir, pull_state=pull_state, force=force
     )
     request = replace(request, gpus=gpus)
+    if via == "skypilot":
+        from kohyawrap.hosts.skypilot import SkyPilotProvisioner
+        from kohyawrap.launcher.skypilot import provision
+
+        provisioner = None if dry_run else SkyPilotProvisioner()
+        connect = provision(request, target, connect, sky, provisioner)
+    else:
+        _no_skypilot_options(sky)
     launch(
         request,
         target,
@@ -264,3 +282,20 @@ def train(
         dry_run=dry_run,
         as_json=as_json,
     )
+    if via == "skypilot" and not dry_run:
+        from kohyawrap.hosts.skypilot import SkyPilotProvisioner
+        from kohyawrap.launcher.skypilot import after_pull
+
+        click.echo(after_pull(target, sky, SkyPilotProvisioner()), err=True)
+
+
+def _no_skypilot_options(sky: SkyOptions) -> None:
+    from kohyawrap.errors import UsageError
+    from kohyawrap.launcher.skypilot import SkyOptions
+
+    if sky != SkyOptions():
+        raise UsageError(
+            "--nodes, --gpus-per-node, --accelerator, --idle-minutes, --down, --spot, --infra and "
+            "--disk-size are for SkyPilot",
+            hint="add --via skypilot (SkyPilot launches the machine), or leave them out",
+        )
