@@ -287,3 +287,20 @@ def test_cpu_runs_cannot_be_multi_gpu() -> None:
         "--multi_gpu", "--num_processes", "4", "--num_machines", "2",
     )  # fmt: skip
     assert load_catalog().gpu("rtx4090").price_per_hour > 0
+
+
+def test_hosts_check_lists_each_gpu_with_its_index_free_memory_and_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fixtures.cli import run_cli
+
+    bin_dir = fake_nvidia_smi(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("COLUMNS", "200")
+    code, text = run_cli(["hosts", "check", "local", "--no-torch"], capsys)
+    assert code == 0, text
+    assert "0: NVIDIA GeForce RTX 4090 (24 GiB, 3.7 GiB free, 1 other process(es))" in text
+    assert "1: NVIDIA GeForce RTX 4090 (24 GiB, 23.7 GiB free)" in text
+    code, data = run_cli(["hosts", "check", "local", "--no-torch", "--json"], capsys)
+    gpus = json.loads(data[data.index("{") :])["gpus"]
+    assert [g["index"] for g in gpus] == [0, 1] and gpus[0]["processes"][0]["pid"] == 4242

@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 from kohyawrap.errors import UsageError
@@ -59,8 +58,10 @@ print(json.dumps(out))
 
 
 def skypilot_requirement() -> str:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
-    return data["project"]["optional-dependencies"]["skypilot"][0]
+    import tomlkit
+
+    data = tomlkit.parse((ROOT / "pyproject.toml").read_text("utf-8")).unwrap()
+    return str(data["project"]["optional-dependencies"]["skypilot"][0])
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +110,7 @@ def a_plan(world: Env, fake: FakeSdScripts, *, upload: bool = True, name: str = 
     return build_run_plan(request, target="root@gpu.example", home="/root", now=NOW)
 
 
+@pytest.mark.slow  # installs SkyPilot once, or trains
 def test_the_task_loads_in_skypilot_with_resources_mounts_setup_run(
     world: Env, fake_sdscripts: FakeSdScripts, sky_python: Path
 ) -> None:
@@ -145,6 +147,7 @@ def test_the_task_loads_in_skypilot_with_resources_mounts_setup_run(
     assert sky.spec.processes == 8 and sky.estimate.steps == 2 * 5
 
 
+@pytest.mark.slow  # installs SkyPilot once, or trains
 def test_outputs_to_a_bucket_and_autodown(
     world: Env, fake_sdscripts: FakeSdScripts, sky_python: Path
 ) -> None:
@@ -198,6 +201,7 @@ def test_a_card_no_cloud_offers_needs_an_accelerator_name(
 # The exported scripts, run the way SkyPilot runs them, on the loopback sshd
 
 
+@pytest.mark.slow  # installs SkyPilot once, or trains
 def test_exported_setup_and_run_train_on_the_loopback_sshd(
     world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
 ) -> None:
@@ -266,6 +270,7 @@ def test_export_through_the_cli_from_a_dry_run_plan(
 # entry SkyPilot writes for a cluster) runs against the loopback sshd.
 
 
+@pytest.mark.slow  # installs SkyPilot once, or trains
 def test_the_provisioning_task_loads_in_skypilot(tmp_path: Path, sky_python: Path) -> None:
     from kohyawrap.launcher.skypilot import provision_task
 
@@ -343,6 +348,7 @@ class LoopbackCloud:
         self.autostops.append((cluster, idle_minutes, down))
 
 
+@pytest.mark.slow  # installs SkyPilot once, or trains
 def test_via_skypilot_trains_over_ssh_on_the_launched_cluster(
     world: Env, fake_sdscripts: FakeSdScripts, sshd: Sshd
 ) -> None:

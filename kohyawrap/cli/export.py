@@ -57,11 +57,13 @@ def skypilot(
     from dataclasses import replace
     from datetime import datetime, timezone
 
-    from kohyawrap.console import stderr
+    from kohyawrap.hosts.base import quote
     from kohyawrap.launcher.skypilot import export_task, plan_of
 
     options = replace(sky, bucket=bucket or "", work_dir=work_dir)
     task = export_task(plan_of(run, runs_dir), options, output, datetime.now(timezone.utc))
-    con = stderr()
-    con.print(f"wrote {output} (run {task.plan.run_id}, {len(task.file_mounts)} file mounts)")
-    con.print(f"launch it: sky launch -c CLUSTER {output}", highlight=False)
+    click.echo(
+        f"wrote {output} (run {task.plan.run_id}, {len(task.file_mounts)} file mounts)", err=True
+    )
+    secret = " --secret HF_TOKEN" if task.plan.model.kind == "hf" else ""
+    click.echo(f"launch it: sky launch -c CLUSTER{secret} {quote(str(output))}", err=True)
