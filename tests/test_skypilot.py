@@ -391,3 +391,17 @@ def test_via_skypilot_trains_over_ssh_on_the_launched_cluster(
                                                      known_hosts=given.known_hosts,
                                                      use_agent=False))  # fmt: skip
     assert again.status is RunStatus.FINISHED
+
+
+def test_a_value_that_would_end_a_script_early_is_refused(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
+    from dataclasses import replace
+
+    plan = a_plan(world, fake_sdscripts)
+    hostile = replace(
+        plan, setup=replace(plan.setup, python="python3\nKOHYAWRAP_SCRIPT_END\nrm -rf ~")
+    )
+    with pytest.raises(UsageError, match="cannot be written into a SkyPilot task"):
+        export_task(hostile, SkyOptions(), world.root / "t.yaml", NOW)
+    assert not (world.root / "t.yaml").exists()

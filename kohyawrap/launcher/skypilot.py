@@ -192,9 +192,18 @@ def _resources(plan: RunPlan, options: SkyOptions) -> dict[str, Any]:
     return resources
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _heredoc(path: str, text: str) -> str:
-    if _EOF in text:  # cannot happen with our templates; never write a script that ends early
-        raise RuntimeError(f"{_EOF} appears in a rendered script")
+    # A value holding the end marker would end the script early (and run what follows it); a
+    # control character would not survive the YAML block. Neither comes from kohyawrap itself.
+    if _EOF in text or _CONTROL.search(text):
+        raise UsageError(
+            f"a path or option of this run holds {_EOF!r} or a control character: it cannot be "
+            "written into a SkyPilot task",
+            hint="rename the folder or file (or change the option) and plan the run again",
+        )
     return f"cat >{path} <<'{_EOF}'\n{text.rstrip(chr(10))}\n{_EOF}\n"
 
 
