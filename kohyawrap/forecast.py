@@ -8,6 +8,7 @@ passed in already scanned, the clock is not read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,6 +17,7 @@ from kohyawrap.dataset.buckets import (
     BatchCount,
     BucketSettings,
     TrainingLength,
+    batches_per_process,
     bucket_settings_from,
     count_batches,
     count_training_steps,
@@ -59,6 +61,11 @@ class Steps:
     total_steps: int
     basis: str  # which option decided the length
     buckets: Mapping[tuple[int, int], int]
+    # Training processes (one per GPU) and what each sees: its share of an epoch's batches, and
+    # the images one optimizer step learns from (batch x processes x accumulation).
+    processes: int = 1
+    batches_per_process: int = 0
+    effective_batch_size: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The breakdown as data (bucket keys as "WxH")."""
@@ -137,7 +144,7 @@ def count_steps(rendered: RenderedRun, tdir: TrainingDir, model: ModelPreset) ->
     """Batches and optimizer steps exactly as sd-scripts will count them for this dataset."""
     options = dataset_options(rendered)
     buckets = _bucket_settings(options, model)
-    length = training_length(options)
+    length = replace(training_length(options), processes=rendered.spec.processes)
     batch = length.train_batch_size
     counted: BatchCount = count_batches(tdir.subset_sizes(), buckets, batch)
     if counted.images_with_repeats == 0:
@@ -161,6 +168,9 @@ def count_steps(rendered: RenderedRun, tdir: TrainingDir, model: ModelPreset) ->
         total_steps=count.total_steps,
         basis=basis,
         buckets=counted.buckets,
+        processes=length.processes,
+        batches_per_process=batches_per_process(counted.batches_per_epoch, length.processes),
+        effective_batch_size=batch * length.processes * length.gradient_accumulation_steps,
     )
 
 
@@ -544,14 +554,19 @@ def build_forecast(
         part, grid_images = _grid_part(inputs, steps, grid, tdir)
         stages = (*stages, part)
     vram = vram_parts(model, options)
-    price = price_per_hour if price_per_hour is not None else gpu.price_per_hour
+    # A job across N GPUs rents N of them: the preset's typical price is per card.
+    cards = steps.processes
+    price = price_per_hour if price_per_hour is not None else gpu.price_per_hour * cards
     estimate = replace(
         _estimate(gpu, steps, stages, vram, price, catalog.rules),
         seconds_per_step=round(per_step[0], 4),
         grid_images=grid_images,
     )
-    estimate = replace(estimate, notes=(*estimate.notes, *_estimate_notes(gpu, model)))
+    notes = (*estimate.notes, *_estimate_notes(gpu, model), *_process_notes(steps, options))
+    estimate = replace(estimate, notes=notes)
     basis = "--price" if price_per_hour is not None else f"typical price in {gpu.path}"
+    if price_per_hour is None and cards > 1:
+        basis = f"{cards} x the typical price in {gpu.path}"
     return Forecast(rendered, estimate, steps, stages, vram, gpu.title, per_step[0], basis, setup)
 
 
@@ -608,6 +623,29 @@ def _estimate_notes(gpu: GpuPreset, model: ModelPreset) -> list[str]:
     vram_source = model.sources.get("vram.per_image_checkpointed_gb", "")
     if model.vram.weights_gb and "estimate" in vram_source:
         notes.append(f"VRAM need is an estimate ({model.path} [vram])")
+    return notes
+
+
+def _process_notes(steps: Steps, options: Mapping[str, Any]) -> list[str]:
+    """What changes when one job runs on several GPUs (sd-scripts' own arithmetic)."""
+    n = steps.processes
+    if n <= 1:
+        return []
+    notes = [
+        f"{n} processes (one per GPU): each takes {steps.batches_per_process} of "
+        f"the epoch's {steps.batches_per_epoch} batches; one step learns from "
+        f"{steps.effective_batch_size} images (batch {steps.batch_size} x {n} "
+        f"GPUs x accumulation {steps.gradient_accumulation_steps})",
+        "seconds per step are one GPU's: the gradient exchange between the GPUs is not counted",
+    ]
+    warmup = options.get("lr_warmup_steps")
+    if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > 0:
+        # get_scheduler_fix counts scheduler steps, which accelerate takes N per optimizer step.
+        notes.append(
+            f"lr_warmup_steps={warmup} counts scheduler steps, {n} per optimizer step with {n} "
+            f"GPUs: the warm-up ends after ~{math.ceil(warmup / n)} steps (a fraction such as "
+            "0.05 keeps its share)"
+        )
     return notes
 
 

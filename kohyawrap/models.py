@@ -69,6 +69,12 @@ class RunSpec:
     # Files the family's script loads besides the base model, as (option, path) pairs written into
     # the config exactly as given: ("clip_l", ...), ("clip_g", ...), ("t5xxl", ...), ("ae", ...).
     companions: tuple[tuple[str, str], ...] = ()
+    # Training processes accelerate launches, one per GPU (``--multi_gpu`` above 1): each sees
+    # a share of the batches, so the step count depends on it (docs/scale.md).
+    processes: int = 1
+    machines: int = 1  # nodes the processes are spread over (SkyPilot num_nodes)
+    # Multiply the learning rates by ``processes`` (sd-scripts never scales them itself).
+    scale_lr: bool = False
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ class GpuPreset:
     path: str
     sources: Mapping[str, str] = field(default_factory=dict)
     known: bool = True  # False for "vram-N" cards kohyawrap has no preset for
+    skypilot: str = ""  # SkyPilot's accelerator name ("RTX4090"); "" = none offers it
 
 
 @dataclass(frozen=True)
@@ -482,6 +483,7 @@ def _gpu_from_raw(raw: _RawPreset) -> GpuPreset:
         speed=speeds,
         path=where,
         sources=raw.comments,
+        skypilot=str(gpu.get("skypilot", "")),
     )
 
 

@@ -271,6 +271,7 @@ def run_settings(spec: RunSpec, resolved: Resolved) -> dict[str, Setting]:
         # sd-scripts disables sampling at <= 0 but warns; leaving the keys out is quiet.
         for key in ("sample_every_n_epochs", "sample_sampler", "sample_prompts"):
             acc.pop(key, None)
+    acc.update(scaled_learning_rates(spec, acc))
     return acc
 
 
@@ -417,16 +418,62 @@ def _sample_prompts(
     )
 
 
-def accelerate_args(mixed_precision: str, *, cpu: bool) -> tuple[str, ...]:
-    """Options of ``accelerate launch``, all explicit: no guessed defaults (docs/sources.md [43])."""
-    args = (
-        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
+def accelerate_args(
+    mixed_precision: str, *, cpu: bool, processes: int = 1, machines: int = 1
+) -> tuple[str, ...]:
+    """Options of ``accelerate launch``, all explicit: no guessed defaults (docs/sources.md [43]).
+
+    ``processes`` is the total over all ``machines`` (one per GPU): above 1 the job is launched
+    with ``--multi_gpu`` (accelerate's data-parallel training, docs/scale.md).
+    """
+    if processes < 1 or machines < 1 or processes % machines:
+        raise UsageError(
+            f"{processes} training process(es) cannot be spread evenly over {machines} machine(s)"
+        )
+    if cpu and processes > 1:
+        raise UsageError(
+            "training on the CPU runs one process: --multi-gpu needs GPUs",
+            hint="leave --multi-gpu out for a CPU (smoke) run",
+        )
+    args: tuple[str, ...] = (
+        "--num_processes", str(processes), "--num_machines", str(machines),
+        "--mixed_precision", mixed_precision,
         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "2",
     )  # fmt: skip
+    if processes > 1:
+        args = ("--multi_gpu", *args)
     return ("--cpu", *args) if cpu else args
 
 
+# The learning rates --scale-lr multiplies (sd-scripts' option names).
+_LEARNING_RATES = ("learning_rate", "unet_lr", "text_encoder_lr")
+
+
+def scaled_learning_rates(spec: RunSpec, acc: Mapping[str, Setting]) -> dict[str, Setting]:
+    """``--scale-lr``: each learning rate in effect times the number of processes (the linear
+    scaling rule for an N-times larger batch); sd-scripts itself leaves them as given."""
+    if not spec.scale_lr or spec.processes <= 1:
+        return {}
+    scaled = {}
+    for key in _LEARNING_RATES:
+        setting = acc.get(key)
+        if setting is None or setting.value is None:
+            continue
+        value = setting.value
+        if isinstance(value, list):
+            new: Any = [v * spec.processes for v in value]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            new = float(value) * spec.processes
+        else:
+            continue
+        source = f"{value} ({setting.origin}) x {spec.processes} processes"
+        scaled[key] = Setting(key, new, "--scale-lr", source)
+    return scaled
+
+
 _LATER_SPEC_FIELDS = ("prompt_subjects", "sample_prompts_file", "sample_prompts_text", "companions")
+# Later fields whose default is not empty: left out of the hash (and the record) at that default.
+LATER_SPEC_DEFAULTS: dict[str, Any] = {"processes": 1, "scale_lr": False, "machines": 1}
 
 
 def inputs_hash(
@@ -439,6 +486,9 @@ def inputs_hash(
     # use them hashes as before and recorded runs still reproduce byte for byte.
     for key in _LATER_SPEC_FIELDS:
         if not spec_data.get(key):
+            spec_data.pop(key, None)
+    for key, default in LATER_SPEC_DEFAULTS.items():
+        if spec_data.get(key) == default:
             spec_data.pop(key, None)
     data = {
         "version": __version__,
@@ -515,7 +565,12 @@ def render_run(
     prompts = _prompts(spec) if "sample_prompts" in acc and not user_prompts else []
     digest = inputs_hash(spec, acc, general, {"subsets": subsets})
     mixed = str(acc["mixed_precision"].value) if "mixed_precision" in acc else "no"
-    launch_args = accelerate_args(mixed, cpu=spec.smoke if spec.cpu is None else spec.cpu)
+    launch_args = accelerate_args(
+        mixed,
+        cpu=spec.smoke if spec.cpu is None else spec.cpu,
+        processes=spec.processes,
+        machines=spec.machines,
+    )
     common = {
         "version": __version__,
         "gpu": resolved.gpu.name,

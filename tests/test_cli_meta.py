@@ -132,3 +132,15 @@ def test_every_option_is_documented(path: str, command: click.Command, option: c
         f"`kohyawrap {path}` {'/'.join(flags)} is in no example of its --help and in no docs page "
         f"that names the command ({', '.join(p.name for p in pages) or 'none'})"
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), list(_all_commands()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_no_two_options_of_a_command_share_a_flag_or_a_name(path: str, command: click.Command):
+    # Two option groups adding the same flag (or the same parameter name) on one command make
+    # click warn, and the command then crashes on a KeyError when it runs.
+    flags = [f for p in command.params for f in (*p.opts, *p.secondary_opts)]
+    names = [p.name for p in command.params]
+    assert len(flags) == len(set(flags)), sorted(f for f in flags if flags.count(f) > 1)
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)  # type: ignore[arg-type]

@@ -92,9 +92,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Write a run's report page: which checkpoint to use, and why.",
     ),
     "export": (
-        "kohyawrap.cli.evaluate",
+        "kohyawrap.cli.export",
         "export",
-        "Copy a run's LoRA into a WebUI / ComfyUI LoRA folder, verified.",
+        "Copy a run's LoRA into a WebUI / ComfyUI folder, verified; or write it as a SkyPilot task.",
     ),
 }
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.launcher.runplan import RunPlan
     from kohyawrap.launcher.runstore import RunDir
+    from kohyawrap.launcher.skypilot import SkyOptions
     from kohyawrap.launcher.stages import FollowOptions
     from kohyawrap.launcher.verbs import Questions
 
@@ -58,6 +59,20 @@ class GroupedCommand(click.Command):
         for title, rows in sections.items():
             with formatter.section(title):
                 formatter.write_dl(rows)
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it names none of its subcommands, goes to ``default``:
+    ``export RUN --to DIR`` is ``export lora RUN --to DIR``."""
+
+    def __init__(self, *args: Any, default: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
 
 
 def option_group(
@@ -359,3 +374,51 @@ SAMPLE_PROMPTS_HELP = (
     "Your own prompts (sd-scripts syntax, one a line) for the samples and the grid, instead of "
     "ones made from the trigger word."
 )
+# SkyPilot (`export skypilot`, `train --via skypilot`): docs/scale.md
+
+
+def _skypilot(
+    nodes: int,
+    gpus_per_node: int,
+    accelerator: str | None,
+    autostop: int,
+    down: bool,
+    spot: bool,
+    infra: str | None,
+    disk_size: int | None,
+) -> SkyOptions:
+    from kohyawrap.launcher.skypilot import SkyOptions
+
+    return SkyOptions(
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        accelerator=accelerator or "",
+        idle_minutes=autostop or None,
+        down=down,
+        spot=spot,
+        infra=infra or "",
+        disk_gb=disk_size,
+    )
+
+
+skypilot_options = option_group(
+    "SkyPilot",
+    "sky",
+    _skypilot,
+    [
+        (("--nodes",), {"type": click.IntRange(1, 64), "default": 1, "show_default": True,
+                        "help": "Nodes of the cluster; above 1 one job spans them (accelerate multi-node)."}),
+        (("--gpus-per-node",), {"type": click.IntRange(1, 16), "default": 1, "show_default": True,
+                                "help": "GPUs of each node, one training process each."}),
+        (("--accelerator",), {"default": None,
+                              "help": "SkyPilot's GPU name (default: the GPU preset's, e.g. RTX4090)."}),
+        (("--autostop",), {"type": click.IntRange(0, 10080), "default": 30,
+                                          "show_default": True, "metavar": "MINUTES",
+                                          "help": "SkyPilot stops the cluster after this many idle minutes (0: never)."}),
+        (("--down",), {"is_flag": True, "help": "Tear the cluster down instead of stopping it."}),
+        (("--spot",), {"is_flag": True, "help": "Spot instances (SkyPilot managed jobs recover them)."}),
+        (("--infra",), {"default": None, "help": "Cloud (and region) for SkyPilot: aws, gcp/us-central1, runpod ..."}),
+        (("--disk-size",), {"type": click.IntRange(10, 65536), "default": None,
+                            "help": "Disk per node in GB (default: what the run needs, at least 50)."}),
+    ],
+)  # fmt: skip

@@ -21,6 +21,7 @@ from kohyawrap.cli.options import (
     read_sample_prompts,
     read_token,
     runs_dir_option,
+    skypilot_options,
 )
 from kohyawrap.cli.types import (
     CAPTION_EXTENSION,
@@ -34,8 +35,10 @@ from kohyawrap.cli.types import (
 
 if TYPE_CHECKING:
     from kohyawrap.evaluate.options import GridOptions
+    from kohyawrap.launcher.gpus import GpuRequest
     from kohyawrap.launcher.request import TrainRequest
     from kohyawrap.launcher.runplan import MoneyOptions, SetupOptions
+    from kohyawrap.launcher.skypilot import SkyOptions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,11 +264,41 @@ evaluation_options = option_group(
 )  # fmt: skip
 
 
+def _gpus(gpus: str | None, multi_gpu: bool, scale_lr: bool) -> GpuRequest:
+    from kohyawrap.launcher.gpus import GpuRequest, parse_gpus
+
+    count, every, devices = parse_gpus(gpus) if gpus is not None else (None, False, ())
+    return GpuRequest(count, every, devices, multi_gpu, scale_lr)
+
+
+gpu_options = option_group(
+    "GPUs of the host",
+    "gpus",
+    _gpus,
+    [
+        (("--gpus",), {"default": None, "metavar": "all|N|device=I,J",
+                       "help": "Which GPUs: N free ones (no other process, most free memory), all "
+                       "free ones, or nvidia-smi's indices. Without --multi-gpu: one GPU."}),
+        (("--multi-gpu",), {"is_flag": True,
+                            "help": "One job across the chosen GPUs (accelerate --multi_gpu, one "
+                            "process each): fewer steps per epoch, a larger effective batch."}),
+        (("--scale-lr",), {"is_flag": True,
+                           "help": "With --multi-gpu: multiply the learning rates by the number of "
+                           "GPUs (sd-scripts keeps them as given)."}),
+    ],
+)  # fmt: skip
+
+
 @click.command(cls=GroupedCommand)
 @grouped("Connection", "--host", "target", required=True,
          help="'local' for this machine's GPU, or [user@]host / an alias from ~/.ssh/config.")  # fmt: skip
+@grouped("Connection", "--via", type=click.Choice(["ssh", "skypilot"]), default="ssh", show_default=True,
+         help="skypilot: SkyPilot launches the machine (--host names its cluster), then the run goes "
+         "over SSH as with any host.")  # fmt: skip
 @connect_options
+@skypilot_options
 @what_options
+@gpu_options
 @setup_options
 @grouped("Host set-up", "--work-dir", default="~/kohyawrap", show_default=True,
          help="Where kohyawrap works on the host.")  # fmt: skip
@@ -289,8 +322,11 @@ evaluation_options = option_group(
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 def train(
     target: str,
+    via: str,
     connect: Any,
+    sky: SkyOptions,
     what: TrainRequest,
+    gpus: GpuRequest,
     setup: SetupOptions,
     work_dir: str,
     money: MoneyOptions,
@@ -334,6 +370,10 @@ def train(
       kohyawrap train --host root@1.2.3.4 --model sdxl --dataset ./training_data --name my_lora \\
           --base-model stabilityai/stable-diffusion-xl-base-1.0 --pull-state --retry-oom 3 --keep-states 3
       kohyawrap train ... --grid epochs=6,8,10,strengths=0,0.7,1,seeds=5 --sample-prompts prompts.txt
+      kohyawrap train --via skypilot --host lora-1 --gpu rtx4090 --model sdxl --dataset ./training_data \\
+          --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora --autostop 10
+      kohyawrap train --host root@8gpu.example --gpus all --multi-gpu --model sdxl \\
+          --dataset ./training_data --base-model stabilityai/stable-diffusion-xl-base-1.0 --name my_lora
     """
     from dataclasses import replace
 
@@ -351,6 +391,15 @@ def train(
         keep_states=recovery[1],
         grid=grid,
     )
+    request = replace(request, gpus=gpus)
+    if via == "skypilot":
+        from kohyawrap.hosts.skypilot import SkyPilotProvisioner
+        from kohyawrap.launcher.skypilot import provision
+
+        provisioner = None if dry_run else SkyPilotProvisioner()
+        connect = provision(request, target, connect, sky, provisioner)
+    else:
+        _no_skypilot_options(sky)
     launch(
         request,
         target,
@@ -362,3 +411,20 @@ def train(
         dry_run=dry_run,
         as_json=as_json,
     )
+    if via == "skypilot" and not dry_run:
+        from kohyawrap.hosts.skypilot import SkyPilotProvisioner
+        from kohyawrap.launcher.skypilot import after_pull
+
+        click.echo(after_pull(target, sky, SkyPilotProvisioner()), err=True)
+
+
+def _no_skypilot_options(sky: SkyOptions) -> None:
+    from kohyawrap.errors import UsageError
+    from kohyawrap.launcher.skypilot import SkyOptions
+
+    if sky != SkyOptions():
+        raise UsageError(
+            "--nodes, --gpus-per-node, --accelerator, --autostop, --down, --spot, --infra and "
+            "--disk-size are for SkyPilot",
+            hint="add --via skypilot (SkyPilot launches the machine), or leave them out",
+        )

@@ -7,21 +7,31 @@ from typing import TYPE_CHECKING
 from kohyawrap.console import stdout
 
 if TYPE_CHECKING:
-    from kohyawrap.hosts.facts import HostFacts
+    from kohyawrap.hosts.facts import Gpu, HostFacts
 
 
 def _or_missing(value: object) -> str:
     return "[dim]missing[/]" if value in (None, "") else str(value)
 
 
+def _gpu_line(g: Gpu) -> str:
+    """``0: NVIDIA GeForce RTX 4090 (24 GiB, 23.7 GiB free, 1 other process)``."""
+    from rich.markup import escape
+
+    parts = [f"{g.memory_mib / 1024:.0f} GiB"] if g.memory_mib else []
+    if g.memory_free_mib is not None:
+        parts.append(f"{g.memory_free_mib / 1024:.1f} GiB free")
+    if g.processes:
+        parts.append(f"{len(g.processes)} other process(es)")
+    index = f"{g.index}: " if g.index is not None else ""
+    return f"{index}{escape(g.name)}" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def facts_rows(facts: HostFacts) -> list[tuple[str, str]]:
     """The (label, value) rows shown for a host (rich markup in values)."""
     from rich.markup import escape
 
-    gpus = [
-        f"{escape(g.name)} ({g.memory_mib / 1024:.0f} GiB)" if g.memory_mib else escape(g.name)
-        for g in facts.gpus
-    ]
+    gpus = [_gpu_line(g) for g in facts.gpus]
     free = (
         "unknown"
         if facts.disk_free_gb is None

@@ -207,6 +207,8 @@ def show_run_plan(plan: RunPlan) -> None:
                     if est.grid_seconds else "")),
         ("sd-scripts", f"{where} @ {setup.ref[:12]}"),
     ]  # fmt: skip
+    at = next(i for i, (key, _) in enumerate(rows) if key == "gpu preset") + 1
+    rows[at:at] = gpu_rows(plan)
     if plan.grid.enabled:
         grid_dollars = est.price_per_hour * est.grid_seconds / 3600
         rows.append(
@@ -215,8 +217,6 @@ def show_run_plan(plan: RunPlan) -> None:
         )  # fmt: skip
     else:
         rows.append(("grid", "off (--no-grid / a smoke run): `kohyawrap grid RUN` draws one later"))
-    for note in plan.notes:
-        rows.append(("note", note))
     if plan.money.max_dollars is not None or plan.money.max_hours is not None:
         limits = [
             f"{dollars(plan.money.max_dollars)}" if plan.money.max_dollars is not None else "",
@@ -275,6 +275,35 @@ def fitting_settings(m: RunManifest) -> str:
         return ""
     changed = retries[-1].changed
     return as_sets([(k, v) for k, v in changed.items() if k not in RESUME_KEYS and v is not None])
+
+
+def gpu_rows(plan: RunPlan) -> list[tuple[str, str]]:
+    """The plan's GPUs, and for a job across several what changes: steps per process, the
+    effective batch, the learning rate (docs/scale.md)."""
+    rows = []
+    if plan.gpus.devices:
+        devices = ", ".join(str(d) for d in plan.gpus.devices)
+        rows.append(("gpus", f"{devices}  ({plan.gpus.basis})"))
+    n = plan.spec.processes
+    if n > 1:
+        settings = plan.rendered.settings
+        batch = int(settings.get("train_batch_size", 1))
+        accumulation = int(settings.get("gradient_accumulation_steps", 1))
+        lr = settings.get("learning_rate")
+        how = (
+            f"x{n} (--scale-lr)"
+            if plan.spec.scale_lr
+            else "unchanged (sd-scripts does not scale it)"
+        )
+        rows.append(
+            (
+                "multi-gpu",
+                f"{n} processes, each on its share of every epoch's batches; effective batch "
+                f"{batch * n * accumulation} (batch {batch} x {n} GPUs x accumulation "
+                f"{accumulation}); learning rate {lr} {how}",
+            )
+        )
+    return rows
 
 
 def show_outcome(manifest: RunManifest, path: Path) -> None:

@@ -321,9 +321,26 @@ def _repeat_reg(
     return used
 
 
-def total_steps(batches_per_epoch: int, epochs: int, gradient_accumulation_steps: int = 1) -> int:
-    """Optimizer steps for ``epochs`` epochs: epochs × ceil(batches / accumulation), one GPU."""
-    return epochs * math.ceil(batches_per_epoch / max(1, gradient_accumulation_steps))
+def batches_per_process(batches_per_epoch: int, processes: int = 1) -> int:
+    """Batches each of ``processes`` training processes sees in an epoch.
+
+    accelerate deals the epoch's batches out in turn to the processes and, by default
+    (``even_batches``, which sd-scripts does not change), tops the last round up so every process
+    gets the same number: ceil(batches / processes) (docs/scale.md, "Steps with N processes").
+    """
+    return math.ceil(batches_per_epoch / max(1, processes))
+
+
+def total_steps(
+    batches_per_epoch: int,
+    epochs: int,
+    gradient_accumulation_steps: int = 1,
+    processes: int = 1,
+) -> int:
+    """Optimizer steps for ``epochs`` epochs, as sd-scripts derives ``max_train_steps`` from
+    ``max_train_epochs``: epochs × ceil(batches / processes / accumulation)."""
+    accumulation = max(1, gradient_accumulation_steps)
+    return epochs * math.ceil(batches_per_epoch / max(1, processes) / accumulation)
 
 
 # sd-scripts' --max_train_steps default, used when max_train_epochs is not set (docs/sources.md [3]).
@@ -333,13 +350,15 @@ DEFAULT_MAX_TRAIN_STEPS = 1600
 @dataclass(frozen=True)
 class TrainingLength:
     """The options that decide how long sd-scripts trains (its option names), and where they
-    came from: ``basis`` is said beside every step count made with them."""
+    came from: ``basis`` is said beside every step count made with them. ``processes`` is the
+    number of training processes (GPUs) accelerate launches: each sees a share of the batches."""
 
     train_batch_size: int = 1
     max_train_epochs: int | None = None
     max_train_steps: int | None = None
     gradient_accumulation_steps: int = 1
     basis: str = ""
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -353,11 +372,18 @@ class StepCount:
 
 def count_training_steps(batches_per_epoch: int, length: TrainingLength) -> StepCount:
     """Steps as sd-scripts counts them: max_train_epochs wins over max_train_steps, which
-    defaults to 1600. The one count behind ``plan``, ``dataset build`` and ``dataset lint``."""
-    per_epoch = math.ceil(batches_per_epoch / max(1, length.gradient_accumulation_steps))
+    defaults to 1600. The one count behind ``plan``, ``dataset build`` and ``dataset lint``.
+
+    With N processes each optimizer step is taken by all of them at once on their own batches,
+    so an epoch has ceil(ceil(batches / N) / accumulation) steps; the epochs sd-scripts runs for
+    a step budget are counted from that per-process length, as it does.
+    """
+    processes = max(1, length.processes)
+    accumulation = max(1, length.gradient_accumulation_steps)
+    per_epoch = math.ceil(batches_per_process(batches_per_epoch, processes) / accumulation)
     if length.max_train_epochs is not None:
         epochs = length.max_train_epochs
-        steps = total_steps(batches_per_epoch, epochs, length.gradient_accumulation_steps)
+        steps = total_steps(batches_per_epoch, epochs, accumulation, processes)
         return StepCount(steps, epochs, "max_train_epochs")
     if length.max_train_steps is not None:
         steps, decided_by = length.max_train_steps, "max_train_steps"

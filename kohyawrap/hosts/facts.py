@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from kohyawrap.errors import HostError
@@ -34,6 +34,8 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   one NVIDIA_SMI yes
   q=name,memory.total,driver_version
   nvidia-smi --query-gpu=$q --format=csv,noheader,nounits 2>&1 | sed 's/^/GPU=/'
+  nvidia-smi --query-gpu=index,uuid,memory.used,memory.free --format=csv,noheader,nounits 2>/dev/null | sed 's/^/GPU_STATE=/'
+  nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory,process_name --format=csv,noheader,nounits 2>/dev/null | sed 's/^/GPU_APP=/'
   nvidia-smi 2>/dev/null | grep -m 1 'CUDA Version' | sed 's/^/SMI_HEADER=/'
 fi
 d=$w; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
@@ -68,12 +70,37 @@ true
 
 
 @dataclass(frozen=True)
+class GpuProcess:
+    """A compute process on a GPU (``nvidia-smi --query-compute-apps``)."""
+
+    pid: int
+    used_mib: int | None
+    name: str
+
+
+@dataclass(frozen=True)
 class Gpu:
-    """One GPU as nvidia-smi reports it."""
+    """One GPU as nvidia-smi reports it, with what is using it when the facts were read."""
 
     name: str
     memory_mib: int | None
     driver: str
+    index: int | None = None  # nvidia-smi's index (PCI bus order)
+    uuid: str = ""  # GPU-...: what CUDA_VISIBLE_DEVICES names without any ordering doubt
+    memory_used_mib: int | None = None
+    memory_free_mib: int | None = None
+    processes: tuple[GpuProcess, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["processes"] = [asdict(p) for p in self.processes]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Gpu:
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        fields["processes"] = tuple(GpuProcess(**p) for p in data.get("processes") or ())
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -120,8 +147,18 @@ class HostFacts:
             out.append(f"nvidia-smi found no GPU: {self.nvidia_smi_error or 'empty list'}")
         if len(self.gpus) > 1:
             out.append(
-                f"{len(self.gpus)} GPUs: kohyawrap trains on one (GPU 0); the others stay idle"
+                f"{len(self.gpus)} GPUs: a run trains on one unless `train --gpus all --multi-gpu` "
+                "spreads it over them"
             )
+        for position, gpu in enumerate(self.gpus):
+            if gpu.processes:
+                index = gpu.index if gpu.index is not None else position
+                used = sum(p.used_mib or 0 for p in gpu.processes)
+                names = ", ".join(sorted({p.name for p in gpu.processes}))
+                out.append(
+                    f"GPU {index} is in use: {len(gpu.processes)} process(es) ({names}) "
+                    f"hold {used} MiB"
+                )
         if self.python_version is None:
             out.append("python3 not found: sd-scripts needs Python 3.10 or newer")
         elif _version_tuple(self.python_version) < (3, 10):
@@ -133,7 +170,7 @@ class HostFacts:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the ``--json`` output), with derived values added."""
         data = asdict(self)
-        data["gpus"] = [asdict(g) for g in self.gpus]
+        data["gpus"] = [g.to_json() for g in self.gpus]
         data["sdscripts_checkouts"] = list(self.sdscripts_checkouts)
         data["venvs"] = list(self.venvs)
         data["disk_free_gb"] = None if self.disk_free_gb is None else round(self.disk_free_gb, 2)
@@ -144,7 +181,7 @@ class HostFacts:
     def from_json(cls, data: dict[str, Any]) -> HostFacts:
         """Facts recorded by :meth:`to_json` (derived values are dropped, missing ones empty)."""
         fields: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
-        fields["gpus"] = tuple(Gpu(**g) for g in data.get("gpus") or ())
+        fields["gpus"] = tuple(Gpu.from_json(g) for g in data.get("gpus") or ())
         fields["sdscripts_checkouts"] = tuple(data.get("sdscripts_checkouts") or ())
         fields["venvs"] = tuple(data.get("venvs") or ())
         fields["nvidia_smi"] = bool(data.get("nvidia_smi"))
@@ -188,6 +225,45 @@ def parse_gpu(line: str) -> Gpu | None:
     return Gpu(name=name, memory_mib=int(memory) if memory.isdigit() else None, driver=driver)
 
 
+def parse_gpu_app(line: str) -> tuple[str, GpuProcess] | None:
+    """One ``gpu_uuid, pid, used_memory, process_name`` line: (the GPU's uuid, the process).
+
+    >>> parse_gpu_app("GPU-5f2c, 4242, 20480, /usr/bin/python3")
+    ('GPU-5f2c', GpuProcess(pid=4242, used_mib=20480, name='/usr/bin/python3'))
+    """
+    parts = [p.strip() for p in line.split(",", 3)]
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None
+    used = int(parts[2]) if parts[2].isdigit() else None
+    return parts[0], GpuProcess(int(parts[1]), used, parts[3])
+
+
+def _with_state(
+    gpus: tuple[Gpu, ...], states: list[str], apps: list[tuple[str, GpuProcess]]
+) -> tuple[Gpu, ...]:
+    """Index, uuid, used/free memory and compute processes added to each GPU (both nvidia-smi
+    queries list the GPUs in the same order; a line that is not a state is ignored)."""
+    out = []
+    for gpu, line in zip(gpus, [*states, *[""] * len(gpus)], strict=False):
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 4 or not parts[0].isdigit():
+            out.append(gpu)
+            continue
+        index, uuid, used, free = parts
+        processes = tuple(p for owner, p in apps if owner == uuid)
+        out.append(
+            replace(
+                gpu,
+                index=int(index),
+                uuid=uuid,
+                memory_used_mib=int(used) if used.isdigit() else None,
+                memory_free_mib=int(free) if free.isdigit() else None,
+                processes=processes,
+            )
+        )
+    return tuple(out)
+
+
 def parse_facts(text: str, *, label: str) -> HostFacts:
     """Build HostFacts from the ``KEY=VALUE`` lines of :func:`facts_script`."""
     values: dict[str, list[str]] = {}
@@ -201,7 +277,11 @@ def parse_facts(text: str, *, label: str) -> HostFacts:
         return found[0] if found and found[0] else None
 
     parsed = [(line, parse_gpu(line)) for line in values.get("GPU", [])]
-    gpus = tuple(g for _, g in parsed if g)
+    gpus = _with_state(
+        tuple(g for _, g in parsed if g),
+        values.get("GPU_STATE", []),
+        [app for line in values.get("GPU_APP", []) if (app := parse_gpu_app(line))],
+    )
     errors = [line for line, g in parsed if g is None and line]
     header = one("SMI_HEADER") or ""
     cuda = _CUDA_RE.search(header)

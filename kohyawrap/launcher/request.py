@@ -20,6 +20,14 @@ from kohyawrap.evaluate.gridplan import GEN_SCRIPTS
 from kohyawrap.evaluate.options import GridOptions
 from kohyawrap.hashcache import HashCache
 from kohyawrap.hosts.facts import HostFacts
+from kohyawrap.launcher.gpus import (
+    GpuAssignment,
+    GpuRequest,
+    check_free_memory,
+    check_gpu_request,
+    choose_gpus,
+    chosen_gpus,
+)
 from kohyawrap.launcher.layout import RemoteLayout, make_run_id
 from kohyawrap.launcher.money import check_money
 from kohyawrap.launcher.runplan import MoneyOptions, RunPlan, SetupOptions
@@ -72,6 +80,7 @@ class TrainRequest:
     keep_states: int = 2  # save training states with the checkpoints, keeping the last N (0: none)
     retry_oom: int = 2  # after "CUDA out of memory", retry with the next rung of the OOM ladder
     grid: GridOptions = field(default_factory=lambda: GridOptions(enabled=False))
+    gpus: GpuRequest = field(default_factory=GpuRequest)  # --gpus / --multi-gpu / --scale-lr
 
 
 def state_overrides(request: TrainRequest) -> tuple[tuple[str, Any], ...]:
@@ -109,6 +118,7 @@ def check_request(request: TrainRequest) -> TrainRequest:
     # A model file the family does not load, a missing local file, a repo where a file is needed:
     # refused here, before any host is contacted (nothing is hashed yet: placed "in place").
     model_files(request, request.spec, "/", in_place=True)
+    check_gpu_request(request.gpus)
     return replace(request, spec=replace(request.spec, output_name=name))
 
 
@@ -144,6 +154,22 @@ def resolve_gpu(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
     first = gpus[0]
     memory_gb = first.memory_mib / 1024 if first.memory_mib else None
     return replace(spec, gpu=match_gpu(first.name, memory_gb))
+
+
+def _on_chosen(facts: HostFacts | None, gpus: GpuAssignment) -> HostFacts | None:
+    """The facts as ``--gpu auto`` should read them: only the chosen GPUs, the smallest first
+    (a job across different cards is planned for the weakest)."""
+    if facts is None or not gpus.devices:
+        return facts
+    chosen = sorted(chosen_gpus(gpus, facts.gpus), key=lambda g: g.memory_mib or 0)
+    return replace(facts, gpus=tuple(chosen))
+
+
+def _with_processes(spec: RunSpec, asked: GpuRequest, gpus: GpuAssignment) -> RunSpec:
+    """One training process per chosen GPU for a --multi-gpu job (one otherwise)."""
+    if not asked.multi or len(gpus.devices) <= 1:
+        return spec
+    return replace(spec, processes=len(gpus.devices), scale_lr=asked.scale_lr)
 
 
 def resolve_device(spec: RunSpec, facts: HostFacts | None) -> RunSpec:
@@ -284,7 +310,9 @@ def build_run_plan(
         )
     data = dataset_files(request.dataset)
     digest = dataset_hash(data)
-    spec = resolve_device(resolve_gpu(request.spec, facts), facts)
+    gpus = choose_gpus(request.gpus, facts.gpus if facts else (), force=request.force)
+    spec = resolve_device(resolve_gpu(request.spec, _on_chosen(facts, gpus)), facts)
+    spec = _with_processes(spec, request.gpus, gpus)
     work = expand_work_dir(request.work_dir, home)
     provisional = RemoteLayout(work, "pending")
     files = model_files(request, spec, provisional.models, in_place=target == "local")
@@ -328,6 +356,9 @@ def build_run_plan(
     every = forecast.rendered.settings.get("save_every_n_epochs")
     check_listed_epochs(grid, forecast.steps.epochs, every if isinstance(every, int) else None)
     check_size(forecast.estimate.grid_images)
+    if facts is not None:
+        need = forecast.estimate.vram_needed_gb
+        check_free_memory(gpus, facts.gpus, need, force=request.force or spec.smoke)
     run_id = make_run_id(spec.output_name, now, forecast.rendered.inputs_hash + digest)
     from kohyawrap.render import relaunch
 
@@ -355,6 +386,7 @@ def build_run_plan(
             *grid_notes,
             *_sampling_notes(grid, forecast.rendered.files),
         ),
+        gpus=gpus,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from kohyawrap import __version__
 from kohyawrap.evaluate.options import GridOptions
+from kohyawrap.launcher.gpus import GpuAssignment
 from kohyawrap.launcher.layout import RemoteLayout
 from kohyawrap.models import Estimate, RenderedRun, RunSpec
 from kohyawrap.models_fetch import BASE_KEY, FetchFile
@@ -80,6 +81,7 @@ class RunPlan:
     notes: tuple[str, ...] = ()
     kohyawrap_version: str = __version__
     grid: GridOptions = field(default_factory=lambda: GridOptions(enabled=False))
+    gpus: GpuAssignment = field(default_factory=GpuAssignment)  # the GPUs the job is pinned to
 
     @property
     def dataset_cache(self) -> str:
@@ -99,6 +101,12 @@ class RunPlan:
 
     def to_json(self) -> dict[str, Any]:
         """The whole plan as JSON data (``train --dry-run --json``, the manifest's ``plan``)."""
+        data = self._to_json()
+        if self.gpus != GpuAssignment():
+            data["gpus"] = self.gpus.to_json()  # recorded when used: earlier plans read the same
+        return data
+
+    def _to_json(self) -> dict[str, Any]:
         return {
             "kohyawrap_version": self.kohyawrap_version,
             "run_id": self.run_id,
@@ -163,6 +171,7 @@ class RunPlan:
             notes=tuple(str(n) for n in data.get("notes") or ()),
             kohyawrap_version=str(data["kohyawrap_version"]),
             grid=GridOptions.from_json(data.get("grid")),
+            gpus=GpuAssignment.from_json(data.get("gpus") or {}),
         )
 
 
@@ -178,8 +187,14 @@ def sha256_text(text: str) -> str:
 
 def spec_to_json(spec: RunSpec) -> dict[str, Any]:
     """A RunSpec as JSON data (overrides as a list of [key, value] pairs, order kept)."""
+    from kohyawrap.render import LATER_SPEC_DEFAULTS
+
     data = asdict(spec)
     data["overrides"] = [list(pair) for pair in spec.overrides]
+    # Fields added later are recorded only when used, so earlier records read the same.
+    for key, default in LATER_SPEC_DEFAULTS.items():
+        if data.get(key) == default:
+            data.pop(key)
     return data
 
 

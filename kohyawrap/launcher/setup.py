@@ -367,6 +367,7 @@ def upload_run_files(host: Host, plan: RunPlan, sd_scripts: str, python: str) ->
         hf_home=posixpath.join(plan.layout.models, "hf"),
         accelerate_args=list(plan.rendered.accelerate_args),
         script=posixpath.join(sd_scripts, plan.rendered.script),
+        visible_devices=plan.gpus.visible,  # train --gpus: the GPU(s) this job is pinned to
     )
     files["run.sh"] = (wrapper.encode(), 0o755)
     files["gpu_sample.sh"] = (render_script("gpu_sample").encode(), 0o755)

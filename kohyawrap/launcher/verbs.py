@@ -106,7 +106,7 @@ class Launcher:
         """
         request = check_request(request)
         _check_finish_action(request, target, questions, hf_token)
-        if dry_run and request.spec.gpu != "auto":
+        if dry_run and request.spec.gpu != "auto" and not request.gpus.needs_host:
             # Nothing to ask the host: its home is shown as ~.
             plan = build_run_plan(request, target=target, home="~", now=self.now())
             on_plan(plan)

@@ -205,14 +205,18 @@ class Schedule:
     from_epochs: bool
 
 
-def schedule(num_images: int, options: dict[str, Any]) -> Schedule:
-    """max_train_epochs wins over max_train_steps (default 1600)."""
+def schedule(num_images: int, options: dict[str, Any], processes: int = 1) -> Schedule:
+    """max_train_epochs wins over max_train_steps (default 1600). With several processes
+    (WORLD_SIZE, as torchrun sets it) each sees ceil(batches / processes) batches an epoch, and
+    that is the "num batches per epoch" sd-scripts prints."""
     batch = number(options, "train_batch_size", 1)
     accumulation = number(options, "gradient_accumulation_steps", 1)
     batches = math.ceil(num_images / batch)
-    per_epoch = max(1, math.ceil(batches / accumulation))
+    mine = math.ceil(batches / processes)
+    per_epoch = max(1, math.ceil(mine / accumulation))
     epochs = number(options, "max_train_epochs")
     if epochs:
-        return Schedule(num_images, batches, per_epoch, epochs, epochs * per_epoch, True)
+        total = epochs * math.ceil(batches / processes / accumulation)
+        return Schedule(num_images, mine, per_epoch, epochs, total, True)
     total = number(options, "max_train_steps", 1600)
-    return Schedule(num_images, batches, per_epoch, math.ceil(total / per_epoch), total, False)
+    return Schedule(num_images, mine, per_epoch, math.ceil(total / per_epoch), total, False)

@@ -9,6 +9,7 @@ Signals are not forwarded: stop the whole process group, as with the real one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num_cpu_threads_per_process", type=int)
     p.add_argument("--gpu_ids", default=None)
     p.add_argument("--main_process_port", type=int, default=None)
+    p.add_argument("--main_process_ip", default=None)
+    p.add_argument("--machine_rank", type=int, default=None)
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("training_script")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER)
@@ -73,6 +76,23 @@ def main() -> None:
     env["ACCELERATE_MIXED_PRECISION"] = str(args.mixed_precision)
     if args.num_cpu_threads_per_process:
         env["OMP_NUM_THREADS"] = str(args.num_cpu_threads_per_process)
+    if args.multi_gpu and (args.num_processes or 1) > 1:
+        # The real launcher starts one process per GPU through torch.distributed; the fake runs
+        # the main one (rank 0, the only one that prints progress and saves) with the world size
+        # the others would share the batches with.
+        env.update(WORLD_SIZE=str(args.num_processes), RANK="0", LOCAL_RANK="0")
+    # What the launcher saw, for the tests: its arguments and the GPU variables of its
+    # environment (there is no GPU here to prove which one it would have used).
+    seen = {
+        "argv": sys.argv[1:],
+        **{
+            k: os.environ[k]
+            for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+            if k in os.environ
+        },
+    }
+    with open("fake_accelerate_launch.json", "w", encoding="utf-8") as fh:
+        json.dump(seen, fh)
     cmd = [sys.executable, args.training_script, *args.training_script_args]
     process = subprocess.Popen(cmd, env=env)
     process.wait()
