@@ -525,10 +525,11 @@ def _oom_hint(m: re.Match[str], s: Mapping[str, Any], lines: list[str]) -> str:
 
 # Optimizers that pick their own step size: a learning rate near 1.0 is how they are used.
 _ADAPTIVE_OPTIMIZERS = ("prodigy", "dadapt")
-# estimate: the presets use 1e-4 to 5e-4 (field_notes §2: "1e-4 common, 1e-5 if burning");
+# estimate: the presets use 1e-4 to 5e-4 (the published recipes, docs/sources.md [9], [10], [16]);
 # ten times the usual is where a LoRA's loss starts to blow up.
 _HIGH_LEARNING_RATE = 1e-3
-# Options only sdxl_train_network.py has (config_file_semantics.md §5): an SDXL run's settings.
+# Options sdxl_train_network.py adds to train_network.py's (docs/sources.md [59]): among SD1.x, SD2.x
+# and SDXL runs, an SDXL run's settings (the FLUX.1 and SD3 scripts have them too).
 _SDXL_ONLY = ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
               "disable_mmap_load_safetensors")  # fmt: skip
 
@@ -548,8 +549,9 @@ def _nan_causes(s: Mapping[str, Any]) -> list[str]:
     fp16 = s.get("mixed_precision") == "fp16" or bool(s.get("full_fp16"))
     if fp16 and optimizer.startswith("prodigy"):
         causes.append(
-            "Prodigy with fp16, a known NaN source (field notes §2): --set mixed_precision=bf16 "
-            "where the GPU has bf16, or --set optimizer_type=AdamW8bit"
+            "Prodigy with fp16: adaptive optimizers are reported to give NaN or to learn nothing in "
+            "fp16 (docs/sources.md [62]): --set mixed_precision=bf16 where the GPU has bf16, or "
+            "--set optimizer_type=AdamW8bit"
         )
     if fp16 and any(key in s for key in _SDXL_ONLY) and not s.get("no_half_vae"):
         causes.append(

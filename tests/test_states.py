@@ -1,5 +1,5 @@
 """Training states and where a resumed leg starts (kohyawrap/launcher/states.py), checked on
-literals and on the captured real resume (shared/reference/sd-scripts/sample_run3_resume)."""
+literals and on the captured real resume (tests/data/sdscripts/sample_run3_resume_stdout.log)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def test_state_kinds_with_names_in_any_script() -> None:
 
 
 def test_train_state_as_sd_scripts_writes_it() -> None:
-    # shared/reference/sd-scripts/sample_run/train_state_demo-000001-state.json
+    # what sd-scripts wrote in the captured run: the resume in sample_run3_resume_stdout.log loads
+    # this state back as {'current_epoch': 1, 'current_step': 40} (docs/sources.md [58])
     assert parse_train_state('{"current_epoch": 1, "current_step": 40}') == TrainState(1, 40)
     for bad in ("", "[]", '{"current_epoch": 1}', '{"current_epoch": "x", "current_step": 1}'):
         with pytest.raises(UsageError):

@@ -108,7 +108,7 @@ def diagnose_install(
             "the host's disk filled up during the install",
             "torch and its CUDA wheels need ~6 GB unpacked (plus pip's cache): free space on the "
             "host (old venvs under the work dir, ~/.cache/pip), or rent a larger disk; 40 GB or "
-            "more is safe for SDXL (Vast's default of 8 GB is not, field notes §8)",
+            "more is safe for SDXL (Vast's default of 8 GB is not, docs/sources.md [64])",
         )
     if _BNB.search(text):
         return InstallProblem(

@@ -1,7 +1,7 @@
 """Training states (``--save_state`` folders) and where a resumed leg of a run starts. Pure.
 
-What sd-scripts does (main @ 48d368fa: train_network.py, library/train_util.py; observed in
-shared/reference/sd-scripts/sample_run3_resume):
+What sd-scripts does (main @ 48d368fa: train_network.py, library/train_util.py, docs/sources.md
+[58]; observed in tests/data/sdscripts/sample_run3_resume_stdout.log and resume_chain/ [15]):
 
 - A state folder is ``<name>-<epoch:06d>-state`` (epoch saves), ``<name>-step<step:08d>-state``
   (step saves) or ``<name>-state`` (end of training); its ``train_state.json`` holds
@@ -57,7 +57,7 @@ def parse_train_state(text: str | bytes, where: str = TRAIN_STATE) -> TrainState
 
 def state_kind(folder: str, output_name: str) -> StateKind | None:
     """Which save made ``folder`` for a LoRA named ``output_name`` (None: not one of its states)."""
-    # sd-scripts' defaults without output_name: epoch / at / last (config_file_semantics.md §6).
+    # sd-scripts' defaults without output_name: epoch / at / last (docs/sources.md [58]).
     for kind, default, pattern in (
         ("epoch", "epoch", r"-\d{6}-state"),
         ("step", "at", r"-step\d{8}-state"),
