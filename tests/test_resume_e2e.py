@@ -20,6 +20,7 @@ import pytest
 
 from kohyawrap.launcher.legs import leg_records
 from kohyawrap.launcher.manifest import RunStatus, StopReason
+from kohyawrap.launcher.results import checkpoints_of
 from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.logparse import parse
 from kohyawrap.models import EpochStart, Progress
@@ -242,6 +243,26 @@ def test_extend_a_finished_run(world: Env, fake_sdscripts: FakeSdScripts) -> Non
     listed = kohyawrap(world, "runs", "list", "--runs-dir", str(world.runs), "--json")
     (row,) = json.loads(listed.stdout)
     assert (row["status"], row["legs"], row["checkpoints"]) == ("finished", 2, 4)
+
+    # Every leg's checkpoints stay choices for the grid, the report and export: the first leg's
+    # last file is epoch 2's checkpoint (not a second "final"), steps are the run's own.
+    chosen = [(c.epoch, c.step, c.kind) for c in checkpoints_of(RunDir(run), m)]
+    per_epoch = STEPS_PER_EPOCH
+    assert chosen == [(1, per_epoch, "epoch"), (2, 2 * per_epoch, "epoch"),
+                      (3, 3 * per_epoch, "epoch"), (4, 4 * per_epoch, "final")]  # fmt: skip
+    lora_dir = world.root / "webui 模型" / "Lora"
+    lora_dir.mkdir(parents=True)
+    exported = kohyawrap(world, "export", run.name, "--to", str(lora_dir), "--epoch", "2",
+                         "--runs-dir", str(world.runs))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert (lora_dir / "demo-epoch02.safetensors").read_bytes() == before
+    task = world.root / "task.yaml"
+    sky = kohyawrap(world, "export", "skypilot", run.name, "-o", str(task),
+                    "--runs-dir", str(world.runs))  # fmt: skip
+    assert sky.returncode == 0, sky.stderr
+    config = (world.root / "task-files" / "training_config.toml").read_text()
+    assert "max_train_epochs = 2 " in config, "the run as first planned"
+    assert "\nresume =" not in config and "initial_epoch" not in config
 
 
 def _without_batch(args: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from kohyawrap.evaluate.gridplan import Checkpoint
 from kohyawrap.evaluate.loss import suggest
 from kohyawrap.hosts.transfer import file_sha256
 from kohyawrap.launcher.fetch import ON_WINDOWS
+from kohyawrap.launcher.legs import pulled_everywhere
 from kohyawrap.launcher.results import checkpoints_of
 from kohyawrap.launcher.runreport import verdict_of
 from kohyawrap.launcher.runstore import RunDir
@@ -85,7 +86,8 @@ def export(
     checkpoint, reason = choose_checkpoint(run, epoch)
     m = run.load()
     source = run.path / checkpoint.local
-    recorded = m.pulled[checkpoint.rel].sha256
+    # Any leg's file: an extended run's earlier checkpoints are recorded with their leg.
+    recorded = pulled_everywhere(m)[checkpoint.local].sha256
     if file_sha256(source) != recorded:
         raise UsageError(
             f"{source} is not the file that was pulled (its sha256 changed)",

@@ -4,7 +4,8 @@ sample images, and the words of its dataset. The grid and the report both read t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from kohyawrap.evaluate.prompts import (
     defaults_from,
 )
 from kohyawrap.launcher.fetch import SAMPLES, is_checkpoint
-from kohyawrap.launcher.manifest import RunManifest
+from kohyawrap.launcher.manifest import PulledFile, RunManifest
 from kohyawrap.launcher.runplan import RunPlan
 from kohyawrap.launcher.runstore import RunDir
 
@@ -32,22 +33,47 @@ _SAMPLE = re.compile(
 
 
 def checkpoints_of(run: RunDir, m: RunManifest) -> tuple[Checkpoint, ...]:
-    """The run's LoRA files verified on the laptop, with their epoch and step, in order."""
+    """The run's LoRA files verified on the laptop, every leg's, with their epoch and the run's
+    step, in training order.
+
+    A resumed or extended run keeps its earlier legs' files as choices. sd-scripts names each
+    leg's last file like the run's final one and counts each leg's steps from 0 (docs/runs.md):
+    an earlier leg's last file is the checkpoint of its epoch (its host path prefixed with the
+    leg, so that no two share one), its steps get the leg's offset, and an epoch that a later leg
+    trained again is that leg's.
+    """
+    found: dict[str, Checkpoint] = {}
+    earlier = m.legs[:-1] if m.legs else ()
+    for leg in earlier:
+        for checkpoint in _leg_checkpoints(run, m, leg.pulled, leg.step_offset):
+            if checkpoint.kind == "final" and checkpoint.epoch is not None:
+                checkpoint = replace(checkpoint, kind="epoch")
+            found[checkpoint.key] = replace(checkpoint, rel=f"leg{leg.number}/{checkpoint.rel}")
+    for checkpoint in _leg_checkpoints(run, m, m.pulled, m.step_offset):
+        found[checkpoint.key] = checkpoint
+    return ordered(list(found.values()))
+
+
+def _leg_checkpoints(
+    run: RunDir, m: RunManifest, pulled: Mapping[str, PulledFile], step_offset: int
+) -> list[Checkpoint]:
     from kohyawrap.safetensors_header import read_header
 
     found = []
-    for rel, pulled in m.pulled.items():
-        local = run.path / pulled.path
+    for rel, file in pulled.items():
+        local = run.path / file.path
         if not is_checkpoint(rel) or not local.is_file():
             continue
         try:
             _, metadata = read_header(local) if local.suffix == ".safetensors" else ({}, {})
         except KohyawrapError:
             continue
-        checkpoint = checkpoint_of(rel, pulled.path, m.plan.output_name, metadata)
+        checkpoint = checkpoint_of(rel, file.path, m.plan.output_name, metadata)
+        if checkpoint is not None and checkpoint.step is not None:
+            checkpoint = replace(checkpoint, step=checkpoint.step + step_offset)
         if checkpoint is not None:
             found.append(checkpoint)
-    return ordered(found)
+    return found
 
 
 def loss_curve_of(run: RunDir) -> LossCurve:

@@ -403,7 +403,8 @@ def export_task(plan: RunPlan, options: SkyOptions, yaml_path: Path, now: dateti
 
 def plan_of(ref: str, runs_dir: Path) -> RunPlan:
     """The RunPlan ``ref`` names: a recorded run (id, prefix or folder), or a plan JSON file
-    written by ``kohyawrap train --dry-run --json``."""
+    written by ``kohyawrap train --dry-run --json``. A recorded run gives the plan it started
+    with: a resumed or extended leg's plan continues from a state the task would not have."""
     from kohyawrap.fileio import read_user_text
     from kohyawrap.launcher.runstore import RunStore
 
@@ -418,7 +419,7 @@ def plan_of(ref: str, runs_dir: Path) -> RunPlan:
                 hint="write one with `kohyawrap train ... --dry-run --json > plan.json`, or name "
                 "a recorded run",
             ) from err
-    return RunStore(runs_dir).find(ref).run.load().plan
+    return RunStore(runs_dir).find(ref).run.load().original_plan
 
 
 # ---------------------------------------------------------------------------------------------
