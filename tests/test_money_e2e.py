@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import stat
 import subprocess
 import sys
 import threading
@@ -25,10 +24,12 @@ from typing import ClassVar
 import pytest
 
 from kohyawrap.hosts.transfer import file_sha256
+from kohyawrap.launcher.fetch import is_checkpoint
 from kohyawrap.launcher.manifest import RunStatus, StopReason
 from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
 from tests.fixtures.hub import FakeHub
 from tests.fixtures.hub import _handler as hub_handler
+from tests.fixtures.provider import provider_bin
 from tests.fixtures.runs import (
     Env,
     _started_steps,
@@ -46,17 +47,6 @@ POD = "pod-e2e7x"
 
 # ---------------------------------------------------------------------------------------------
 # Stand-ins for the provider
-
-
-def provider_bin(folder: Path) -> Path:
-    """``runpodctl`` and ``shutdown`` that append their arguments to ``folder/calls``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    calls = folder / "calls"
-    for name in ("runpodctl", "shutdown"):
-        path = folder / name
-        path.write_text(f'#!/bin/sh\nprintf "%s %s\\n" "{name}" "$*" >> "{calls}"\n')
-        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return calls
 
 
 class _Vast(BaseHTTPRequestHandler):
@@ -283,12 +273,23 @@ def test_runpod_pod_is_destroyed_only_after_every_checkpoint_is_verified(
     remote = Path(m.remote_run_dir)
     destroyed_at = boxes.pod.calls.stat().st_mtime
     for rel, info in m.pulled.items():
-        if not rel.startswith("output/"):
+        if not is_checkpoint(rel):  # samples are pulled too; receipts are for checkpoints
             continue
         receipt = remote / "receipts" / f"{Path(rel).name}.sha256"
         assert receipt.read_text().split()[0] == info.sha256 == file_sha256(remote / rel)
         assert receipt.stat().st_mtime <= destroyed_at
         assert file_sha256(run / info.path) == info.sha256
+
+    # Extended on a pod rented again (here the same box): that pod is destroyed at the end of
+    # the new leg too, and the record says so, not the first leg's decision.
+    extended = kohyawrap(world, "extend", run.name, "--epochs", "1", "--runs-dir",
+                         str(world.runs), "--poll", "0.2", "--force", "--yes",
+                         *boxes.pod.args())  # fmt: skip
+    assert extended.returncode == 0, extended.stderr
+    assert boxes.pod.calls_now() == [f"runpodctl remove pod {POD}"] * 2
+    m2 = manifest_of(run)
+    assert m2.leg_number == 2 and m2.finish is not None
+    assert m2.finish.result == "ok" and m2.finish.at > m.finish.at
 
 
 def test_without_a_laptop_a_hub_push_makes_the_pod_safe_to_destroy(

@@ -99,6 +99,9 @@ def begin_leg(m: RunManifest, leg: Leg, plan: RunPlan, host: HostRecord, now: fl
         "failure": None,
         "error": None,
         "stop_reason": None,
+        # --on-finish is carried out at the end of every leg: a leg on a box rented again must
+        # not read the first box's decision as its own (and leave the new box billing).
+        "finish": None,
     }
     earlier = m.legs[:-1] if m.legs else ()
     return m.with_changes(legs=(*earlier, done, leg), **fresh)
