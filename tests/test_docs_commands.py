@@ -51,12 +51,19 @@ def _fenced_commands(name: str, lines: list[str]) -> list[Written]:
 
 
 def _inline_commands(name: str, lines: list[str]) -> list[Written]:
-    found, fenced = [], False
-    for number, line in enumerate(lines, 1):
+    """Inline code of the prose, read a paragraph at a time (a span may wrap)."""
+    found: list[Written] = []
+    fenced, paragraph, start = False, [], 0
+    for number, line in enumerate([*lines, ""], 1):
         if line.lstrip().startswith("```"):
             fenced = not fenced
-        elif not fenced:
-            found += [Written(name, number, m.group(1)) for m in _INLINE.finditer(line)]
+        if fenced or line.lstrip().startswith("```") or not line.strip():
+            text = " ".join(paragraph)
+            found += [Written(name, start, m.group(1)) for m in _INLINE.finditer(text)]
+            paragraph = []
+            continue
+        start = start if paragraph else number
+        paragraph.append(line.strip())
     return found
 
 
