@@ -272,9 +272,10 @@ def test_runpod_pod_is_destroyed_only_after_every_checkpoint_is_verified(
     )
     remote = Path(m.remote_run_dir)
     destroyed_at = boxes.pod.calls.stat().st_mtime
-    for rel, info in m.pulled.items():
-        if not is_checkpoint(rel):  # samples are pulled too; receipts are for checkpoints
-            continue
+    checkpoints = {r: i for r, i in m.pulled.items() if is_checkpoint(r)}
+    assert checkpoints, m.pulled
+    for rel, info in checkpoints.items():
+        # Every checkpoint (not the sample images, also pulled) has its receipt.
         receipt = remote / "receipts" / f"{Path(rel).name}.sha256"
         assert receipt.read_text().split()[0] == info.sha256 == file_sha256(remote / rel)
         assert receipt.stat().st_mtime <= destroyed_at
