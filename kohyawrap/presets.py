@@ -11,7 +11,6 @@ Pure: reads only the preset files it is pointed at.
 from __future__ import annotations
 
 import copy
-
 import math
 import os
 import re
