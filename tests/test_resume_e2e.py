@@ -331,7 +331,9 @@ def test_slow_run_is_flagged_from_nvidia_smi(
         for photo in (world.dataset / HOSTILE).glob("photo *"):
             shutil.copy(photo, small / "1_sks dog" / photo.name)
         commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.6))
-        args = train_args(world, fake_sdscripts, commit, epochs=3)
+        # The verdict is given while the job runs, once there are 3 steps and GPU samples from 3
+        # seconds: 8 epochs of 3 steps (~14 s) leave a loaded machine room for both.
+        args = train_args(world, fake_sdscripts, commit, epochs=8)
         args[args.index("--dataset") + 1] = str(small)
         path = f"{fake_gpu.bin_dir}{os.pathsep}{os.environ['PATH']}"
         result = kohyawrap(world, *args, extra_env={"PATH": path, **_FAST_SAMPLES})

@@ -121,3 +121,46 @@ def test_the_sampler_writes_what_nvidia_smi_says(tmp_path: Path, fake_gpu: FakeG
     gpu = parse_gpu_log((run_dir / "gpu.log").read_text())
     assert gpu.samples and all(s.utilization == 33 for s in gpu.samples)
     assert {(a.pid, a.ours) for a in gpu.apps} == {(trainer.pid, True), (stranger.pid, False)}
+
+
+def test_the_sampler_waits_for_the_trainers_process_group(
+    tmp_path: Path, fake_gpu: FakeGpu
+) -> None:
+    # run.sh starts the sampler right after forking `setsid python ...`: the trainer's process
+    # group may not exist yet. Here it appears a second later, as on a host slow to exec setsid.
+    run_dir = tmp_path / "run dir"
+    run_dir.mkdir()
+    (run_dir / "gpu_sample.sh").write_text(render_script("gpu_sample"))
+    trainer = subprocess.Popen(["bash", "-c", "sleep 1; exec setsid sleep 60"], cwd=run_dir)
+    fake_gpu.set(utilization=12)
+    env = {**os.environ, "PATH": f"{fake_gpu.bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "KOHYAWRAP_GPU_SAMPLE_SECONDS": "0.2"}  # fmt: skip
+    sampler = subprocess.Popen(["bash", "gpu_sample.sh", str(trainer.pid)], cwd=run_dir, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sampler.poll() is None:
+            log = run_dir / "gpu.log"
+            if log.exists() and parse_gpu_log(log.read_text()).samples:
+                break
+            time.sleep(0.1)
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert sampler.wait(timeout=10) == 0, "the sampler ends with the trainer"
+    gpu = parse_gpu_log((run_dir / "gpu.log").read_text())
+    assert gpu.samples and all(s.utilization == 12 for s in gpu.samples)
+
+
+def test_the_sampler_of_a_trainer_that_never_started_ends(
+    tmp_path: Path, fake_gpu: FakeGpu
+) -> None:
+    run_dir = tmp_path / "run dir"
+    run_dir.mkdir()
+    (run_dir / "gpu_sample.sh").write_text(render_script("gpu_sample"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    env = {**os.environ, "PATH": f"{fake_gpu.bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "gpu_sample.sh", str(gone.pid)], cwd=run_dir, env=env,
+                          timeout=10, check=False)  # fmt: skip
+    assert done.returncode == 0
+    assert not (run_dir / "gpu.log").exists() or not (run_dir / "gpu.log").read_text()
