@@ -1,0 +1,120 @@
+"""A queue job whose host dropped out, taken over by another host of the pool.
+
+The job becomes a new leg of its run (as ``kohyawrap resume`` makes one, with the same pieces:
+``continuing``, ``legs``, ``states``): resumed from its newest training state on the laptop, or
+started again from the beginning when it has none (a job that never started, or one whose states
+never reached the laptop). The leg is prepared and handed to the new host's runner like any job.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from kohyawrap.launcher import continuing as c
+from kohyawrap.launcher.legs import begin_leg
+from kohyawrap.launcher.manifest import HostRecord, Leg, RunManifest, RunStatus
+from kohyawrap.launcher.queueplan import weakest
+from kohyawrap.launcher.runstore import RunDir
+from kohyawrap.launcher.states import StateRef, epochs_done, newest, resume_settings
+
+if TYPE_CHECKING:
+    from kohyawrap.launcher.queuework import Context, HostWorker
+
+
+def newest_on_laptop(m: RunManifest, run: RunDir) -> StateRef | None:
+    """The training state furthest into the run among those pulled to the laptop."""
+    offsets = {leg.number: leg.step_offset for leg in m.legs}
+    return newest(c.laptop_states(m, run), offsets, c.steps_per_epoch(m.plan))
+
+
+def take_over(ctx: Context, worker: HostWorker, run_id: str) -> None:
+    """Make job ``run_id`` a new leg on ``worker``'s host, ready to be prepared there."""
+    record = ctx.record()
+    job = next(j for j in record.jobs if j.run_id == run_id)
+    lost = record.hosts[job.host].target
+    me = record.hosts[worker.index]
+    run = ctx.store.run(job)
+    with run.follow_lock():
+        m = run.load()
+        ref = newest_on_laptop(m, run)
+        per_epoch = c.steps_per_epoch(m.plan)
+        offset = next(
+            (leg.step_offset for leg in m.legs if leg.number == (ref.leg if ref else 0)), 0
+        )
+        done = epochs_done(ref, per_epoch, offset) if ref is not None else 0
+        if ref is not None and done >= c.total_epochs(m.plan, per_epoch):
+            ref = None  # the run had ended there; what it lacks is its last files: start again
+            done = 0
+        m = _next_leg(ctx, worker, run, m, ref, done, per_epoch, lost)
+        if ref is not None:
+            how = c.place_state(worker.host, m.plan, ref, run, ctx.reporter, key=me.target)
+            ctx.reporter.info(f"{job.name} continues on {me.target} from {ref.label} ({how})")
+        else:
+            ctx.reporter.info(f"{job.name} starts again on {me.target} (no training state here)")
+    what = f"resumed from {ref.label}" if ref is not None else "started again"
+    note = f"{lost} dropped out: {what} on {me.target} (leg {m.leg_number})"
+    ctx.edit_job(run_id, host=worker.index, key="", moves=(*job.moves, note))
+
+
+def _next_leg(
+    ctx: Context,
+    worker: HostWorker,
+    run: RunDir,
+    m: RunManifest,
+    ref: StateRef | None,
+    done: int,
+    per_epoch: int,
+    lost: str,
+) -> RunManifest:
+    """Plan, record and begin the leg on the worker's host (status PLANNED: to be prepared)."""
+    from kohyawrap.hosts.facts import read_facts
+
+    record = ctx.record()
+    me = record.hosts[worker.index]
+    # <work>/queues/<queue-id>-h<N>: the leg works where the queue does on this host.
+    work = posixpath.dirname(posixpath.dirname(me.queue_dir))
+    facts = read_facts(worker.host, work)
+    facts = replace(facts, gpus=weakest(facts.gpus, ()))
+    managed: tuple[tuple[str, Any], ...] = ()
+    if ref is not None:
+        managed = resume_settings(done + 1, ref.folder)
+    plan = c.next_plan(
+        m,
+        leg=m.leg_number + 1,
+        target=me.target,
+        home=worker.host.home(),
+        now=_now(ctx),
+        facts=facts,
+        work_dir=work,
+        managed=managed,
+        price=me.price_per_hour / max(1, len(me.slots)),
+    )
+    if ref is not None:
+        c.check_state_fits(m, ref, plan)
+    leg = Leg(
+        number=m.leg_number + 1,
+        kind="resume" if ref is not None else "restart",
+        target=me.target,
+        connect=dict(me.connect),
+        remote_run_dir=plan.layout.run_dir,
+        started_at=None,
+        step_offset=done * per_epoch if ref is not None else 0,
+        resumed_from=ref.label if ref is not None else "",
+        changed=c.changed_settings(m.original_plan, plan),
+        note=f"queue {ctx.queue_id}: {lost} dropped out",
+        price_per_hour=plan.money.price_per_hour,
+    )
+    host = HostRecord(me.target, worker.host.label, dict(me.connect), facts.to_json())
+    m = begin_leg(m, leg, plan, host, ctx.clock.now())
+    m = m.with_changes(status=RunStatus.PLANNED, started_at=None)
+    run.save(m)
+    c.write_leg_configs(run.for_leg(leg.number), plan)
+    return m
+
+
+def _now(ctx: Context) -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ctx.clock.now(), tz=timezone.utc)

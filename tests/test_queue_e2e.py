@@ -1,0 +1,197 @@
+"""Queues end to end (docs/queue.md) through the CLI: a real OpenSSH sshd on loopback (its sessions
+given a PATH whose ``shutdown`` records its calls: the only stand-in besides the fake sd-scripts),
+real git repositories, real images.
+
+- three jobs on one box, one of them failing, the others trained and pulled, then the recorded
+  ``shutdown`` once the queue has drained;
+- the same queue with the laptop process killed as soon as the jobs are handed over: the host runs
+  every job and carries out the finish by itself; ``attach`` then pulls everything;
+- a pool of two boxes, one killed mid-queue: its job is resumed on the other from its newest
+  training state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kohyawrap.launcher.manifest import RunStatus
+from kohyawrap.launcher.queuerecord import QueueStore
+from kohyawrap.safetensors_header import read_header
+from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
+from tests.fixtures.runs import Env, kohyawrap
+from tests.fixtures.sshd import Sshd, running_sshd, sshd_available
+
+pytestmark = pytest.mark.slow
+STEPS_PER_EPOCH = 40  # the world's dataset: 4 images x 10 repeats, batch 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A box whose `shutdown` records its calls
+
+
+def recording_bin(folder: Path) -> Path:
+    """A ``shutdown`` that appends its arguments to ``folder/calls`` (and powers nothing off)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    calls = folder / "calls"
+    path = folder / "shutdown"
+    path.write_text(f'#!/bin/sh\nprintf "shutdown %s\\n" "$*" >> "{calls}"\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return calls
+
+
+@dataclass(frozen=True)
+class Box:
+    """A loopback sshd reached through an alias (not "local": the finish may act on it)."""
+
+    name: str
+    sshd: Sshd
+    calls: Path
+
+    def calls_now(self) -> list[str]:
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+
+@contextlib.contextmanager
+def box(root: Path, name: str) -> Iterator[Box]:
+    fake = root / "bin"
+    calls = recording_bin(fake)
+    # The stand-in comes first; the real shutdown (in /usr/sbin) is not on this PATH at all.
+    path = f"{fake}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
+    with running_sshd(root / "sshd", extra_config=f'SetEnv "PATH={path}"\n') as sshd:
+        yield Box(name, sshd, calls)
+
+
+def ssh_config(path: Path, boxes: dict[str, tuple[Box, int]]) -> list[str]:
+    """An ssh config naming each box (through the port given: a relay's or its own), and the
+    connection options that use it."""
+    lines, known = [], []
+    for name, (b, port) in boxes.items():
+        lines.append(f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {b.sshd.user}\n"
+                     f"  IdentityFile {b.sshd.key_path}\n")  # fmt: skip
+        hosts = b.sshd.known_hosts if port == b.sshd.port else b.sshd.known_hosts_for(port)
+        known.append(hosts.read_text())
+    path.write_text("".join(lines))
+    known_file = path.with_name(path.name + ".known_hosts")
+    known_file.write_text("".join(known))
+    return ["--ssh-config", str(path), "--known-hosts", str(known_file)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The queue file
+
+
+def queue_file(env: Env, fake: FakeSdScripts, commit: str, jobs: list[dict[str, object]],
+               *, epochs: int = 2, name: str = "jobs.toml") -> Path:  # fmt: skip
+    """A queue of ``jobs`` (name plus any job keys) on the world's dataset and base model."""
+    import tomlkit
+
+    doc = {
+        "queue": {"work_dir": str(env.work), "sd_scripts_repo": fake.url,
+                  "sd_scripts_ref": commit, "torch_spec": "skip"},
+        "defaults": {"model": "sd15", "gpu": "rtx4090", "dataset": str(env.dataset),
+                     "base_model": str(env.base_model), "grid": False,
+                     "set": {"max_train_epochs": epochs, "save_every_n_epochs": 1,
+                             "train_batch_size": 1}},
+        "job": jobs,
+    }  # fmt: skip
+    path = env.root / name
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return path
+
+
+def run_args(env: Env, path: Path, *hosts: str) -> list[str]:
+    targets = [arg for h in hosts for arg in ("--host", h)]
+    return ["queue", "run", str(path), *targets, "--runs-dir", str(env.runs), "--poll", "0.2",
+            "--force", "--yes"]  # fmt: skip
+
+
+def record_of(env: Env):  # type: ignore[no-untyped-def]
+    store = QueueStore(env.runs)
+    (queue_id,) = store.ids()
+    return store, store.load(queue_id)
+
+
+def manifests(env: Env) -> dict[str, object]:
+    store, record = record_of(env)
+    return {j.name: store.run(j).load() for j in record.jobs}
+
+
+# ---------------------------------------------------------------------------------------------
+# One box, three jobs, one failing
+
+
+@pytest.fixture
+def one_box(tmp_path: Path) -> Iterator[Box]:
+    if not sshd_available():
+        pytest.skip("OpenSSH sshd is not installed")
+    with box(tmp_path / "box", "gpu-box") as b:
+        yield b
+
+
+THREE = [{"name": "柴犬 一号"}, {"name": "too big", "set": {"train_batch_size": 4}},
+         {"name": "third"}]  # fmt: skip
+
+
+def test_three_jobs_one_failing_then_the_box_shuts_down(
+    world: Env, fake_sdscripts: FakeSdScripts, one_box: Box
+) -> None:
+    # Batch 1 fits the "GPU", batch 4 runs out of memory at its first step.
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(fail="oom", fail_at_step=1,
+                                                           oom_max_batch=2))  # fmt: skip
+    path = queue_file(world, fake_sdscripts, commit, THREE)
+    connect = ssh_config(world.root / "ssh_config", {"gpu-box": (one_box, one_box.sshd.port)})
+    result = kohyawrap(
+        world, *run_args(world, path, "gpu-box"), *connect, "--on-finish", "shutdown",
+        "--provider", "none", timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "1 of 3 job(s) did not finish; 2 finished" in result.stderr
+    assert "too big: failed (oom" in " ".join(result.stderr.split())
+    # The plan came first: totals and the saving against separate sessions.
+    assert "separate sessions" in result.stderr and "saving" in result.stderr
+    found = manifests(world)
+    assert [m.status for m in found.values()] == [  # type: ignore[attr-defined]
+        RunStatus.FINISHED, RunStatus.FAILED, RunStatus.FINISHED
+    ]  # fmt: skip
+    store, record = record_of(world)
+    for job in record.jobs:
+        m = store.run(job).load()
+        assert m.legs[0].note.startswith(f"queue {record.queue_id}")
+        if m.status is RunStatus.FINISHED:
+            final = store.run(job).path / "checkpoints" / f"{job.name}.safetensors"
+            assert read_header(final)[1]["ss_epoch"] == "2"
+            assert m.follow.last_step == 2 * STEPS_PER_EPOCH
+    # One set-up: one sd-scripts checkout, the base model uploaded once into the model cache.
+    assert len(list((world.work / "sd-scripts").iterdir())) == 1
+    assert [m.model_how for m in found.values()] == ["uploaded", "cached", "cached"]  # type: ignore[attr-defined]
+    # The finish once the queue drained, decided by the laptop over every job, carried out.
+    assert one_box.calls_now() == ["shutdown -h now"]
+    (host,) = record.hosts
+    assert host.finish is not None and host.finish.action == "shutdown"
+    assert host.finish.by == "laptop" and host.finish.result == "ok"
+    remote = Path(host.queue_dir)
+    state = json.loads((remote / "state.json").read_text())
+    assert sorted(j["state"] for j in state["jobs"].values()) == ["ended"] * 3
+    # Each job is a normal run.
+    listed = kohyawrap(world, "runs", "list", "--runs-dir", str(world.runs), "--json")
+    assert sorted(r["status"] for r in json.loads(listed.stdout)) == [
+        "failed",
+        "finished",
+        "finished",
+    ]
+    status = kohyawrap(world, "queue", "status", "jobs", "--runs-dir", str(world.runs), "--json",
+                       "--offline")  # fmt: skip
+    rows = json.loads(status.stdout)["jobs"]
+    assert [(r["name"], r["state"]) for r in rows] == [
+        ("柴犬 一号", "finished"), ("too big", "failed"), ("third", "finished")
+    ]  # fmt: skip
+    assert rows[0]["step"] == 2 * STEPS_PER_EPOCH and rows[0]["dollars"] > 0
