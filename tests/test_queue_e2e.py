@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import stat
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from kohyawrap.launcher.legs import leg_records
 from kohyawrap.launcher.manifest import RunStatus
 from kohyawrap.launcher.queuerecord import QueueStore
 from kohyawrap.safetensors_header import read_header
 from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
-from tests.fixtures.runs import Env, kohyawrap
-from tests.fixtures.sshd import Sshd, running_sshd, sshd_available
+from tests.fixtures.runs import Env, _wait_for, kohyawrap
+from tests.fixtures.sshd import Sshd, TcpRelay, running_sshd, sshd_available
 
 pytestmark = pytest.mark.slow
 STEPS_PER_EPOCH = 40  # the world's dataset: 4 images x 10 repeats, batch 1
@@ -195,3 +200,137 @@ def test_three_jobs_one_failing_then_the_box_shuts_down(
         ("柴犬 一号", "finished"), ("too big", "failed"), ("third", "finished")
     ]  # fmt: skip
     assert rows[0]["step"] == 2 * STEPS_PER_EPOCH and rows[0]["dollars"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The laptop goes away: the host runs the queue and finishes by itself
+
+
+def _all_handed_over(env: Env) -> bool:
+    store = QueueStore(env.runs)
+    ids = store.ids()
+    return bool(ids) and all(j.key for j in store.load(ids[0]).jobs)
+
+
+def test_the_host_runs_the_queue_and_finishes_without_the_laptop(
+    world: Env, fake_sdscripts: FakeSdScripts, one_box: Box
+) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.04))
+    jobs = [{"name": "一"}, {"name": "二"}, {"name": "三"}]
+    path = queue_file(world, fake_sdscripts, commit, jobs)
+    connect = ssh_config(world.root / "ssh_config", {"gpu-box": (one_box, one_box.sshd.port)})
+    args = [*run_args(world, path, "gpu-box"), *connect, "--on-finish", "shutdown",
+            "--provider", "none", "--idle-minutes", "0.05"]  # fmt: skip
+    laptop = subprocess.Popen(
+        [sys.executable, "-m", "kohyawrap", *args], cwd=world.root, env=world.environ(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _all_handed_over(world), 180, "every job handed to the host")
+    finally:
+        laptop.kill()
+        laptop.wait()
+    killed_at = time.time()
+    store, record = record_of(world)
+    remote = Path(record.hosts[0].queue_dir)
+    finish = remote / "watchdog" / "finish.json"
+    _wait_for(lambda: finish.exists() and "ok" in finish.read_text(), 180, "the host's finish")
+    decided = json.loads(finish.read_text())
+    assert decided["by"] == "queue runner" and decided["action"] == "shutdown", decided
+    assert decided["jobs"] == 3 and decided["at"] > killed_at
+    assert one_box.calls_now() == ["shutdown -h now"]
+    state = json.loads((remote / "state.json").read_text())
+    assert [j["exit_code"] for j in state["jobs"].values()] == [0, 0, 0]
+    # Every job trained to its end on the host, one after another (one slot).
+    ended = sorted((j["started_at"], j["ended_at"]) for j in state["jobs"].values())
+    assert all(a[1] <= b[0] + 1 for a, b in zip(ended, ended[1:])), ended
+
+    result = kohyawrap(world, "attach", record.queue_id, "--runs-dir", str(world.runs),
+                       "--poll", "0.2", timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for job in store.load(record.queue_id).jobs:
+        m = store.run(job).load()
+        assert m.status is RunStatus.FINISHED, (job.name, m.status, m.error)
+        final = store.run(job).path / "checkpoints" / f"{job.name}.safetensors"
+        assert read_header(final)[1]["ss_epoch"] == "2"
+    host = store.load(record.queue_id).hosts[0]
+    assert host.finish is not None and host.finish.by == "queue runner"
+    assert one_box.calls_now() == ["shutdown -h now"], "the finish is carried out once"
+
+
+# ---------------------------------------------------------------------------------------------
+# A pool of two boxes, one killed mid-queue
+
+
+def _kill_groups(run_dir: Path, *names: str) -> None:
+    """Kill the process groups whose pids are in ``names`` (a crashed or preempted machine)."""
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int((run_dir / name).read_text().strip()), signal.SIGKILL)
+
+
+def _state_pulled(env: Env, job: str, folder: str) -> bool:
+    store = QueueStore(env.runs)
+    if not store.ids():
+        return False
+    record = store.load(store.ids()[0])
+    run = store.run(record.job(job))
+    try:
+        m = run.load()
+    except Exception:
+        return False
+    return f"output/{folder}/train_state.json" in m.pulled
+
+
+@pytest.fixture
+def two_boxes(tmp_path: Path) -> Iterator[tuple[Box, Box]]:
+    if not sshd_available():
+        pytest.skip("OpenSSH sshd is not installed")
+    with box(tmp_path / "a", "box-a") as a, box(tmp_path / "b", "box-b") as b:
+        yield a, b
+
+
+def test_a_pool_moves_the_job_of_a_box_that_dies_to_the_other(
+    world: Env, fake_sdscripts: FakeSdScripts, two_boxes: tuple[Box, Box]
+) -> None:
+    a, b = two_boxes
+    # 4 s an epoch: box B dies early in its job's second epoch, once its first state is pulled.
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.1))
+    path = queue_file(world, fake_sdscripts, commit, [{"name": "on a"}, {"name": "狗 on b"}],
+                      epochs=4)  # fmt: skip
+    with TcpRelay(b.sshd.port) as relay:
+        connect = ssh_config(world.root / "ssh_config",
+                             {"box-a": (a, a.sshd.port), "box-b": (b, relay.port)})  # fmt: skip
+        laptop = subprocess.Popen(
+            [sys.executable, "-m", "kohyawrap", *run_args(world, path, "box-a", "box-b"),
+             *connect, "--reconnect", "1"],
+            cwd=world.root, env=world.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        _wait_for(lambda: _state_pulled(world, "狗 on b", "狗 on b-000001-state"), 180,
+                  "box B's first state on the laptop")  # fmt: skip
+        store, record = record_of(world)
+        assert [j.host for j in record.jobs] == [0, 1], "the plan put one job on each box"
+        # Box B dies: its address stops answering, its runner and its job are gone.
+        relay.close()
+        remote_b = Path(store.run(record.jobs[1]).load().remote_run_dir)
+        _kill_groups(Path(record.hosts[1].queue_dir), "runner.pid")
+        _kill_groups(remote_b, "train.pid", "run.pid")
+    _, err = laptop.communicate(timeout=300)
+    assert laptop.returncode == 0, err
+    assert "box-b dropped out" in err
+    store, record = record_of(world)
+    assert [h.state for h in record.hosts] == ["done", "lost"]
+    moved = record.jobs[1]
+    assert moved.host == 0 and moved.moves and "resumed from leg 1: 狗 on b-0000" in moved.moves[0]
+    m = store.run(moved).load()
+    assert m.status is RunStatus.FINISHED
+    first, second = leg_records(m, m.finished_at or 0.0)
+    assert first.status == "lost" and first.target == "box-b"
+    assert second.kind == "resume" and second.target == "box-a" and second.status == "finished"
+    assert second.step_offset >= STEPS_PER_EPOCH
+    assert second.last_step == 4 * STEPS_PER_EPOCH
+    final = store.run(moved).path / "checkpoints" / "leg2" / "狗 on b.safetensors"
+    assert read_header(final)[1]["ss_epoch"] == "4"
+    other = store.run(record.jobs[0]).load()
+    assert other.status is RunStatus.FINISHED and other.host.target == "box-a"

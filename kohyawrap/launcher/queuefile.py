@@ -81,6 +81,7 @@ class JobEntry:
     name: str
     request: TrainRequest
     where: str  # "jobs.toml: job 2 (柴犬)", for messages
+    pull_state_given: bool = False  # pull_state was written (a pool pulls states by default)
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def _job(
         request = _request(values, settings, path.parent)
     except UsageError as err:
         raise UsageError(err.message, where=where, hint=err.hint, evidence=err.evidence) from err
-    return JobEntry(str(name), request, where)
+    return JobEntry(str(name), request, where, pull_state_given="pull_state" in values)
 
 
 def _merged_sets(default: Any, own: Any, where: str) -> list[str]:

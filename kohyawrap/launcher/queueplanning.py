@@ -179,13 +179,17 @@ def plan_host(
 def plan_job(job: JobEntry, host: HostPlan, options: QueueOptions, now: datetime) -> RunPlan:
     """The job's RunPlan on ``host``: for the smallest of its slot GPUs, its share of the host's
     price, not pinned (the runner gives it a slot's GPU when it starts), the queue's finish
-    left to the queue (a job's own finish action is none)."""
+    left to the queue (a job's own finish action is none); in a pool, its training states
+    pulled as they are saved (unless the job says ``pull_state = false``)."""
     price = host.slot_price if options.price_per_hour else None
     request = replace(
         job.request,
         money=replace(job.request.money, price_per_hour=price),
         force=job.request.force or options.force,
     )
+    if len(options.targets) > 1 and not job.pull_state_given:
+        # In a pool a job whose host drops out resumes elsewhere from a state on the laptop.
+        request = replace(request, pull_state=True)
     facts = replace(host.facts, gpus=weakest(host.facts.gpus, host.slots))
     plan = build_run_plan(request, target=host.target, home=host.home, now=now, facts=facts)
     devices = tuple(d for s in host.slots for d in s.devices)

@@ -208,12 +208,14 @@ class HostWorker:
         self._hand_over(job, run.load())
 
     def _hand_over(self, job: QueueJob, m: RunManifest) -> None:
+        """The job file on the host first, then the record: a job the record says is handed
+        over is one the host runs, laptop or not."""
+        me = self._me
         with self.ctx.store.editing(self.ctx.queue_id) as box:
             used = [int(j.key) for j in box[0].jobs if j.host == self.index and j.key.isdigit()]
             key = f"{max(used, default=0) + 1:04d}"
+            self._guard(queuehost.add_job, self.host, me.queue_dir, key, job.name, m.remote_run_dir)
             box[0] = box[0].with_job(replace(job, key=key))
-        me = self._me
-        self._guard(queuehost.add_job, self.host, me.queue_dir, key, job.name, m.remote_run_dir)
         self._guard(queuehost.ensure_runner, self.host, me.queue_dir, me.python)
         self.reporter.info(f"{job.name} is in the host's queue ({me.queue_dir})")
 
