@@ -13,6 +13,7 @@ real git repositories, real images.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -243,7 +244,7 @@ def test_the_host_runs_the_queue_and_finishes_without_the_laptop(
     assert [j["exit_code"] for j in state["jobs"].values()] == [0, 0, 0]
     # Every job trained to its end on the host, one after another (one slot).
     ended = sorted((j["started_at"], j["ended_at"]) for j in state["jobs"].values())
-    assert all(a[1] <= b[0] + 1 for a, b in zip(ended, ended[1:])), ended
+    assert all(a[1] <= b[0] + 1 for a, b in itertools.pairwise(ended)), ended
 
     result = kohyawrap(world, "attach", record.queue_id, "--runs-dir", str(world.runs),
                        "--poll", "0.2", timeout=300)  # fmt: skip
