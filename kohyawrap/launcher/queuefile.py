@@ -231,8 +231,12 @@ def _job(
                 f"{where} has no {key}",
                 hint=f"give it a {key} = ... line (or one in [defaults] for every job)",
             )
+    from kohyawrap.launcher.request import check_request
+
     try:
-        request = _request(values, settings, path.parent)
+        # What `train` refuses before connecting (name, dataset folder, run-managed keys,
+        # model files, limits) is refused here, with the job named.
+        request = check_request(_request(values, settings, path.parent))
     except UsageError as err:
         raise UsageError(err.message, where=where, hint=err.hint, evidence=err.evidence) from err
     return JobEntry(str(name), request, where, pull_state_given="pull_state" in values)

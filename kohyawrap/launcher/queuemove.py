@@ -9,18 +9,20 @@ never reached the laptop). The leg is prepared and handed to the new host's runn
 from __future__ import annotations
 
 import posixpath
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
 
+from kohyawrap.clock import Clock
+from kohyawrap.hosts.base import Host
 from kohyawrap.launcher import continuing as c
 from kohyawrap.launcher.legs import begin_leg
 from kohyawrap.launcher.manifest import HostRecord, Leg, RunManifest, RunStatus
 from kohyawrap.launcher.queueplan import weakest
+from kohyawrap.launcher.queuerecord import QueueStore
+from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.launcher.states import StateRef, epochs_done, newest, resume_settings
-
-if TYPE_CHECKING:
-    from kohyawrap.launcher.queuework import Context, HostWorker
 
 
 def newest_on_laptop(m: RunManifest, run: RunDir) -> StateRef | None:
@@ -29,13 +31,25 @@ def newest_on_laptop(m: RunManifest, run: RunDir) -> StateRef | None:
     return newest(c.laptop_states(m, run), offsets, c.steps_per_epoch(m.plan))
 
 
-def take_over(ctx: Context, worker: HostWorker, run_id: str) -> None:
-    """Make job ``run_id`` a new leg on ``worker``'s host, ready to be prepared there."""
-    record = ctx.record()
+@dataclass(frozen=True)
+class Taker:
+    """The host that takes a job over: the queue's records, and the host (``index``) itself."""
+
+    store: QueueStore
+    queue_id: str
+    reporter: Reporter
+    clock: Clock
+    index: int
+    host: Host
+
+
+def take_over(taker: Taker, run_id: str) -> None:
+    """Make job ``run_id`` a new leg on the taker's host, ready to be prepared there."""
+    record = taker.store.load(taker.queue_id)
     job = next(j for j in record.jobs if j.run_id == run_id)
     lost = record.hosts[job.host].target
-    me = record.hosts[worker.index]
-    run = ctx.store.run(job)
+    me = record.hosts[taker.index]
+    run = taker.store.run(job)
     with run.follow_lock():
         m = run.load()
         ref = newest_on_laptop(m, run)
@@ -47,20 +61,21 @@ def take_over(ctx: Context, worker: HostWorker, run_id: str) -> None:
         if ref is not None and done >= c.total_epochs(m.plan, per_epoch):
             ref = None  # the run had ended there; what it lacks is its last files: start again
             done = 0
-        m = _next_leg(ctx, worker, run, m, ref, done, per_epoch, lost)
+        m = _next_leg(taker, run, m, ref, done, per_epoch, lost)
         if ref is not None:
-            how = c.place_state(worker.host, m.plan, ref, run, ctx.reporter, key=me.target)
-            ctx.reporter.info(f"{job.name} continues on {me.target} from {ref.label} ({how})")
+            how = c.place_state(taker.host, m.plan, ref, run, taker.reporter, key=me.target)
+            taker.reporter.info(f"{job.name} continues on {me.target} from {ref.label} ({how})")
         else:
-            ctx.reporter.info(f"{job.name} starts again on {me.target} (no training state here)")
+            taker.reporter.info(f"{job.name} starts again on {me.target} (no training state here)")
     what = f"resumed from {ref.label}" if ref is not None else "started again"
     note = f"{lost} dropped out: {what} on {me.target} (leg {m.leg_number})"
-    ctx.edit_job(run_id, host=worker.index, key="", moves=(*job.moves, note))
+    with taker.store.editing(taker.queue_id) as box:
+        moved = replace(box[0].job(job.name), host=taker.index, key="", moves=(*job.moves, note))
+        box[0] = box[0].with_job(moved)
 
 
 def _next_leg(
-    ctx: Context,
-    worker: HostWorker,
+    taker: Taker,
     run: RunDir,
     m: RunManifest,
     ref: StateRef | None,
@@ -71,11 +86,10 @@ def _next_leg(
     """Plan, record and begin the leg on the worker's host (status PLANNED: to be prepared)."""
     from kohyawrap.hosts.facts import read_facts
 
-    record = ctx.record()
-    me = record.hosts[worker.index]
+    me = taker.store.load(taker.queue_id).hosts[taker.index]
     # <work>/queues/<queue-id>-h<N>: the leg works where the queue does on this host.
     work = posixpath.dirname(posixpath.dirname(me.queue_dir))
-    facts = read_facts(worker.host, work)
+    facts = read_facts(taker.host, work)
     facts = replace(facts, gpus=weakest(facts.gpus, ()))
     managed: tuple[tuple[str, Any], ...] = ()
     if ref is not None:
@@ -84,8 +98,8 @@ def _next_leg(
         m,
         leg=m.leg_number + 1,
         target=me.target,
-        home=worker.host.home(),
-        now=_now(ctx),
+        home=taker.host.home(),
+        now=datetime.fromtimestamp(taker.clock.now(), tz=timezone.utc),
         facts=facts,
         work_dir=work,
         managed=managed,
@@ -103,18 +117,12 @@ def _next_leg(
         step_offset=done * per_epoch if ref is not None else 0,
         resumed_from=ref.label if ref is not None else "",
         changed=c.changed_settings(m.original_plan, plan),
-        note=f"queue {ctx.queue_id}: {lost} dropped out",
+        note=f"queue {taker.queue_id}: {lost} dropped out",
         price_per_hour=plan.money.price_per_hour,
     )
-    host = HostRecord(me.target, worker.host.label, dict(me.connect), facts.to_json())
-    m = begin_leg(m, leg, plan, host, ctx.clock.now())
+    host = HostRecord(me.target, taker.host.label, dict(me.connect), facts.to_json())
+    m = begin_leg(m, leg, plan, host, taker.clock.now())
     m = m.with_changes(status=RunStatus.PLANNED, started_at=None)
     run.save(m)
     c.write_leg_configs(run.for_leg(leg.number), plan)
     return m
-
-
-def _now(ctx: Context) -> Any:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ctx.clock.now(), tz=timezone.utc)

@@ -111,19 +111,26 @@ class QueueEstimate:
 
 
 def schedule(jobs: Sequence[JobTimes], hosts: Sequence[HostSlots]) -> QueueEstimate:
-    """Place ``jobs`` in order, each on the slot free first (ties: the first host and slot)."""
+    """Place ``jobs`` in order, each on the slot free first (ties: the first host and slot).
+
+    A host prepares its jobs one after another: the install first, then each model file the
+    first time a job needs it (the rest of a job's preparation is in its warm seconds). A job
+    starts once its slot is free and its host has its model.
+    """
     install = jobs[0].install_seconds if jobs else 0.0
     free = {(h, s): install for h, host in enumerate(hosts) for s in range(len(host.slots))}
+    prepared = dict.fromkeys(range(len(hosts)), install)  # when each host has its models so far
     models: dict[int, set[str]] = {h: set() for h in range(len(hosts))}
     placements = []
     for i, job in enumerate(jobs):
 
-        def ready(key: tuple[int, int], job: JobTimes = job) -> float:
-            new = not set(job.models) <= models[key[0]]
-            return free[key] + (job.download_seconds if new else 0.0)
+        def fetched(host: int, job: JobTimes = job) -> float:
+            new = not set(job.models) <= models[host]
+            return prepared[host] + (job.download_seconds if new else 0.0)
 
-        key = min(free, key=lambda k: (ready(k), k))
-        start = ready(key)
+        key = min(free, key=lambda k: (max(free[k], fetched(k[0])), k))
+        prepared[key[0]] = fetched(key[0])
+        start = max(free[key], prepared[key[0]])
         end = start + job.warm_seconds
         free[key] = end
         models[key[0]].update(job.models)

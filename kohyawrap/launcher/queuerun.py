@@ -250,14 +250,13 @@ class QueueLauncher:
             return
         record = self.store.load(queue_id)
         lost = {i for i, h in enumerate(record.hosts) if h.state == "lost"}
+        from kohyawrap.launcher.queuemove import Taker, take_over
+
         first = min(hosts)
+        taker = Taker(self.store, queue_id, self.reporter, self.clock, first, hosts[first])
         for job in record.jobs:
             if job.host in lost and not done(self.store.run(job).load()):
-                from kohyawrap.launcher.queuemove import take_over
-
-                ctx = Context(self.store, queue_id, self.reporter, self.clock, self.options,
-                              Coordinator(1))  # fmt: skip
-                take_over(ctx, HostWorker(ctx, first, hosts[first]), job.run_id)
+                take_over(taker, job.run_id)
 
     # -- queue add ---------------------------------------------------------------------------------
     def add(

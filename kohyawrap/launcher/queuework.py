@@ -100,11 +100,6 @@ class Context:
     def record(self) -> QueueRecord:
         return self.store.load(self.queue_id)
 
-    def edit_job(self, run_id: str, **changes: object) -> None:
-        with self.store.editing(self.queue_id) as box:
-            job = next(j for j in box[0].jobs if j.run_id == run_id)
-            box[0] = box[0].with_job(replace(job, **changes))  # type: ignore[arg-type]
-
     def edit_host(self, index: int, **changes: object) -> None:
         with self.store.editing(self.queue_id) as box:
             box[0] = box[0].with_host(index, **changes)
@@ -161,8 +156,10 @@ class HostWorker:
         self.ctx.edit_host(self.index, state="running")
 
     def _loop(self) -> None:
-        from kohyawrap.launcher.queuemove import take_over
+        from kohyawrap.launcher.queuemove import Taker, take_over
 
+        taker = Taker(self.ctx.store, self.ctx.queue_id, self.reporter, self.ctx.clock,
+                      self.index, self.host)  # fmt: skip
         while True:
             self._prepare_new()
             self._follow_all()
@@ -170,7 +167,7 @@ class HostWorker:
             moved = self.ctx.coordinator.take()
             if moved is None:
                 return
-            self._guard(take_over, self.ctx, self, moved)
+            self._guard(take_over, taker, moved)
 
     # -- prepare and hand over -------------------------------------------------------------------
     def _prepare_new(self) -> None:
