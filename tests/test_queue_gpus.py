@@ -42,9 +42,9 @@ def three_jobs(root: Path) -> Path:
     return path
 
 
-def planned(root: Path, gpus: GpuRequest = GpuRequest()):  # type: ignore[no-untyped-def]
+def planned(root: Path, gpus: GpuRequest | None = None):  # type: ignore[no-untyped-def]
     queue = read_queue_file(three_jobs(root))
-    options = QueueOptions(targets=("local",), gpus=gpus)
+    options = QueueOptions(targets=("local",), gpus=gpus or GpuRequest())
     host, _ = plan_host(LocalHost(), "local", queue, options, "q1", 0)
     return plan_queue(queue, options, [host], NOW, "q1")
 
