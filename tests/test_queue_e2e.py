@@ -335,3 +335,47 @@ def test_a_pool_moves_the_job_of_a_box_that_dies_to_the_other(
     assert read_header(final)[1]["ss_epoch"] == "4"
     other = store.run(record.jobs[0]).load()
     assert other.status is RunStatus.FINISHED and other.host.target == "box-a"
+
+
+# ---------------------------------------------------------------------------------------------
+# Adding to a running queue; its status, live
+
+
+def test_jobs_added_to_a_running_queue_run_and_are_followed(
+    world: Env, fake_sdscripts: FakeSdScripts
+) -> None:
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.05))
+    path = queue_file(world, fake_sdscripts, commit, [{"name": "first"}, {"name": "second"}])
+    laptop = subprocess.Popen(
+        [sys.executable, "-m", "kohyawrap", *run_args(world, path, "local")], cwd=world.root,
+        env=world.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _all_handed_over(world), 180, "the jobs handed to the host")
+        store, record = record_of(world)
+        more = queue_file(world, fake_sdscripts, commit, [{"name": "后来的"}], name="more.toml")
+        added = kohyawrap(world, "queue", "add", "jobs", str(more), "--runs-dir",
+                          str(world.runs), "--force", "--yes", timeout=300)  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        again = kohyawrap(world, "queue", "add", "jobs", str(more), "--runs-dir",
+                          str(world.runs), "--force", "--yes")  # fmt: skip
+        assert again.returncode == 2 and "already has a job named '后来的'" in again.stderr
+        status = kohyawrap(world, "queue", "status", "jobs", "--runs-dir", str(world.runs),
+                           "--json")  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        rows = {r["name"]: r for r in json.loads(status.stdout)["jobs"]}
+        assert list(rows) == ["first", "second", "后来的"]
+        assert rows["后来的"]["state"] in ("queued", "running", "finished"), rows
+        _, err = laptop.communicate(timeout=300)
+    finally:
+        laptop.kill()
+        laptop.wait()
+    assert laptop.returncode == 0, err
+    store, record = record_of(world)
+    assert [j.name for j in record.jobs] == ["first", "second", "后来的"]
+    for job in record.jobs:
+        m = store.run(job).load()
+        assert m.status is RunStatus.FINISHED, (job.name, m.status)
+    assert store.run(record.jobs[2]).load().legs[0].note == f"queue {record.queue_id}: added"
+    shown = kohyawrap(world, "queue", "status", "jobs", "--runs-dir", str(world.runs))
+    assert shown.returncode == 0 and "后来的" in shown.stdout and "finished" in shown.stdout

@@ -306,21 +306,23 @@ class QueueLauncher:
                 return QueueResult(plan)
             if not confirm(plan):
                 return QueueResult(plan, declined=True)
-            self._append(plan, index, given)
             ctx = Context(self.store, queue_id, self.reporter, self.clock, self.options,
                           Coordinator(1), hf_token)  # fmt: skip
             worker = HostWorker(ctx, index, host)
-            for job in self.store.load(queue_id).jobs:
-                if job.host == index and not job.key:
-                    m = self.store.run(job).load()
-                    if m.status is RunStatus.PLANNED:
-                        worker.prepare(job, m)
+            for job in self._append(plan, index, given):
+                # Recorded in the queue once handed over (a follower never sees it half done).
+                worker.prepare(job, self.store.run(job).load())
+                with self.store.editing(queue_id) as box:
+                    if all(j.run_id != job.run_id for j in box[0].jobs):
+                        box[0] = box[0].with_job(job)  # its preparation failed: recorded so
         return QueueResult(plan, self.store.load(queue_id))
 
-    def _append(self, plan: QueuePlan, index: int, connect: ConnectOptions) -> None:
+    def _append(self, plan: QueuePlan, index: int, connect: ConnectOptions) -> list[QueueJob]:
+        """The new jobs recorded as runs (not yet in the queue's record)."""
         host = plan.hosts[0]
         record = HostRecord(host.target, host.label, connect.recorded().to_json(),
                             host.facts.to_json())  # fmt: skip
+        jobs = []
         for i, p in enumerate(plan.plans):
             run = self.runs.create(p.run_id)
             leg = replace(first_leg(p, record, None), note=f"queue {plan.queue_id}: added")
@@ -328,9 +330,8 @@ class QueueLauncher:
                                  provenance=_provenance(p)))  # fmt: skip
             for name, text in sorted(p.rendered.files.items()):
                 run.write_text(f"config/{name}", text)
-            with self.store.editing(plan.queue_id) as box:
-                job = QueueJob(p.output_name, p.run_id, index, planned=plan.where(i))
-                box[0] = box[0].with_job(job)
+            jobs.append(QueueJob(p.output_name, p.run_id, index, planned=plan.where(i)))
+        return jobs
 
     # -- queue status ------------------------------------------------------------------------------
     def status(self, queue_id: str, connect: ConnectOptions, *, live: bool = True) -> QueueStatus:

@@ -164,10 +164,20 @@ class HostWorker:
             self._prepare_new()
             self._follow_all()
             self._grids()
+            if self._more():
+                continue  # `queue add` handed over more jobs meanwhile
             moved = self.ctx.coordinator.take()
             if moved is None:
                 return
             self._guard(take_over, taker, moved)
+
+    def _more(self) -> bool:
+        """Jobs of this host still to follow (added while the others were followed)."""
+        return any(
+            j.run_id not in self.skipped and not done(self.ctx.store.run(j).load())
+            for j in self._jobs()
+            if j.key
+        )
 
     # -- prepare and hand over -------------------------------------------------------------------
     def _prepare_new(self) -> None:
