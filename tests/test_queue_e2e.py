@@ -143,7 +143,7 @@ def one_box(tmp_path: Path) -> Iterator[Box]:
 
 
 THREE = [{"name": "柴犬 一号"}, {"name": "too big", "set": {"train_batch_size": 4}},
-         {"name": "third"}]  # fmt: skip
+         {"name": "third", "grid": "epochs=1,2,strengths=0,1,seeds=1"}]  # fmt: skip
 
 
 def test_three_jobs_one_failing_then_the_box_shuts_down(
@@ -176,6 +176,12 @@ def test_three_jobs_one_failing_then_the_box_shuts_down(
             final = store.run(job).path / "checkpoints" / f"{job.name}.safetensors"
             assert read_header(final)[1]["ss_epoch"] == "2"
             assert m.follow.last_step == 2 * STEPS_PER_EPOCH
+    # The third job's grid, drawn once the box's jobs had all ended.
+    third = found["third"]
+    assert third.grid is not None and third.grid.status == "done", third.grid  # type: ignore[attr-defined]
+    assert third.grid.pulled == third.grid.images > 0  # type: ignore[attr-defined]
+    assert len(third.grid.checkpoints) == 2  # type: ignore[attr-defined]
+    assert found["柴犬 一号"].grid is None  # type: ignore[attr-defined]
     # One set-up: one sd-scripts checkout, the base model uploaded once into the model cache.
     assert len(list((world.work / "sd-scripts").iterdir())) == 1
     assert [m.model_how for m in found.values()] == ["uploaded", "cached", "cached"]  # type: ignore[attr-defined]
@@ -295,10 +301,11 @@ def test_a_pool_moves_the_job_of_a_box_that_dies_to_the_other(
     world: Env, fake_sdscripts: FakeSdScripts, two_boxes: tuple[Box, Box]
 ) -> None:
     a, b = two_boxes
-    # 4 s an epoch: box B dies early in its job's second epoch, once its first state is pulled.
-    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.1))
-    path = queue_file(world, fake_sdscripts, commit, [{"name": "on a"}, {"name": "狗 on b"}],
-                      epochs=4)  # fmt: skip
+    # 2.4 s an epoch: box B dies early in its job's second epoch, once its first state is pulled.
+    # The plan puts jobs 1 and 3 on box A, 2 and 4 on box B: job 4 is still waiting there.
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.06))
+    jobs = [{"name": "on a"}, {"name": "狗 on b"}, {"name": "a again"}, {"name": "b waits"}]
+    path = queue_file(world, fake_sdscripts, commit, jobs, epochs=4)
     with TcpRelay(b.sshd.port) as relay:
         connect = ssh_config(world.root / "ssh_config",
                              {"box-a": (a, a.sshd.port), "box-b": (b, relay.port)})  # fmt: skip
@@ -311,7 +318,7 @@ def test_a_pool_moves_the_job_of_a_box_that_dies_to_the_other(
         _wait_for(lambda: _state_pulled(world, "狗 on b", "狗 on b-000001-state"), 180,
                   "box B's first state on the laptop")  # fmt: skip
         store, record = record_of(world)
-        assert [j.host for j in record.jobs] == [0, 1], "the plan put one job on each box"
+        assert [j.host for j in record.jobs] == [0, 1, 0, 1], "the plan alternates the boxes"
         # Box B dies: its address stops answering, its runner and its job are gone.
         relay.close()
         remote_b = Path(store.run(record.jobs[1]).load().remote_run_dir)
@@ -333,8 +340,18 @@ def test_a_pool_moves_the_job_of_a_box_that_dies_to_the_other(
     assert second.last_step == 4 * STEPS_PER_EPOCH
     final = store.run(moved).path / "checkpoints" / "leg2" / "狗 on b.safetensors"
     assert read_header(final)[1]["ss_epoch"] == "4"
-    other = store.run(record.jobs[0]).load()
-    assert other.status is RunStatus.FINISHED and other.host.target == "box-a"
+    for other in (record.jobs[0], record.jobs[2]):
+        m = store.run(other).load()
+        assert m.status is RunStatus.FINISHED and m.host.target == "box-a" and m.leg_number == 1
+    # The job that never started on box B starts again, from the beginning, on box A.
+    waited = record.jobs[3]
+    assert waited.host == 0 and "started again on box-a (leg 2)" in waited.moves[0]
+    m = store.run(waited).load()
+    first, second = leg_records(m, m.finished_at or 0.0)
+    assert (first.status, first.last_step) == ("lost", None)
+    assert (second.kind, second.step_offset, second.status) == ("restart", 0, "finished")
+    final = store.run(waited).path / "checkpoints" / "leg2" / "b waits.safetensors"
+    assert read_header(final)[1]["ss_epoch"] == "4"
 
 
 # ---------------------------------------------------------------------------------------------

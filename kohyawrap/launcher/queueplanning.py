@@ -136,7 +136,7 @@ def precheck(queue: QueueFile, options: QueueOptions, hf_token: str | None, now:
     stand_in = min(load_catalog().gpus.values(), key=lambda g: (-g.vram_gb, g.name)).name
     for job in queue.jobs:
         need_token(job.request.money, hf_token)
-        request = job.request
+        request = replace(job.request, force=job.request.force or options.force)
         if request.spec.gpu == "auto":
             request = replace(request, spec=replace(request.spec, gpu=stand_in), force=True)
         try:

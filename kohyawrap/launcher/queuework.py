@@ -22,6 +22,8 @@ from kohyawrap.errors import HostError, KohyawrapError, UsageError
 from kohyawrap.hosts.base import Host
 from kohyawrap.launcher import queuehost, watchdog
 from kohyawrap.launcher.fetch import is_checkpoint
+from kohyawrap.launcher.job import alive as job_alive
+from kohyawrap.launcher.job import exit_status as job_exit
 from kohyawrap.launcher.manifest import RunManifest, RunStatus
 from kohyawrap.launcher.queuerecord import QueueJob, QueueRecord, QueueStore
 from kohyawrap.launcher.report import Reporter
@@ -30,6 +32,7 @@ from kohyawrap.launcher.stages import FollowOptions, RunSession, Stage, run_stag
 
 T = TypeVar("T")
 _BEFORE_HANDING = (RunStatus.PLANNED, RunStatus.SETUP)
+_FOLLOW_RETRIES = 3
 
 
 class HostLost(Exception):
@@ -113,6 +116,7 @@ class HostWorker:
         self.index = index
         self.host = host
         self.skipped: set[str] = set()  # jobs another process follows: left to it
+        self.retries: dict[str, int] = {}  # run id -> times following it failed
 
     @property
     def reporter(self) -> Reporter:
@@ -169,7 +173,14 @@ class HostWorker:
             moved = self.ctx.coordinator.take()
             if moved is None:
                 return
-            self._guard(take_over, taker, moved)
+            try:
+                self._guard(take_over, taker, moved)
+            except HostLost:
+                raise
+            except KohyawrapError as err:  # its state does not fit, its run is followed ...
+                run = RunDir(self.ctx.store.runs_root / moved)
+                self._failed(run, f"moving it to {self._me.target}: {err.message}")
+                self.reporter.info(f"{run.run_id} could not be moved: {err.message}")
 
     def _more(self) -> bool:
         """Jobs of this host still to follow (added while the others were followed)."""
@@ -269,8 +280,23 @@ class HostWorker:
         except UsageError as err:
             self._skip(job, err)
         except KohyawrapError as err:
-            self._failed(run, f"follow: {err.message}")
-            self.reporter.info(f"{job.name}: {err.message}")
+            self._after_error(job, run, err)
+
+    def _after_error(self, job: QueueJob, run: RunDir, err: KohyawrapError) -> None:
+        """Following failed while the host answers: a job still there (a connection that came
+        back late) is followed again, a few times; one that is gone has failed."""
+        m = run.load()
+        tries = self.retries.get(job.run_id, 0) + 1
+        self.retries[job.run_id] = tries
+        there = isinstance(err, HostError) and m.status.active and tries <= _FOLLOW_RETRIES
+        if there:
+            ended = self._guard(job_exit, self.host, m.remote_run_dir)
+            there = ended is not None or self._guard(job_alive, self.host, m.remote_run_dir)
+        if there:
+            self.reporter.info(f"{job.name}: {err.message}; following it again")
+            return
+        self._failed(run, f"follow: {err.message}")
+        self.reporter.info(f"{job.name}: {err.message}")
 
     def _wait_started(self, s: RunSession, job: QueueJob) -> None:
         """Wait for the runner to start the job (a slot frees up); record when it began."""
@@ -297,7 +323,8 @@ class HostWorker:
                 continue
             run = self.ctx.store.run(job)
             m = run.load()
-            if m.status is not RunStatus.FINISHED or not m.plan.grid.enabled or m.grid is not None:
+            drawn = m.grid is not None and m.grid.ended
+            if m.status is not RunStatus.FINISHED or not m.plan.grid.enabled or drawn:
                 continue
             try:
                 with run.follow_lock():
