@@ -193,7 +193,7 @@ def queue_run(
         click.echo("not started", err=True)
         sys.exit(1)
     if result.record is not None:
-        from kohyawrap.launcher.queuerun import raise_for_queue
+        from kohyawrap.launcher.queuestatus import raise_for_queue
 
         _outcome(launcher, result.record.queue_id)
         raise_for_queue(result.record, launcher.store)

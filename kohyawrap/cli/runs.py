@@ -161,7 +161,8 @@ def _attach_queue(queue_id: str, connect: Any, follow: Any, runs_dir: Path) -> N
     from kohyawrap.cli.options import read_token
     from kohyawrap.console.queue import show_queue_outcome
     from kohyawrap.console.train import ConsoleReporter
-    from kohyawrap.launcher.queuerun import QueueLauncher, raise_for_queue
+    from kohyawrap.launcher.queuerun import QueueLauncher
+    from kohyawrap.launcher.queuestatus import raise_for_queue
     from kohyawrap.launcher.runstore import RunStore
     from kohyawrap.launcher.stages import FollowOptions
 

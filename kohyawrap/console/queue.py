@@ -14,7 +14,7 @@ from kohyawrap.launcher.budget import dollars
 if TYPE_CHECKING:
     from kohyawrap.launcher.queueplanning import QueuePlan
     from kohyawrap.launcher.queuerecord import QueueStore
-    from kohyawrap.launcher.queuerun import QueueStatus
+    from kohyawrap.launcher.queuestatus import QueueStatus
 
 
 def duration(seconds: float) -> str:

@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kohyawrap.clock import Clock, SystemClock
-from kohyawrap.errors import HostError, IncompleteRun, KohyawrapError, TrainingFailed, UsageError
+from kohyawrap.errors import HostError, UsageError
 from kohyawrap.hosts.base import Host
 from kohyawrap.hosts.connect import ConnectOptions, open_host
 from kohyawrap.launcher.legs import first_leg
-from kohyawrap.launcher.manifest import HostRecord, RunManifest, RunStatus
+from kohyawrap.launcher.manifest import HostRecord, Provenance, RunManifest
 from kohyawrap.launcher.queuefile import QueueFile
-from kohyawrap.launcher.queuehost import HostQueueState, read_state
+from kohyawrap.launcher.queuehost import read_state
 from kohyawrap.launcher.queueplan import slot_label
 from kohyawrap.launcher.queueplanning import (
     HostPlan,
@@ -35,10 +35,12 @@ from kohyawrap.launcher.queueplanning import (
     queue_id_of,
 )
 from kohyawrap.launcher.queuerecord import QueueHost, QueueJob, QueueRecord, QueueStore
+from kohyawrap.launcher.queuestatus import QueueStatus, queue_status
 from kohyawrap.launcher.queuework import Context, Coordinator, HostWorker, done
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.request import looks_local
-from kohyawrap.launcher.runstore import RunDir, RunStore
+from kohyawrap.launcher.runplan import RunPlan
+from kohyawrap.launcher.runstore import RunStore
 from kohyawrap.launcher.stages import FollowOptions
 
 
@@ -49,29 +51,6 @@ class QueueResult:
     plan: QueuePlan | None
     record: QueueRecord | None = None
     declined: bool = False
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """One job of a queue as ``queue status`` shows it."""
-
-    name: str
-    run_id: str
-    state: str  # the run's status, or waiting / queued on the host
-    where: str
-    step: int | None
-    total: int | None
-    loss: float | None
-    dollars: float | None
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    record: QueueRecord
-    jobs: tuple[JobStatus, ...]
-    host_dollars: tuple[float, ...]
-    live: tuple[bool, ...]  # each host answered (its runner's state is in the rows)
 
 
 @dataclass
@@ -317,6 +296,10 @@ class QueueLauncher:
                         box[0] = box[0].with_job(job)  # its preparation failed: recorded so
         return QueueResult(plan, self.store.load(queue_id))
 
+    def status(self, queue_id: str, connect: ConnectOptions, *, live: bool = True) -> QueueStatus:
+        """Every job: its state, steps, loss and dollars (live from the hosts that answer)."""
+        return queue_status(self.store, queue_id, connect, self.clock.now(), live=live)
+
     def _append(self, plan: QueuePlan, index: int, connect: ConnectOptions) -> list[QueueJob]:
         """The new jobs recorded as runs (not yet in the queue's record)."""
         host = plan.hosts[0]
@@ -332,34 +315,6 @@ class QueueLauncher:
                 run.write_text(f"config/{name}", text)
             jobs.append(QueueJob(p.output_name, p.run_id, index, planned=plan.where(i)))
         return jobs
-
-    # -- queue status ------------------------------------------------------------------------------
-    def status(self, queue_id: str, connect: ConnectOptions, *, live: bool = True) -> QueueStatus:
-        """Every job: its state, steps, loss and dollars (live from the hosts that answer)."""
-        record = self.store.load(queue_id)
-        states: dict[int, HostQueueState] = {}
-        if live:
-            for i, h in enumerate(record.hosts):
-                if h.state in ("lost", "done") or not h.queue_dir:
-                    continue
-                given = replace(ConnectOptions.from_json(h.connect).overlaid(connect),
-                                connect_timeout=10.0)  # fmt: skip
-                try:
-                    with self._opened(h.target, given) as host:
-                        states[i] = read_state(host, h.queue_dir, h.python)
-                except KohyawrapError:
-                    continue
-        rows = tuple(_job_status(self.store.run(j), j, record, states) for j in record.jobs)
-        now = self.clock.now()
-        spent = tuple(
-            h.price_per_hour * max(0.0, (h.ended_at or now) - h.started_at) / 3600
-            if h.started_at is not None
-            else 0.0
-            for h in record.hosts
-        )
-        return QueueStatus(
-            record, rows, spent, tuple(i in states for i in range(len(record.hosts)))
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,71 +371,10 @@ def _queue_host(h: HostPlan, connect: ConnectOptions) -> QueueHost:
     )
 
 
-def _provenance(plan: object) -> tuple:  # type: ignore[type-arg]
+def _provenance(plan: RunPlan) -> tuple[Provenance, ...]:
     """The git state of the dataset, when it lives in a git repository."""
     from kohyawrap.gitinfo import git_state
-    from kohyawrap.launcher.manifest import Provenance
 
-    root = Path(plan.dataset_root)  # type: ignore[attr-defined]
+    root = Path(plan.dataset_root)
     state = git_state(root)
     return (Provenance(str(root), state.commit, state.dirty),) if state is not None else ()
-
-
-def _job_status(
-    run: RunDir, job: QueueJob, record: QueueRecord, states: dict[int, HostQueueState]
-) -> JobStatus:
-    try:
-        m = run.load()
-    except UsageError as err:
-        return JobStatus(job.name, job.run_id, "broken", "", None, None, None, None, err.message)
-    host = record.hosts[job.host] if 0 <= job.host < len(record.hosts) else None
-    live = states.get(job.host)
-    on_host = live.jobs.get(job.key) if live is not None and job.key else None
-    where = host.target if host else "?"
-    state = m.status.value
-    step, total, dollars = (
-        m.follow.last_step,
-        m.follow.total_steps,
-        m.cost.actual if m.cost else None,
-    )
-    if on_host is not None:
-        if on_host.slot is not None and host is not None and on_host.slot < len(host.slot_labels):
-            where = f"{host.target} {host.slot_labels[on_host.slot]}"
-        if m.status.active:
-            state = "queued" if on_host.state == "waiting" else on_host.state
-            step = on_host.step + m.step_offset if on_host.step is not None else step
-            total = on_host.total + m.step_offset if on_host.total is not None else total
-            dollars = on_host.spent if on_host.spent is not None else dollars
-    elif m.status is RunStatus.UPLOADED and job.key:
-        state = "queued"
-    note = "; ".join(job.moves) or (m.error or "")
-    return JobStatus(job.name, job.run_id, state, where, step, total, m.follow.last_loss, dollars,
-                     note)  # fmt: skip
-
-
-def raise_for_queue(record: QueueRecord, store: QueueStore) -> None:
-    """A queue in which a job did not finish ends with the error that says which and why
-    (exit code 4); every job that finished is in its run folder."""
-    failed: list[str] = []
-    missing: list[str] = []
-    for job in record.jobs:
-        m = store.run(job).load()
-        if m.status is RunStatus.FINISHED:
-            continue
-        why = m.failure.kind + ": " + m.failure.message if m.failure else (m.error or "")
-        line = f"{job.name}: {m.status.value}" + (f" ({why})" if why else "") + f" [{job.run_id}]"
-        (missing if m.status is RunStatus.INCOMPLETE or m.status.active else failed).append(line)
-    ok = len(record.jobs) - len(failed) - len(missing)
-    if failed:
-        raise TrainingFailed(
-            f"{len(failed)} of {len(record.jobs)} job(s) did not finish; {ok} finished",
-            evidence=failed + missing,
-            hint=f"each job is a run: `kohyawrap runs show RUN` says why; `kohyawrap queue status "
-            f"{record.queue_id}` shows them all",
-        )
-    if missing:
-        raise IncompleteRun(
-            f"{len(missing)} of {len(record.jobs)} job(s) are not complete on the laptop",
-            evidence=missing,
-            hint=f"`kohyawrap attach {record.queue_id}` carries the queue on",
-        )

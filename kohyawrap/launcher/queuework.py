@@ -25,7 +25,7 @@ from kohyawrap.launcher.fetch import is_checkpoint
 from kohyawrap.launcher.job import alive as job_alive
 from kohyawrap.launcher.job import exit_status as job_exit
 from kohyawrap.launcher.manifest import RunManifest, RunStatus
-from kohyawrap.launcher.queuerecord import QueueJob, QueueRecord, QueueStore
+from kohyawrap.launcher.queuerecord import QueueHost, QueueJob, QueueRecord, QueueStore
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.runstore import RunDir
 from kohyawrap.launcher.stages import FollowOptions, RunSession, Stage, run_stages
@@ -137,12 +137,12 @@ class HostWorker:
 
     # -- the host's own jobs ---------------------------------------------------------------------
     @property
-    def _me(self):  # type: ignore[no-untyped-def]
+    def _me(self) -> QueueHost:
         return self.ctx.record().hosts[self.index]
 
     @property
     def _folder(self) -> str:
-        return str(self._me.queue_dir)
+        return self._me.queue_dir
 
     def _jobs(self) -> list[QueueJob]:
         return [j for j in self.ctx.record().jobs if j.host == self.index]
