@@ -46,11 +46,16 @@ def show_queue_plan(plan: QueuePlan) -> None:
             duration(e.grid_seconds) if p.grid.enabled else "off", escape(plan.where(i)),
         )  # fmt: skip
     con.print(table)
+    money = (
+        f"~{dollars(est.saving_dollars)}"
+        if est.saving_dollars >= 0
+        else f"none: ~{dollars(-est.saving_dollars)} more (GPUs idle while the last jobs run)"
+    )
     con.print(
         f"[bold]queue[/]: ~{duration(est.seconds)}, ~{dollars(est.dollars)}   "
         f"[bold]separate sessions[/]: ~{duration(est.separate_seconds)}, "
         f"~{dollars(est.separate_dollars)}   [bold]saving[/]: ~{duration(est.saving_seconds)}, "
-        f"~{dollars(max(0.0, est.saving_dollars))} (set-up and model downloads paid once per host)"
+        f"{money} (set-up and model downloads paid once per host)"
     )
     if len(plan.plans) > 1 and (len(plan.hosts) > 1 or any(len(h.slots) > 1 for h in plan.hosts)):
         con.print("  the runner starts each job on the slot that frees up first; "
