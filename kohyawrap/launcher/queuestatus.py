@@ -9,7 +9,7 @@ from kohyawrap.errors import IncompleteRun, KohyawrapError, TrainingFailed, Usag
 from kohyawrap.hosts.connect import ConnectOptions, open_host
 from kohyawrap.launcher.manifest import RunStatus
 from kohyawrap.launcher.queuehost import HostQueueState, read_state
-from kohyawrap.launcher.queuerecord import QueueJob, QueueRecord, QueueStore
+from kohyawrap.launcher.queuerecord import QueueHost, QueueJob, QueueRecord, QueueStore
 from kohyawrap.launcher.runstore import RunDir
 
 
@@ -59,12 +59,23 @@ def queue_status(
             host.close()
     rows = tuple(_job_status(store.run(j), j, record, states) for j in record.jobs)
     spent = tuple(
-        h.price_per_hour * max(0.0, (h.ended_at or now) - h.started_at) / 3600
+        h.price_per_hour * max(0.0, _ended(h, states.get(i), now) - h.started_at) / 3600
         if h.started_at is not None
         else 0.0
-        for h in record.hosts
+        for i, h in enumerate(record.hosts)
     )
     return QueueStatus(record, rows, spent, tuple(i in states for i in range(len(record.hosts))))
+
+
+def _ended(host: QueueHost, live: HostQueueState | None, now: float) -> float:
+    """When the host stopped costing: its recorded end, the finish its runner carried out by
+    itself (no laptop there), or now."""
+    if host.ended_at is not None:
+        return host.ended_at
+    finish = live.finish if live is not None else None
+    if finish is not None and finish.at and finish.result.startswith("ok"):
+        return finish.at
+    return now
 
 
 def _job_status(
