@@ -529,9 +529,22 @@ _ADAPTIVE_OPTIMIZERS = ("prodigy", "dadapt")
 # ten times the usual is where a LoRA's loss starts to blow up.
 _HIGH_LEARNING_RATE = 1e-3
 # Options sdxl_train_network.py adds to train_network.py's (docs/sources.md [59]): among SD1.x, SD2.x
-# and SDXL runs, an SDXL run's settings (the FLUX.1 and SD3 scripts have them too).
+# and SDXL runs, an SDXL run's settings. The FLUX.1 and SD3 scripts have them too, so a run of those
+# (its LoRA module, or the T5-XXL they load) is told apart first: their VAE is not SDXL's.
 _SDXL_ONLY = ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
               "disable_mmap_load_safetensors")  # fmt: skip
+
+
+def _is_dit(s: Mapping[str, Any]) -> bool:
+    """A FLUX.1 / Chroma / SD3 run: its LoRA module is its family's own, or it loads a T5-XXL."""
+    from kohyawrap.sdscripts import FAMILIES
+
+    others = {f.network_module for f in FAMILIES.values() if f.network_module != "networks.lora"}
+    return str(s.get("network_module") or "") in others or "t5xxl" in s
+
+
+def _is_sdxl(s: Mapping[str, Any]) -> bool:
+    return not _is_dit(s) and any(key in s for key in _SDXL_ONLY)
 
 
 def _learning_rate(s: Mapping[str, Any]) -> tuple[str, float] | None:
@@ -553,7 +566,7 @@ def _nan_causes(s: Mapping[str, Any]) -> list[str]:
             "fp16 (docs/sources.md [62]): --set mixed_precision=bf16 where the GPU has bf16, or "
             "--set optimizer_type=AdamW8bit"
         )
-    if fp16 and any(key in s for key in _SDXL_ONLY) and not s.get("no_half_vae"):
+    if fp16 and _is_sdxl(s) and not s.get("no_half_vae"):
         causes.append(
             "SDXL in fp16 without no_half_vae: SDXL's VAE overflows in fp16 "
             "(sd-scripts docs/sdxl_train_network.md): --set no_half_vae=true"
@@ -580,7 +593,7 @@ def _nan_tips(s: Mapping[str, Any]) -> list[str]:
         tips.append("lower the learning rate")
     if s.get("mixed_precision") in ("fp16", None):
         tips.append("use --set mixed_precision=bf16 where the GPU supports it (fp16 overflows)")
-    if s.get("mixed_precision") in ("fp16", None) and not s.get("no_half_vae"):
+    if s.get("mixed_precision") in ("fp16", None) and not s.get("no_half_vae") and not _is_dit(s):
         tips.append("for SDXL in fp16 --set no_half_vae=true")
     return tips
 

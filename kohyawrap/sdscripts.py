@@ -2,8 +2,7 @@
 
 Which script trains which model family, every argument each script accepts (extracted from the real
 parsers at the pinned commit and shipped in ``kohyawrap/data``). A new model family is a new
-row in ``FAMILIES``, not new code: FLUX.1, Chroma and SD3.5 came that way. Also how checkpoints
-are named.
+row in ``FAMILIES``, not new code: FLUX.1, Chroma and SD3.5 came that way.
 """
 
 from __future__ import annotations
@@ -266,22 +265,3 @@ def training_names() -> TrainingNames:
         no_warmup=tuple(sched["no_warmup"]),
         scheduler_not_usable=dict(sched["not_usable"]),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# How train_network.py names what it saves (train_util.py: EPOCH_FILE_NAME, STEP_FILE_NAME)
-
-
-def epoch_checkpoint_name(output_name: str | None, epoch: int, ext: str = "safetensors") -> str:
-    """``<name>-000002.safetensors``: what ``save_every_n_epochs`` writes after epoch ``epoch``."""
-    return f"{output_name or 'epoch'}-{epoch:06d}.{ext}"
-
-
-def step_checkpoint_name(output_name: str | None, step: int, ext: str = "safetensors") -> str:
-    """``<name>-step00000200.safetensors``: what ``save_every_n_steps`` writes at ``step``."""
-    return f"{output_name or 'at'}-step{step:08d}.{ext}"
-
-
-def final_checkpoint_name(output_name: str | None, ext: str = "safetensors") -> str:
-    """The file written at the end of training (``last`` without ``output_name``)."""
-    return f"{output_name or 'last'}.{ext}"

@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures.hub",
     "tests.fixtures.runs",
     "tests.fixtures.gpu",
+    "tests.fixtures.reaper",
 ]
 
 

@@ -186,3 +186,19 @@ def test_rich_only_in_console_and_click_only_in_cli() -> None:
             assert rel.startswith("console/"), rel
         if "click" in top:
             assert rel.startswith("cli/") or rel == "__main__.py", rel
+
+
+# CLI modules every command may use; a command module never imports another command's module.
+SHARED_CLI = {"kohyawrap.cli", "kohyawrap.cli.options", "kohyawrap.cli.types",
+              "kohyawrap.cli.complete", "kohyawrap.cli.runspec"}  # fmt: skip
+
+
+def test_cli_commands_do_not_import_each_other() -> None:
+    bad = []
+    for name in modules():
+        if not name.startswith("kohyawrap.cli.") or name in SHARED_CLI:
+            continue
+        for imported in internal_imports(name):
+            if imported.startswith("kohyawrap.cli.") and imported not in SHARED_CLI:
+                bad.append(f"{name} imports {imported}")
+    assert not bad, "\n".join(bad)

@@ -450,7 +450,9 @@ def test_samples_arrive_while_training_and_attach_shows_them(
     result = cli(env, "attach", run.name, "--runs-dir", str(env.runs), "--poll", "0.2")
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in (run / "samples").iterdir())
-    assert len(names) == 4 * 2, names
+    prompts = (run / "config" / "sample_prompts.txt").read_text(encoding="utf-8").splitlines()
+    per_epoch = len([line for line in prompts if line.strip() and not line.startswith("#")])
+    assert len(names) == 4 * per_epoch, names  # four epochs
     shown = " ".join(result.stderr.split())
     for name in set(names) - before:
         assert name in shown, f"attach did not show {name}"

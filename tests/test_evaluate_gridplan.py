@@ -23,14 +23,14 @@ from kohyawrap.evaluate.gridplan import (
 from kohyawrap.evaluate.options import GridOptions, parse_grid
 from kohyawrap.evaluate.prompts import PromptDefaults, split_line
 from kohyawrap.evaluate.record import GridRecord
-from kohyawrap.sdscripts import epoch_checkpoint_name, final_checkpoint_name, step_checkpoint_name
 
 NAME = "柴犬 lora"
 DEFAULTS = PromptDefaults("lowres", 512, 768, 28, 7.0)
 
 
 def ckpt(epoch: int, total: int = 10) -> Checkpoint:
-    name = final_checkpoint_name(NAME) if epoch == total else epoch_checkpoint_name(NAME, epoch)
+    # As train_network.py names them: <name>.safetensors at the end, <name>-<epoch:06d> before.
+    name = f"{NAME}.safetensors" if epoch == total else f"{NAME}-{epoch:06d}.safetensors"
     found = checkpoint_of(f"output/{name}", f"checkpoints/{name}", NAME,
                           {"ss_epoch": str(epoch), "ss_steps": str(epoch * 40)})  # fmt: skip
     assert found is not None
@@ -44,7 +44,7 @@ def test_checkpoints_are_read_from_sd_scripts_names_and_metadata() -> None:
     )  # fmt: skip
     six = ckpt(6)
     assert (six.kind, six.epoch, six.key, six.label) == ("epoch", 6, "e000006", "epoch 6")
-    step = checkpoint_of(f"output/{step_checkpoint_name(NAME, 500)}", "x", NAME, {"ss_epoch": "2"})
+    step = checkpoint_of(f"output/{NAME}-step{500:08d}.safetensors", "x", NAME, {"ss_epoch": "2"})
     assert step is not None and (step.kind, step.step, step.key) == ("step", 500, "s00000500")
     assert checkpoint_of("output/other.safetensors", "x", NAME, {}) is None
 

@@ -33,6 +33,15 @@ def test_sdxl_in_fp16_without_no_half_vae() -> None:
     assert "--set no_half_vae=true" in hint
 
 
+def test_flux_or_sd3_in_fp16_is_not_told_about_sdxl_vae() -> None:
+    # The FLUX.1 and SD3 scripts have cache_text_encoder_outputs too; their VAE is not SDXL's.
+    for module, extra in (("networks.lora_flux", {"t5xxl": "/m/t5.safetensors"}),
+                          ("networks.lora_sd3", {})):  # fmt: skip
+        settings = {"mixed_precision": "fp16", "cache_text_encoder_outputs": True,
+                    "network_module": module, "unet_lr": 1e-4, **extra}  # fmt: skip
+        assert "no_half_vae" not in _nan_hint(settings)
+
+
 def test_prodigy_with_fp16() -> None:
     settings = _settings("vram-16", "sd15", ("optimizer_type", "Prodigy"), ("learning_rate", 1.0),
                          ("unet_lr", 1.0), ("text_encoder_lr", 1.0))  # fmt: skip

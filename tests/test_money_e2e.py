@@ -25,6 +25,7 @@ from typing import ClassVar
 import pytest
 
 from kohyawrap.hosts.transfer import file_sha256
+from kohyawrap.launcher.fetch import is_checkpoint
 from kohyawrap.launcher.manifest import RunStatus, StopReason
 from tests.fixtures.fakesds import FakeBehaviour, FakeSdScripts
 from tests.fixtures.hub import FakeHub
@@ -282,9 +283,10 @@ def test_runpod_pod_is_destroyed_only_after_every_checkpoint_is_verified(
     )
     remote = Path(m.remote_run_dir)
     destroyed_at = boxes.pod.calls.stat().st_mtime
-    for rel, info in m.pulled.items():
-        if not rel.startswith("output/"):
-            continue
+    checkpoints = {r: i for r, i in m.pulled.items() if is_checkpoint(r)}
+    assert checkpoints, m.pulled
+    for rel, info in checkpoints.items():
+        # Every checkpoint (not the sample images, also pulled) has its receipt.
         receipt = remote / "receipts" / f"{Path(rel).name}.sha256"
         assert receipt.read_text().split()[0] == info.sha256 == file_sha256(remote / rel)
         assert receipt.stat().st_mtime <= destroyed_at

@@ -351,4 +351,4 @@ def test_failed_install_is_diagnosed(world: Env, fake_sdscripts: FakeSdScripts) 
     assert "no torch wheel for this host" in err
     assert "--python python3.11" in err
     m = manifest_of(only_run(world))
-    assert m.status is RunStatus.FAILED and m.error is not None and m.error.startswith("setup:")
+    assert m.status is RunStatus.FAILED and m.error is not None and m.error.startswith("prepare:")

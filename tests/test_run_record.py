@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kohyawrap.clock import SystemClock
 from kohyawrap.errors import UsageError
 from kohyawrap.hosts.local import LocalHost
 from kohyawrap.launcher import job
@@ -338,7 +339,7 @@ def test_launch_and_stop_survive_a_process_group_of_their_own(tmp_path: Path) ->
     (run_dir / "run.sh").write_text(WRAPPER)
     starter = (
         "from kohyawrap.hosts.local import LocalHost; from kohyawrap.launcher import job; "
-        "from kohyawrap.clock import SystemClock; import sys; "
+        "from kohyawrap.clock import SystemClock, SystemClock; import sys; "
         "print(job.launch(LocalHost(), sys.argv[1], SystemClock()))"
     )
     out = subprocess.run(
@@ -346,5 +347,62 @@ def test_launch_and_stop_survive_a_process_group_of_their_own(tmp_path: Path) ->
     )
     pid = int(out.stdout.strip())
     assert job.alive(LocalHost(), str(run_dir))
-    ended = job.stop(LocalHost(), str(run_dir), FakeClock(), wait_seconds=10)
+    # A real process ends in real time: the real clock, so a loaded machine only makes it slower.
+    ended = job.stop(LocalHost(), str(run_dir), SystemClock(), wait_seconds=30)
     assert ended is not None and ended.code == 143 and pid > 0
+
+
+def test_steps_sharing_a_dropped_host_each_say_they_start_again() -> None:
+    """PREPARE runs three steps on one host: one drop fails them all, one reconnects, and every
+    step says what it does again (whichever got there first)."""
+    import threading
+
+    from kohyawrap.errors import ConnectionLost
+
+    class Heard(SilentReporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, message: str) -> None:
+            self.lines.append(message)
+
+    class CountingHost(LocalHost):
+        reopened = 0
+
+        def reconnect(self) -> None:
+            CountingHost.reopened += 1
+
+    heard, clock = Heard(), FakeClock()
+    reconnector = Reconnector(CountingHost(), heard, clock, 3)
+    all_failed = threading.Barrier(3)
+
+    def step(name: str) -> str:
+        tries = 0
+
+        def action() -> str:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                all_failed.wait(10)
+                raise ConnectionLost("the connection dropped")
+            return name
+
+        return reconnector.call(action, f"{name} again")
+
+    results: dict[str, str] = {}
+    threads = [
+        threading.Thread(target=lambda n=n: results.__setitem__(n, step(n)))  # type: ignore[misc]
+        for n in ("setting up", "fetching the model files", "uploading the rest")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert results == {n: n for n in results} and len(results) == 3
+    assert CountingHost.reopened == 1 and reconnector.recoveries == 1
+    again = sorted(line for line in heard.lines if line.startswith("reconnected; "))
+    assert again == [
+        "reconnected; fetching the model files again",
+        "reconnected; setting up again",
+        "reconnected; uploading the rest again",
+    ]

@@ -129,14 +129,14 @@ def test_the_task_loads_in_skypilot_with_resources_mounts_setup_run(
     files = out.parent / "task-files"
     assert mounts[sky.layout.in_run("training_config.toml")] == str(files / "training_config.toml")
     assert mounts[sky.layout.in_run("dataset")] == str(world.dataset.resolve())
-    assert mounts[sky.model.remote_path] == str(world.base_model.resolve())  # uploaded model
+    assert mounts[sky.base_file.remote_path] == str(world.base_model.resolve())  # uploaded model
     assert (files / "training_config.toml").read_text("utf-8") == sky.rendered.files[
         "training_config.toml"
     ]
     assert RunPlan.from_json(json.loads((files / "plan.json").read_text("utf-8"))) == sky
     # Set-up and run are the rendered scripts, byte for byte, as over SSH.
     assert 'git -C "$tmp" fetch --quiet --depth 1 origin "$REF"' in loaded["setup"]
-    assert "KW venv=cached" in loaded["setup"] and "model.sh" not in loaded["setup"]
+    assert "KW venv=cached" in loaded["setup"] and "files.sh" not in loaded["setup"]
     assert (
         "accelerate.commands.launch --multi_gpu --num_processes 8 --num_machines 2"
         in (loaded["run"])
@@ -163,8 +163,8 @@ def test_outputs_to_a_bucket_and_autodown(
     assert loaded["resources"][0]["autostop"] == {"idle_minutes": 5, "down": True}
     assert loaded["num_nodes"] == 1
     assert "--multi_gpu" not in loaded["run"] and "SKYPILOT_NODE_IPS" not in loaded["run"]
-    # A Hugging Face model is downloaded by model.sh, its token read from standard input.
-    assert 'printf \'%s\\n\' "${HF_TOKEN:-}" | bash "$kw/model.sh"' in loaded["setup"]
+    # A Hugging Face model is downloaded by files.sh, its token read from standard input.
+    assert 'printf \'%s\\n\' "${HF_TOKEN:-}" | bash "$kw/files.sh"' in loaded["setup"]
     # Declared, never filled in: `sky launch --secret HF_TOKEN` passes it from the laptop's env.
     assert yaml.safe_load(out.read_text("utf-8"))["secrets"] == {"HF_TOKEN": None}
 

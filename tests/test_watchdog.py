@@ -44,16 +44,23 @@ class Trainer:
     step: int = 0
     ended: bool = False
     saves: list[tuple[int, float]] = field(default_factory=list)  # (step, time)
+    slow_from: int = 0  # from this step on (0: never) a step takes slow_seconds
+    slow_seconds: float = 0.0
+
+    def time_of(self, step: int) -> float:
+        """When ``step`` ends on the fake clock."""
+        slow = max(0, step - self.slow_from) if self.slow_from else 0
+        return T0 + step * self.step_seconds + slow * (self.slow_seconds - self.step_seconds)
 
     def advance(self, now: float) -> None:
         log = self.run / "run.log"
-        while not self.ended and T0 + (self.step + 1) * self.step_seconds <= now:
+        while not self.ended and self.time_of(self.step + 1) <= now:
             if (self.run / "stop_requested").exists():
                 self._end(now, 143)
                 return
             self.step += 1
             with log.open("a", encoding="utf-8") as fh:
-                fh.write("\r" + frame(self.step, self.total, self.step * self.step_seconds))
+                fh.write("\r" + frame(self.step, self.total, self.time_of(self.step) - T0))
                 if self.step % self.save_every == 0 or self.step == self.total:
                     final = self.step == self.total
                     name = (
@@ -63,7 +70,7 @@ class Trainer:
                     )
                     fh.write(f"\nsaving checkpoint: output/{name}\n")
                     (self.run / "output" / name).write_bytes(lora_bytes(self.step))
-                    self.saves.append((self.step, T0 + self.step * self.step_seconds))
+                    self.saves.append((self.step, self.time_of(self.step)))
             if self.step == self.total:
                 self._end(now, 0)
         if not self.ended and (self.run / "stop_requested").exists():
@@ -157,12 +164,37 @@ def test_budget_stop_comes_right_after_a_save_when_the_next_would_not_fit(tmp_pa
     last_step, _ = trainer.saves[-1]
     assert stop["after"] == f"{trainer.name}-{last_step // 10:06d}.safetensors"
     assert stop["spent"] <= budget
-    # The rule it applied: the next save (one interval later) plus a look would pass the budget.
-    next_save = T0 + (last_step + 10) * 1.0 + poll
+    # The rule it applied: the next save (one interval later, at the pace seen with the margin)
+    # plus a look would pass the budget.
+    at = float(stop["at"])
+    step_then = int(at - T0)
+    next_save = at + (last_step + 10 - step_then) * 1.0 * wd.PACE_MARGIN + poll
     assert before + price * (next_save - T0) / 3600 > budget
+    # ... and one interval earlier it would not have stopped: not a save too soon.
+    assert before + price * (next_save - 10 * wd.PACE_MARGIN - T0) / 3600 <= budget
     assert (run / "exit_code").read_text().strip() == "143"
     assert not (run / "deadline").exists()
     assert "nothing trained is lost" in stop["message"]
+
+
+def test_a_trainer_that_slows_down_is_still_stopped_right_after_a_save(tmp_path: Path) -> None:
+    """tqdm's rate is an average: after a slowdown it promises the next save too early. The pace
+    between the last two saves does not, so the stop still loses nothing."""
+    # $0.01 a second: the budget is 93.5 s. Saves come at 40, 58, 76, 94 s; at 76 s the average
+    # rate (1.27 s a step) promised the next at ~89 s, and it would have come at 94.
+    price, poll, budget = 36.0, 1.0, 0.935
+    trainer, run = simulate(
+        tmp_path,
+        {"total": 400, "step_seconds": 1.0, "save_every": 10, "slow_from": 40,
+         "slow_seconds": 1.8},
+        price_per_hour=price, max_dollars=budget, poll_seconds=poll,
+    )  # fmt: skip
+    stop = json.loads((run / "watchdog" / "stop.json").read_text())
+    assert stop["reason"] == "budget" and stop["graceful"] is True, stop
+    last_step, saved_at = trainer.saves[-1]
+    assert stop["after"] == f"{trainer.name}-{last_step // 10:06d}.safetensors"
+    # It kept going while a save fitted: the next one would have come after the budget.
+    assert saved_at + 10 * 1.8 > T0 + budget / price * 3600 - poll
 
 
 def test_without_saves_the_budget_is_never_passed_by_more_than_a_look(tmp_path: Path) -> None:

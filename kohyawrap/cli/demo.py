@@ -43,7 +43,7 @@ def demo(output: Path, force: bool) -> None:
     the run on an RTX 4090 and compares every GPU preset. Run it again and it replaces its own
     earlier output there (it says so); a folder with other files needs --force or another -o.
     """
-    from kohyawrap.cli.config import with_dataset_subjects, write_run_files
+    from kohyawrap.cli.runspec import with_dataset_subjects, write_run_files
     from kohyawrap.console import stdout
     from kohyawrap.console.config import show_rendered
     from kohyawrap.console.forecast import show_compare, show_forecast

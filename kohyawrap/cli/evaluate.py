@@ -17,15 +17,10 @@ from kohyawrap.cli.options import (
     grouped,
     read_sample_prompts,
     read_token,
+    runs_dir_flag,
 )
 
-_RUNS_DIR = click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs"),
-    show_default=True,
-    help="Folder holding the run records.",
-)
+_RUNS_DIR = runs_dir_flag
 _JSON = click.option("--json", "as_json", is_flag=True, help="The result as JSON.")
 
 

@@ -13,6 +13,7 @@ from kohyawrap.cli.options import (
     GroupedCommand,
     find_run,
     grouped,
+    runs_dir_flag,
     skypilot_options,
 )
 
@@ -41,8 +42,7 @@ def export() -> None:
 @click.option("--epoch", type=click.IntRange(min=1), default=None,
               help="The checkpoint of this epoch (default: the report's choice).")  # fmt: skip
 @click.option("--name", default=None, help="File name to use (default: <name>-epochNN).")
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="Folder holding the run records.")  # fmt: skip
+@runs_dir_flag
 @click.option("--json", "as_json", is_flag=True, help="The result as JSON.")
 def lora(
     run_ref: str, dest: Path, epoch: int | None, name: str | None, runs_dir: Path, as_json: bool

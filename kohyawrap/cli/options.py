@@ -226,6 +226,15 @@ follow_options = option_group(
     ],
 )
 
+# --runs-dir on the commands that act on recorded runs (runs, attach, stop, grid, report ...).
+runs_dir_flag = click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Folder holding the run records.",
+)
+
 runs_dir_option = grouped(
     "Following",
     "--runs-dir",

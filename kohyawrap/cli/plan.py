@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kohyawrap.cli.config import run_options
+from kohyawrap.cli.runspec import run_options
 from kohyawrap.cli.types import BANDWIDTH, PRICE
 
 
@@ -58,7 +58,7 @@ def plan(
       kohyawrap plan --gpu rtx4090 --model flux-dev --dataset ./training_data --compare
       kohyawrap plan --gpu a100-80gb --model sdxl --dataset ./training_data --max-dollars 2
     """
-    from kohyawrap.cli.config import build_spec, scan_dataset, with_dataset_subjects
+    from kohyawrap.cli.runspec import build_spec, scan_dataset, with_dataset_subjects
     from kohyawrap.forecast import (
         Setup,
         build_forecast,

@@ -7,19 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kohyawrap.cli.options import GroupedCommand, connect_options, find_run, follow_options
+from kohyawrap.cli.options import (
+    GroupedCommand,
+    connect_options,
+    find_run,
+    follow_options,
+    runs_dir_flag,
+)
 
 if TYPE_CHECKING:
     from kohyawrap.launcher.runstore import RunDir
     from kohyawrap.launcher.verbs import Launcher
 
-_RUNS_DIR = click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs"),
-    show_default=True,
-    help="Folder holding the run records.",
-)
+_RUNS_DIR = runs_dir_flag
 _JSON = click.option("--json", "as_json", is_flag=True, help="The run's record as JSON.")
 
 

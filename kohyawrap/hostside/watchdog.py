@@ -50,6 +50,9 @@ from typing import Any, Protocol
 VERSION = 1
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt")
 RESTOP_SECONDS = 60.0  # ask again when a stopped job has not ended after this long
+# A graceful stop loses nothing and a hard stop loses up to a save interval, so the next save is
+# expected this much later than the pace seen so far (machines slow down; tqdm's rate lags).
+PACE_MARGIN = 1.15
 PUSH_WAIT_SECONDS = 3600.0  # how long a finish waits for another process's push to the Hub
 ACTION_TIMEOUT = 120.0
 VAST_API = "https://console.vast.ai/api/v0"  # docs.vast.ai REST API base URL
@@ -287,9 +290,11 @@ class Saves:
     save_state: bool
     done: list[tuple[str, int]] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
+    seen_at: list[float] = field(default_factory=list)  # when each of ``done`` was seen complete
 
-    def update(self, announced: list[tuple[str, int]]) -> bool:
-        """Move completed saves to ``done``; True when one completed at this look."""
+    def update(self, announced: list[tuple[str, int]], elapsed: float = 0.0) -> bool:
+        """Move completed saves to ``done`` (seen ``elapsed`` seconds into the job); True when
+        one completed at this look."""
         fresh = False
         finished = dict(self.done)
         for name, step in announced:
@@ -301,6 +306,7 @@ class Saves:
                 whole = self._state_saved(name.rsplit(".", 1)[0])
             if whole:
                 self.done.append((name, step))
+                self.seen_at.append(elapsed)
                 fresh = True
             with contextlib.suppress(OSError):
                 self.sizes[name] = path.stat().st_size
@@ -371,14 +377,15 @@ class Limits:
         progress: Progress | None,
         saves: list[tuple[str, int]],
         just_saved: bool,
+        seen_at: list[float] | None = None,
     ) -> Stop | None:
         """Whether to stop now: at the limit (by the next look), or right after a save when the
-        next save would come after the limit."""
+        next save would come after the limit. ``seen_at``: when each save was seen complete."""
         hard = self._hard(elapsed)
         if hard is not None:
             return hard
         if just_saved and saves and progress is not None:
-            return self._graceful(elapsed, progress, saves)
+            return self._graceful(elapsed, progress, saves, seen_at or [])
         return None
 
     def _hard(self, elapsed: float) -> Stop | None:
@@ -402,14 +409,21 @@ class Limits:
             )
         return None
 
-    def _graceful(self, elapsed: float, p: Progress, saves: list[tuple[str, int]]) -> Stop | None:
+    def _graceful(
+        self, elapsed: float, p: Progress, saves: list[tuple[str, int]], seen_at: list[float]
+    ) -> Stop | None:
         if p.seconds_per_step is None or p.step >= p.total:
             return None
         name, last = saves[-1]
         previous = saves[-2][1] if len(saves) > 1 else 0
         upcoming = min(last + max(1, last - previous), p.total)
+        steps = max(0, upcoming - p.step)
+        wait = steps * p.seconds_per_step
+        if len(seen_at) >= 2 and last > previous:
+            # The pace between the last two saves, when it is slower than the average rate.
+            wait = max(wait, (seen_at[-1] - seen_at[-2]) / (last - previous) * steps)
         # The next save shows up complete one look after sd-scripts writes it.
-        at_next = elapsed + max(0, upcoming - p.step) * p.seconds_per_step + self.poll_seconds
+        at_next = elapsed + wait * PACE_MARGIN + self.poll_seconds
         spent = self.spent(elapsed)
         what = f"{name} is saved; the next checkpoint (step {upcoming} of {p.total})"
         if self.max_dollars is not None and self.spent(at_next) > self.max_dollars:
@@ -856,11 +870,12 @@ class Guard:
             return self.after_job(now)
         started = read_number(self.paths.run / "started_at") or now
         self.reader.poll()
-        just_saved = self.saves.update(self.reader.announced)
-        limits = Limits.of(self.cfg)
         elapsed = now - started
+        just_saved = self.saves.update(self.reader.announced, elapsed)
+        limits = Limits.of(self.cfg)
         if self.stop is None:
-            stop = limits.check(elapsed, self.reader.progress, self.saves.done, just_saved)
+            progress, saves = self.reader.progress, self.saves
+            stop = limits.check(elapsed, progress, saves.done, just_saved, saves.seen_at)
             if stop is not None:
                 self.stop = replace(stop, at=now)
                 write_json(self.paths.stop, asdict(self.stop))

@@ -73,7 +73,9 @@ class Reconnector:
                 if drops > self.tries:
                     raise
                 # Several steps share the host (PREPARE): one drop fails them all, and only the
-                # first to get here reconnects; the others find it done and try again.
+                # first to get here reconnects; the others find it done, say so and try again.
                 with self._lock:
                     if self.recoveries == seen:
                         self.recover(lost, doing)
+                    else:
+                        self.reporter.info(f"reconnected; {doing}")
