@@ -6,6 +6,8 @@ real git repositories, real images.
   ``shutdown`` once the queue has drained;
 - the same queue with the laptop process killed as soon as the jobs are handed over: the host runs
   every job and carries out the finish by itself; ``attach`` then pulls everything;
+- the laptop killed once the first job is handed over: ``attach`` hands over the rest, follows
+  and pulls every job, and carries out the finish itself;
 - a pool of two boxes, one killed mid-queue: its job is resumed on the other from its newest
   training state.
 """
@@ -207,6 +209,7 @@ def test_three_jobs_one_failing_then_the_box_shuts_down(
         ("柴犬 一号", "finished"), ("too big", "failed"), ("third", "finished")
     ]  # fmt: skip
     assert rows[0]["step"] == 2 * STEPS_PER_EPOCH and rows[0]["dollars"] > 0
+    assert rows[0]["loss"] is not None and rows[0]["loss"] > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +266,55 @@ def test_the_host_runs_the_queue_and_finishes_without_the_laptop(
     host = store.load(record.queue_id).hosts[0]
     assert host.finish is not None and host.finish.by == "queue runner"
     assert one_box.calls_now() == ["shutdown -h now"], "the finish is carried out once"
+
+
+def _first_handed_over(env: Env) -> bool:
+    store = QueueStore(env.runs)
+    ids = store.ids()
+    return bool(ids) and bool(store.load(ids[0]).jobs[0].key)
+
+
+def test_attach_carries_a_running_queue_on_to_its_finish(
+    world: Env, fake_sdscripts: FakeSdScripts, one_box: Box
+) -> None:
+    # The laptop goes away as soon as the first job is on the host, perhaps while the others are
+    # still being prepared; the runner would wait half an hour before finishing by itself.
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.05))
+    jobs = [{"name": "甲"}, {"name": "乙"}, {"name": "丙"}]
+    path = queue_file(world, fake_sdscripts, commit, jobs, epochs=3)
+    connect = ssh_config(world.root / "ssh_config", {"gpu-box": (one_box, one_box.sshd.port)})
+    args = [*run_args(world, path, "gpu-box"), *connect, "--on-finish", "shutdown",
+            "--provider", "none", "--idle-minutes", "30"]  # fmt: skip
+    laptop = subprocess.Popen(
+        [sys.executable, "-m", "kohyawrap", *args], cwd=world.root, env=world.environ(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _first_handed_over(world), 180, "the first job handed to the host")
+    finally:
+        laptop.kill()
+        laptop.wait()
+    assert one_box.calls_now() == []
+    store, record = record_of(world)
+    # Found by the queue file's name; the connection comes from the record.
+    result = kohyawrap(world, "attach", "jobs", "--runs-dir", str(world.runs), "--poll", "0.2",
+                       timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    record = store.load(record.queue_id)
+    assert all(j.key for j in record.jobs), "attach handed over what was not handed over yet"
+    for job in record.jobs:
+        m = store.run(job).load()
+        assert m.status is RunStatus.FINISHED, (job.name, m.status, m.error)
+        assert m.follow.last_step == 3 * STEPS_PER_EPOCH
+        final = store.run(job).path / "checkpoints" / f"{job.name}.safetensors"
+        assert read_header(final)[1]["ss_epoch"] == "3"
+    (host,) = record.hosts
+    assert host.finish is not None and host.finish.by == "laptop", host.finish
+    assert host.finish.action == "shutdown" and host.finish.result == "ok"
+    assert one_box.calls_now() == ["shutdown -h now"]
+    state = json.loads((Path(host.queue_dir) / "state.json").read_text())
+    assert sorted(j["exit_code"] for j in state["jobs"].values()) == [0, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------------
