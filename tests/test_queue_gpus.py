@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -93,6 +94,40 @@ def test_the_dry_run_says_where_each_job_goes(tmp_path: Path, nvidia_smi, capsys
     assert data["hosts"][0]["slots"] == ["GPU 0", "GPU 1"]
     assert data["estimate"]["saving_dollars"] >= 0
     assert not (tmp_path / "runs").exists(), "a dry run records nothing"
+
+
+def test_the_printed_plan_says_the_saving_and_when_two_gpus_cost_more(  # type: ignore[no-untyped-def]
+    tmp_path: Path, nvidia_smi, capsys
+) -> None:  # fmt: skip
+    nvidia_smi(busy=False)
+    make_dataset(tmp_path / "数据")
+    path = tmp_path / "three sdxl.toml"
+    path.write_text(
+        '[defaults]\nmodel = "sdxl"\nbase_model = "stabilityai/stable-diffusion-xl-base-1.0"\n'
+        'dataset = "数据"\ngrid = false\nset = { max_train_epochs = 10 }\n'
+        '[[job]]\nname = "柴犬"\n[[job]]\nname = "two"\n[[job]]\nname = "three"\n',
+        encoding="utf-8",
+    )  # fmt: skip
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+
+    def plan(*extra: str) -> str:
+        code, out = run_cli(["queue", "run", str(path), "--host", "local", "--dry-run", *runs,
+                             *extra], capsys)  # fmt: skip
+        assert code == 0 and "Traceback" not in out, out
+        return out
+
+    # One GPU: the second and third jobs skip the install and the download, in time and dollars.
+    out = plan("--gpus", "1")
+    saved = re.search(r"saving: ~(\d+) min, ~\$(\d+\.\d+) \(set-up and model downloads", out)
+    assert saved and int(saved[1]) > 0 and float(saved[2]) > 0, out
+    assert "more than separate sessions" not in out
+    # Two GPUs: sooner, but the box is paid for both while one idles under the third job.
+    out = plan()
+    raw = plan("--json")
+    est = json.JSONDecoder().raw_decode(raw[raw.index("{") :])[0]["estimate"]
+    assert est["seconds"] < est["separate_seconds"] and est["saving_dollars"] < 0
+    assert "saving: ~" in out and "no dollars" in out
+    assert "the queue costs ~$" in out and "more than separate sessions: GPUs idle" in out
 
 
 @pytest.mark.slow

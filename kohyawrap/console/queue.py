@@ -46,17 +46,18 @@ def show_queue_plan(plan: QueuePlan) -> None:
             duration(e.grid_seconds) if p.grid.enabled else "off", escape(plan.where(i)),
         )  # fmt: skip
     con.print(table)
-    money = (
-        f"~{dollars(est.saving_dollars)}"
-        if est.saving_dollars >= 0
-        else f"none: ~{dollars(-est.saving_dollars)} more (GPUs idle while the last jobs run)"
-    )
+    money = f"~{dollars(abs(est.saving_dollars))}"
     con.print(
         f"[bold]queue[/]: ~{duration(est.seconds)}, ~{dollars(est.dollars)}   "
         f"[bold]separate sessions[/]: ~{duration(est.separate_seconds)}, "
         f"~{dollars(est.separate_dollars)}   [bold]saving[/]: ~{duration(est.saving_seconds)}, "
-        f"{money} (set-up and model downloads paid once per host)"
+        f"{money if est.saving_dollars >= 0 else 'no dollars'} "
+        "(set-up and model downloads paid once per host)"
     )
+    if est.saving_dollars < 0:
+        # A host is paid for all its GPUs until its last job ends: faster is not always cheaper.
+        con.print(f"  [yellow]the queue costs {money} more than separate sessions[/]: GPUs idle "
+                  "while the last jobs run (--gpus N uses fewer)")  # fmt: skip
     if len(plan.plans) > 1 and (len(plan.hosts) > 1 or any(len(h.slots) > 1 for h in plan.hosts)):
         con.print("  the runner starts each job on the slot that frees up first; "
                   "'expected on' follows the estimates")  # fmt: skip
