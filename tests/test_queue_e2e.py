@@ -9,7 +9,8 @@ real git repositories, real images.
 - the laptop killed once the first job is handed over: ``attach`` hands over the rest, follows
   and pulls every job, and carries out the finish itself;
 - a pool of two boxes, one killed mid-queue: its job is resumed on the other from its newest
-  training state.
+  training state;
+- a pool of two boxes, one free early: it takes a job the other had not started yet.
 """
 
 from __future__ import annotations
@@ -404,6 +405,47 @@ def test_a_pool_moves_the_job_of_a_box_that_dies_to_the_other(
     assert (second.kind, second.step_offset, second.status) == ("restart", 0, "finished")
     final = store.run(waited).path / "checkpoints" / "leg2" / "b waits.safetensors"
     assert read_header(final)[1]["ss_epoch"] == "4"
+
+
+def test_a_free_box_of_a_pool_takes_a_job_the_busy_one_has_not_started(
+    world: Env, fake_sdscripts: FakeSdScripts, two_boxes: tuple[Box, Box]
+) -> None:
+    a, b = two_boxes
+    # The plan gives box A one long job (20 epochs at batch 4) and box B the three short ones;
+    # A's job runs out of memory at its first step, so A is free while B still has two waiting.
+    commit = fake_sdscripts.commit_behaviour(FakeBehaviour(step_seconds=0.1, fail="oom",
+                                                           fail_at_step=1, oom_max_batch=2))  # fmt: skip
+    big = {"name": "大 fails", "set": {"train_batch_size": 4, "max_train_epochs": 20}}
+    jobs = [big, {"name": "b1"}, {"name": "b2 等"}, {"name": "b3"}]
+    path = queue_file(world, fake_sdscripts, commit, jobs, epochs=3)
+    connect = ssh_config(world.root / "ssh_config",
+                         {"box-a": (a, a.sshd.port), "box-b": (b, b.sshd.port)})  # fmt: skip
+    result = kohyawrap(world, *run_args(world, path, "box-a", "box-b"), *connect, timeout=400)
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    store, record = record_of(world)
+    assert [j.planned.split()[0] for j in record.jobs] == ["box-a", "box-b", "box-b", "box-b"]
+    moved = [j for j in record.jobs if j.moves]
+    assert moved and all(j.host == 0 for j in moved), record.jobs
+    assert record.jobs[1] not in moved, "b1 started on box B at once"
+    for job in moved:
+        assert job.moves[0] == "box-a was free while box-b was busy: started again on box-a (leg 2)"
+        m = store.run(job).load()
+        assert m.status is RunStatus.FINISHED, (job.name, m.status, m.error)
+        first, second = leg_records(m, m.finished_at or 0.0)
+        assert (first.target, first.status, first.last_step) == ("box-b", "stopped", None)
+        assert (second.target, second.kind, second.status) == ("box-a", "restart", "finished")
+        final = store.run(job).path / "checkpoints" / "leg2" / f"{job.name}.safetensors"
+        assert read_header(final)[1]["ss_epoch"] == "3"
+        # It never ran on box B: taken back from B's runner before that one started it.
+        assert not (Path(first.remote_run_dir) / "run.pid").exists()
+    state_b = json.loads((Path(record.hosts[1].queue_dir) / "state.json").read_text())
+    withdrawn = sorted(j["name"] for j in state_b["jobs"].values() if j.get("withdrawn"))
+    assert withdrawn == sorted(j.name for j in moved)
+    statuses = {j.name: store.run(j).load().status for j in record.jobs}
+    assert statuses == {"大 fails": RunStatus.FAILED, "b1": RunStatus.FINISHED,
+                        "b2 等": RunStatus.FINISHED, "b3": RunStatus.FINISHED}  # fmt: skip
+    assert [h.state for h in record.hosts] == ["done", "done"]
 
 
 # ---------------------------------------------------------------------------------------------

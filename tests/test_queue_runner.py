@@ -224,3 +224,34 @@ def test_a_job_file_that_is_not_one_is_skipped(tmp_path: Path, text: str) -> Non
     folder = make_queue(tmp_path, [], slots=[""])
     (folder / "jobs" / "0001.json").write_text(text)
     assert hq.read_jobs(folder) == []
+
+
+def test_a_waiting_job_taken_back_never_starts_and_a_started_one_stays(tmp_path: Path) -> None:
+    # What a free host of a pool does to a busy one (kohyawrap.launcher.queuehost.withdraw_job),
+    # through a real shell: the runner's own claim decides, so a job runs on one host only.
+    from kohyawrap.hosts.local import LocalHost
+    from kohyawrap.launcher.queuehost import withdraw_job
+
+    folder = make_queue(tmp_path, ["一", "二", "三"], slots=[""])
+    r = runner(folder, FakeClock(time.time()))
+    host = LocalHost()
+    try:
+        r.look()
+        assert withdraw_job(host, str(run_dir(folder, "一"))) is False, "it had started"
+        assert withdraw_job(host, str(run_dir(folder, "二"))) is True
+        assert withdraw_job(host, str(run_dir(folder, "二"))) is False, "taken back once"
+        release(folder, "一")
+        assert r.look() is False
+        assert wait_file(run_dir(folder, "三") / "gpu_seen") == "none", "the slot goes on to 三"
+        assert not (run_dir(folder, "二") / "gpu_seen").exists(), "二 never ran here"
+        release(folder, "三")
+        assert r.look() is True
+        recorded = json.loads((folder / "state.json").read_text())["jobs"]
+        jobs = {j["name"]: j for j in recorded.values()}
+        assert (jobs["二"]["state"], jobs["二"]["exit_code"], jobs["二"].get("withdrawn")) == (
+            "ended", None, True
+        )  # fmt: skip
+        assert [jobs[n]["exit_code"] for n in ("一", "三")] == [0, 0]
+    finally:
+        for name in ("一", "二", "三"):
+            (run_dir(folder, name) / "release").touch()

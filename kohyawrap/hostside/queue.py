@@ -10,7 +10,8 @@ no laptop. Every ``poll_seconds`` it:
   its run folder's ``run.sh``, started as ``kohyawrap``'s own launch starts it (``.launched`` made
   first, so a job is never started twice, whoever starts it);
 - sees a job end by its ``exit_code`` file (run.sh writes it whatever happens): a failed job
-  frees its slot like any other, and the next one starts;
+  frees its slot like any other, and the next one starts. A waiting job a laptop took back for
+  another host of a pool (``.launched`` made, ``exit_code`` "withdrawn") counts as ended;
 - records every job's state in ``state.json`` (read by ``kohyawrap queue status``);
 - once every job has ended (the queue drained): with ``--on-finish`` none it exits; otherwise,
   when no laptop has been heard of for ``idle_minutes`` (no receipt in any job, no ``lease``
@@ -201,6 +202,8 @@ class Runner:
             "ended_at": wd.read_number(job.run_dir / "ended_at"),
             "slot": slot if slot is not None else state.get("slot"),
         }
+        if code == "withdrawn":  # taken back by a laptop before it started: run by another host
+            self.states[job.key]["withdrawn"] = True
         wd.log(f"{job.name} ended (exit code {code})")
 
     def _record(self, job: Job, what: str, now: float, *, slot: int | None = None) -> None:

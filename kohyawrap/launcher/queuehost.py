@@ -228,6 +228,25 @@ printf 'KW now=%s\\n' "$(date +%s)"
 """
 
 
+# A waiting job taken back from the runner: ``.launched`` made first (the runner's own atomic
+# claim, so the job is either started there or withdrawn, never both), then an ``exit_code`` the
+# runner reads as "ended" (it frees nothing: the job never held a slot). Its token goes too.
+_WITHDRAW = """cd {dir} || exit 0
+mkdir .launched 2>/dev/null || exit 0
+rm -f watchdog/hf_token
+printf 'withdrawn\\n' > exit_code.tmp && mv -f exit_code.tmp exit_code
+printf 'KW withdrawn=yes\\n'
+"""
+
+
+def withdraw_job(host: Host, run_dir: str) -> bool:
+    """Take a job the runner has not started back from it; False when it had started."""
+    return (
+        parse_kv(host.run(_WITHDRAW.format(dir=sh(run_dir)), timeout=60).stdout).get("withdrawn")
+        == "yes"
+    )
+
+
 def job_started(host: Host, run_dir: str) -> tuple[int, float] | None:
     """The job's wrapper pid and how many seconds ago it started (host clock), once it has."""
     values = parse_kv(host.run(_STARTED.format(dir=sh(run_dir)), timeout=60).stdout)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from kohyawrap.clock import Clock
 from kohyawrap.errors import HostError, KohyawrapError, UsageError
 from kohyawrap.hosts.base import Host
+from kohyawrap.hosts.connect import ConnectOptions, open_host
 from kohyawrap.launcher import queuehost, watchdog
 from kohyawrap.launcher.fetch import is_checkpoint
 from kohyawrap.launcher.job import alive as job_alive
@@ -71,16 +73,17 @@ class Coordinator:
             self._busy -= 1
             self._cond.notify_all()
 
-    def take(self) -> str | None:
+    def take(self, timeout: float | None = None) -> str | None:
+        """A job to take over, or None when none can come any more; with ``timeout``, "" when
+        none came within it while other workers are still busy (the caller looks again)."""
         with self._cond:
             self._busy -= 1
             self._cond.notify_all()
-            while not self._waiting and self._busy > 0:
-                self._cond.wait()
-            if not self._waiting:
+            self._cond.wait_for(lambda: bool(self._waiting) or self._busy <= 0, timeout)
+            if not self._waiting and self._busy <= 0:
                 return None
             self._busy += 1
-            return self._waiting.pop(0)
+            return self._waiting.pop(0) if self._waiting else ""
 
     @property
     def left_over(self) -> list[str]:
@@ -170,9 +173,14 @@ class HostWorker:
             self._grids()
             if self._more():
                 continue  # `queue add` handed over more jobs meanwhile
-            moved = self.ctx.coordinator.take()
+            if self._steal():
+                continue  # a job another host had not started yet: run here now
+            # While the other hosts are busy, look for a job to take from them now and then.
+            moved = self.ctx.coordinator.take(max(5.0, 10 * self.ctx.options.poll_seconds))
             if moved is None:
                 return
+            if not moved:
+                continue
             try:
                 self._guard(take_over, taker, moved)
             except HostLost:
@@ -189,6 +197,42 @@ class HostWorker:
             for j in self._jobs()
             if j.key
         )
+
+    def _steal(self) -> bool:
+        """This host ran out of jobs: take over the first job another host of the pool was given
+        but has not started (it waits behind that host's running jobs), if there is one."""
+        from kohyawrap.launcher.queuemove import Taker, take_waiting
+
+        record = self.ctx.record()
+        taker = Taker(self.ctx.store, self.ctx.queue_id, self.reporter, self.ctx.clock,
+                      self.index, self.host)  # fmt: skip
+        for job in record.jobs:
+            owner = record.hosts[job.host] if 0 <= job.host < len(record.hosts) else None
+            if job.host == self.index or not job.key or owner is None or owner.state != "running":
+                continue
+            if self.ctx.store.run(job).load().status is not RunStatus.UPLOADED:
+                continue
+
+            def withdraw(m: RunManifest, owner: QueueHost = owner) -> bool:
+                # A connection of this worker's own: the owner's worker uses its own meanwhile.
+                given = ConnectOptions.from_json(owner.connect)
+                with closing(open_host(owner.target, given)) as there:
+                    return queuehost.withdraw_job(there, m.remote_run_dir)
+
+            try:
+                if self._guard(take_waiting, taker, job.run_id, withdraw):
+                    self.reporter.info(f"{job.name} moves to {self._me.target}, which is free")
+                    return True
+            except HostLost:
+                raise
+            except KohyawrapError as err:  # followed by another, its host does not answer ...
+                self.reporter.info(f"{job.name} stays on {owner.target}: {err.message}")
+        return False
+
+    def _mine(self, job: QueueJob) -> bool:
+        """The job is still this host's, as handed over (another host may have taken it)."""
+        now = self.ctx.record().job(job.name)
+        return now.host == self.index and now.key == job.key
 
     # -- prepare and hand over -------------------------------------------------------------------
     def _prepare_new(self) -> None:
@@ -210,6 +254,9 @@ class HostWorker:
         self.reporter.stage("queue", f"preparing {job.name} on {self._me.target}")
         try:
             with run.follow_lock():
+                if not self._mine(job):
+                    return
+                m = run.load()
                 s = self.session(run, m)
                 if m.status in _BEFORE_HANDING:
                     self._guard(run_stages, s, (Stage.PREPARE,))
@@ -270,6 +317,8 @@ class HostWorker:
         run = self.ctx.store.run(job)
         try:
             with run.follow_lock():
+                if not self._mine(job):
+                    return
                 s = self.session(run, run.load())
                 if s.manifest.status is RunStatus.UPLOADED:
                     self._wait_started(s, job)
