@@ -1,5 +1,5 @@
-"""The host-side queue runner (kohyawrap/hostside/queue.py) on real files and real processes: each
-job a tiny ``run.sh`` that records the GPU it was given and ends when the test lets it; a fake
+"""The host-side queue runner (kohyawrap/hostside/queuerunner.py) on real files and real processes:
+each job a tiny ``run.sh`` that records the GPU it was given and ends when the test lets it; a fake
 clock for the idle rule. The runner is what keeps a queue going when no laptop is there."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kohyawrap.hostside import queue as hq
+from kohyawrap.hostside import queuerunner as hq
 
 RUN_SH = """#!/usr/bin/env bash
 echo $$ > run.pid
@@ -193,12 +193,12 @@ def test_the_laptop_decides_and_acts_through_the_program(tmp_path: Path) -> None
                         idle_minutes=30.0)  # fmt: skip
     _checkpoint(folder, "a", receipt=True)
     _drained(folder, FakeClock(time.time()), ["a"])
-    (folder / "queue.py").write_bytes(Path(hq.__file__).read_bytes())
+    (folder / "queuerunner.py").write_bytes(Path(hq.__file__).read_bytes())
     (folder / "watchdog.py").write_bytes(Path(hq.wd.__file__).read_bytes())
 
     def program(*args: str) -> dict[str, object]:
         # As the laptop runs it: the file itself, beside the uploaded watchdog.py.
-        done = subprocess.run([sys.executable, "queue.py", "finish", str(folder), *args],
+        done = subprocess.run([sys.executable, "queuerunner.py", "finish", str(folder), *args],
                               cwd=folder, capture_output=True, text=True, check=True)  # fmt: skip
         line = next(ln for ln in done.stdout.splitlines() if ln.startswith("KW finish="))
         return json.loads(line.removeprefix("KW finish="))  # type: ignore[no-any-return]
@@ -255,3 +255,11 @@ def test_a_waiting_job_taken_back_never_starts_and_a_started_one_stays(tmp_path:
     finally:
         for name in ("一", "二", "三"):
             (run_dir(folder, name) / "release").touch()
+
+
+def test_no_host_program_is_named_like_a_standard_module() -> None:
+    # The host programs run as scripts side by side (the runner beside watchdog.py): one named
+    # like a standard module (the runner was queue.py) is what `import queue` finds there, inside
+    # huggingface_hub's upload too.
+    names = {p.stem for p in Path(hq.__file__).parent.glob("*.py")} - {"__init__"}
+    assert "watchdog" in names and not names & sys.stdlib_module_names

@@ -1,9 +1,10 @@
 """A queue's folder on a host, seen from the laptop: install the runner, hand it jobs, keep it
 company (the lease), read what it did, and ask it to finish.
 
-The runner itself (``kohyawrap/hostside/queue.py``) runs on the host and needs no laptop. Its
-folder, ``<work>/queues/<queue-id>-h<N>/``, holds ``queue.py`` and ``watchdog.py`` (it uses the
-watchdog's safety rule), ``config.json``, one ``jobs/<key>.json`` per job, and what the runner
+The runner itself (``kohyawrap/hostside/queuerunner.py``) runs on the host and needs no laptop.
+Its folder, ``<work>/queues/<queue-id>-h<N>/``, holds ``queuerunner.py`` and ``watchdog.py`` (it
+uses the watchdog's safety rule; no file there is named like a standard module, which the other
+would import instead), ``config.json``, one ``jobs/<key>.json`` per job, and what the runner
 writes: ``state.json``, ``log``, ``watchdog/finish.json``. The host is untrusted: what it writes
 is read bounded, and a file that does not parse is ignored, never a traceback.
 """
@@ -27,8 +28,8 @@ from kohyawrap.launcher.manifest import FinishRecord
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.scripts import parse_kv
 
-RUNNER = "queue.py"
-_SOURCE = Path(__file__).resolve().parents[1] / "hostside" / "queue.py"
+RUNNER = "queuerunner.py"
+_SOURCE = Path(__file__).resolve().parents[1] / "hostside" / "queuerunner.py"
 _MAX_STATE = 1 << 20  # bytes of the runner's files read back
 GOES_AWAY = ("stop", "destroy", "shutdown")
 

@@ -2,9 +2,9 @@
 runner, follow the jobs as the runner starts them, pull each one back (verified) as it ends, draw
 the grids once the host's GPUs are free, then carry out the queue's finish.
 
-The host runs the queue by itself (``kohyawrap/hostside/queue.py``); the worker only watches and
-pulls, so a laptop that goes away loses nothing: ``attach`` carries on from the records. A job
-that fails is recorded and the next one goes on. A host that drops out (its connection does not
+The host runs the queue by itself (``kohyawrap/hostside/queuerunner.py``); the worker only
+watches and pulls, so a laptop that goes away loses nothing: ``attach`` carries on from the
+records. A job that fails is recorded and the next one goes on. A host that drops out (its connection does not
 come back within the reconnect budget) hands its unfinished jobs to the :class:`Coordinator`,
 and the hosts still working take them over (``queuemove``): resumed from their newest training
 state on the laptop, or started again when they have none.

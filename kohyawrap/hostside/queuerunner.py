@@ -22,9 +22,9 @@ The safety rule is the watchdog's (``watchdog.py``, uploaded beside this file): 
 the user's own command only when every checkpoint of every job has a laptop's receipt (or is on
 the Hugging Face Hub with the same sha256); ``stop`` and ``shutdown`` at any time.
 
-    python queue.py run QUEUE_DIR                      # the runner (the laptop starts it)
-    python queue.py finish QUEUE_DIR --decide [--by W] # the laptop's queue FINISH: decide, print
-    python queue.py finish QUEUE_DIR --act             # ... then carry out what was decided
+    python queuerunner.py run QUEUE_DIR                       # the runner (the laptop starts it)
+    python queuerunner.py finish QUEUE_DIR --decide [--by W]  # the laptop's FINISH: decide, print
+    python queuerunner.py finish QUEUE_DIR --act              # ... then carry out the decision
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__:  # imported as kohyawrap.hostside.queue (the laptop's tests)
+if __package__:  # imported as kohyawrap.hostside.queuerunner (the laptop's tests)
     from kohyawrap.hostside import watchdog as wd
 else:  # run as a file on the host, beside the watchdog.py uploaded with it
     import watchdog as wd  # type: ignore[no-redef]
@@ -359,7 +359,7 @@ def finish(folder: Path, argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: queue.py run QUEUE_DIR | finish QUEUE_DIR --decide|--act [--by WHO]"
+    usage = "usage: queuerunner.py run QUEUE_DIR | finish QUEUE_DIR --decide|--act [--by WHO]"
     if len(argv) < 2 or argv[0] not in ("run", "finish"):
         print(usage, file=sys.stderr)
         return 2
