@@ -209,8 +209,10 @@ def test_three_jobs_one_failing_then_the_box_shuts_down(
     assert [(r["name"], r["state"]) for r in rows] == [
         ("柴犬 一号", "finished"), ("too big", "failed"), ("third", "finished")
     ]  # fmt: skip
-    assert rows[0]["step"] == 2 * STEPS_PER_EPOCH and rows[0]["dollars"] > 0
-    assert rows[0]["loss"] is not None and rows[0]["loss"] > 0
+    # The fake's running average loss is about 1.1; dollars are the job's own (a fraction of a
+    # cent here: it trains in well under a second, so only its type is certain).
+    assert rows[0]["step"] == 2 * STEPS_PER_EPOCH and isinstance(rows[0]["dollars"], float)
+    assert 0.5 < rows[0]["loss"] < 2.0, rows[0]
 
 
 # ---------------------------------------------------------------------------------------------

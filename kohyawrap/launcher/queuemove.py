@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from kohyawrap.clock import Clock
+from kohyawrap.errors import KohyawrapError
 from kohyawrap.hosts.base import Host
 from kohyawrap.launcher import continuing as c
 from kohyawrap.launcher.legs import begin_leg
@@ -74,7 +75,15 @@ def take_waiting(taker: Taker, run_id: str, withdraw: Callable[[RunManifest], bo
         me = record.hosts[taker.index].target
         m = m.with_changes(status=RunStatus.STOPPED, error=f"moved to {me} before it started")
         run.save(m)
-        _move(taker, job, run, m, f"{me} was free while {was} was busy")
+        try:
+            _move(taker, job, run, m, f"{me} was free while {was} was busy")
+        except BaseException as err:
+            # It runs nowhere now: say so in its record rather than leave it waiting for nothing.
+            why = err.message if isinstance(err, KohyawrapError) else type(err).__name__
+            run.save(run.load().with_changes(
+                status=RunStatus.FAILED, error=f"taken from {was} to move to {me}, which failed: {why}"
+            ))  # fmt: skip
+            raise
     return True
 
 

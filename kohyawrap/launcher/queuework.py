@@ -225,14 +225,17 @@ class HostWorker:
                     return True
             except HostLost:
                 raise
-            except KohyawrapError as err:  # followed by another, its host does not answer ...
-                self.reporter.info(f"{job.name} stays on {owner.target}: {err.message}")
+            except UsageError:  # followed right now (its host's worker waits for it to start)
+                continue
+            except KohyawrapError as err:  # its host does not answer, the move failed ...
+                self.reporter.info(f"{job.name} not moved to {self._me.target}: {err.message}")
         return False
 
     def _mine(self, job: QueueJob) -> bool:
-        """The job is still this host's, as handed over (another host may have taken it)."""
-        now = self.ctx.record().job(job.name)
-        return now.host == self.index and now.key == job.key
+        """The job is still this host's, as handed over (another host may have taken it); a job
+        `queue add` is handing over is not in the record yet."""
+        now = next((j for j in self.ctx.record().jobs if j.run_id == job.run_id), None)
+        return now is None or (now.host == self.index and now.key == job.key)
 
     # -- prepare and hand over -------------------------------------------------------------------
     def _prepare_new(self) -> None:
