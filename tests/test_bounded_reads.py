@@ -4,6 +4,7 @@ file's name, before anything reads them (issue #7: `config check /dev/zero` ate 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,3 +109,15 @@ def test_a_config_with_thousands_of_options_is_refused_not_checked_one_by_one(
     code, out = run_cli(["config", "check", str(path)], capsys)
     assert code == 2 and f"{MAX_CONFIG_OPTIONS + 1} options" in out
     assert out.count("option_") < 10
+
+
+def test_an_error_naming_a_long_path_keeps_it_whole(tmp_path: Path) -> None:
+    """Errors go to logs and pipes as often as to terminals: a path is never cut at 80 columns."""
+    deep = tmp_path / ("长路径-" * 12) / "配置 文件.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "kohyawrap", "config", "check", str(deep)],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"}, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("error:") and str(deep) in first, done.stderr

@@ -94,6 +94,7 @@ def test_the_example_photos_are_captioned_on_the_laptop(
     assert tree_digest(photos) == after
 
 
+@pytest.mark.slow
 def test_dry_run_overwrite_and_review(tmp_path: Path, hub: FakeHub, photos: Path) -> None:
     home = tmp_path / "home"
     before = tree_digest(photos)

@@ -99,6 +99,7 @@ def _venv_script(origin: Path, venv: Path, installer: str) -> str:
     )
 
 
+@pytest.mark.slow
 def test_venv_is_built_once_and_fingerprinted(tmp_path: Path, origin: Path) -> None:
     venv = tmp_path / "venvs" / "abc"
     script = _venv_script(origin, venv, "pip")
@@ -113,6 +114,7 @@ def test_venv_is_built_once_and_fingerprinted(tmp_path: Path, origin: Path) -> N
     assert again["venv"] == "cached" and again["installer"] == "pip"
 
 
+@pytest.mark.slow
 def test_two_builds_of_one_venv_take_turns(tmp_path: Path, origin: Path) -> None:
     """After a dropped connection the first install may still run on the host when the retry
     starts: the second waits for the first and finds its environment ready."""
@@ -163,6 +165,7 @@ def _with_uv(env: dict[str, str]) -> dict[str, str]:
     return {**env, "PATH": f"{Path(UV).parent}{os.pathsep}{env.get('PATH', '')}"}
 
 
+@pytest.mark.slow
 @needs_uv
 def test_uv_failure_falls_back_to_pip_and_says_so(tmp_path: Path, origin: Path) -> None:
     wheels = _local_only_package(tmp_path)
@@ -323,6 +326,7 @@ def test_files_script_takes_the_token_on_stdin_only(tmp_path: Path, fake_hub: ob
     assert parse_kv(again.stdout)["file.pretrained_model_name_or_path"] == "cached"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs a system python3")
 def test_model_script_brings_its_own_hub_when_python_has_none(
     tmp_path: Path, fake_hub: object

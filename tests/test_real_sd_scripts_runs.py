@@ -126,3 +126,33 @@ def test_published_gpu_numbers_follow_from_the_step_lines() -> None:
     # The no-checkpointing run's peak is the first step's: the batch's activations.
     first = json.loads((GPU / "steps_main.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert first["max_alloc_gib"] > 0.99 * published["main"]["peak_allocated_gib"]
+
+
+def test_a_40_gb_card_holds_the_tier_batch_and_not_the_old_one(tmp_path: Path) -> None:
+    """tests/data/gpu/a100-40gb-cap: the a100-40gb + sdxl config run on the H200 with torch held
+    to 39.5 GiB. Batch 3 (the tier now) trained; batch 6 (the tier before) ran out of memory.
+    kohyawrap's VRAM estimate says the same of both, before anything is rented."""
+    from kohyawrap.forecast import vram_parts
+
+    cap = GPU / "a100-40gb-cap"
+    catalog = load_catalog(user_dir=tmp_path / "no-user-presets")
+    model, card = catalog.model("sdxl"), catalog.gpu("a100-40gb")
+    usable = card.vram_gb * catalog.rules.number("usable_vram_fraction")
+    measured = json.loads((cap / "summary.json").read_text(encoding="utf-8"))
+    estimates = {}
+    for batch in (3, 6):
+        config, _ = read_toml(cap / f"training_config_b{batch}.toml")
+        options = {k: v for table in config.values() for k, v in table.items()}
+        assert options["train_batch_size"] == batch and not options["gradient_checkpointing"]
+        estimates[batch] = sum(part.seconds for part in vram_parts(model, options))
+    # Batch 3: the estimate covers what torch allocated (GiB, as the card's 40 "GB" are) and fits.
+    assert measured["a100"]["steps"] == 56
+    assert measured["a100"]["peak_allocated_gib"] <= estimates[3] <= usable
+    ran = parse((cap / "train_a100.log").read_bytes())
+    assert [e for e in ran if isinstance(e, Failure)] == []
+    # Batch 6: out of memory there, and over the card in the estimate.
+    failed = [e for e in parse((cap / "train_a100b6.log").read_bytes()) if isinstance(e, Failure)]
+    assert [f.kind for f in failed] == ["oom"]
+    assert estimates[6] > usable
+    # The shipped tier is the batch that fitted.
+    assert resolve(catalog, "a100-40gb", "sdxl").values()["train_batch_size"] == 3

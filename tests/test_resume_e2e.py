@@ -325,7 +325,8 @@ def test_slow_run_is_flagged_from_nvidia_smi(
     assert f"another process uses the GPU (pid {stranger.pid}, 18000 MiB)" in " ".join(
         result.stderr.split()
     )
-    assert m.follow.sec_per_step == pytest.approx(0.6, rel=0.3)
+    # The fake sleeps 0.6 s a step; a loaded machine only adds to it.
+    assert m.follow.sec_per_step is not None and 0.5 <= m.follow.sec_per_step < 3.0
     assert m.follow.measured["gpu_utilization_pct"] == 4
     assert m.follow.measured["s_per_step_estimated"] == m.plan.estimate.seconds_per_step > 0
     gpu_log = (Path(m.remote_run_dir) / "gpu.log").read_text().splitlines()

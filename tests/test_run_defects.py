@@ -278,6 +278,7 @@ def _drop_during_download(
             assert token.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_stop_on_an_ended_run_changes_nothing(world: Env, fake_sdscripts: FakeSdScripts) -> None:
     assert kohyawrap(world, *train_args(world, fake_sdscripts, fake_sdscripts.head)).returncode == 0
     run = only_run(world)
@@ -369,6 +370,7 @@ def test_train_and_attach_at_once_the_second_says_so(
     assert proc.returncode == 0, err
 
 
+@pytest.mark.slow
 def test_train_without_a_terminal_asks_for_yes(world: Env, fake_sdscripts: FakeSdScripts) -> None:
     args = [a for a in train_args(world, fake_sdscripts, fake_sdscripts.head) if a != "--yes"]
     result = subprocess.run(
@@ -394,6 +396,7 @@ def test_shutdown_of_this_machine_is_refused(world: Env, fake_sdscripts: FakeSdS
     assert not world.runs.exists()
 
 
+@pytest.mark.slow
 def test_gpu_auto_smoke_runs_on_a_host_without_a_gpu(
     world: Env, fake_sdscripts: FakeSdScripts
 ) -> None:
@@ -410,6 +413,7 @@ def test_gpu_auto_smoke_runs_on_a_host_without_a_gpu(
     assert "no NVIDIA GPU" in without.stderr and "--smoke" in without.stderr
 
 
+@pytest.mark.slow
 def test_pulled_files_match_the_host_byte_for_byte(
     world: Env, fake_sdscripts: FakeSdScripts
 ) -> None:

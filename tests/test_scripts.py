@@ -7,6 +7,7 @@ called), so these tests check what each script runs without installing or lintin
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,7 +94,30 @@ def test_test_passes_arguments_to_pytest_for_the_fast_tier(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr
     calls = log.read_text(encoding="utf-8").splitlines()
-    assert calls[-1] == "python -m pytest -q -m not slow"
+    # The fast tier runs on every core (pytest-xdist), two workers a core.
+    assert re.fullmatch(r"python -m pytest -q -n (\d+) -m not slow", calls[-1]), calls
+    workers = int(calls[-1].split()[5])
+    assert workers >= 2 and workers % 2 == 0
+
+
+def test_test_runs_the_fast_tier_in_parallel_then_the_slow_tier_alone(tmp_path: Path) -> None:
+    repo, log = _repo_copy(tmp_path, "test")
+    env = {**os.environ, "KOHYAWRAP_TEST_SSHD": str(ROOT / "scripts" / "test")}  # "installed"
+    done = subprocess.run(
+        [str(repo / "scripts" / "test")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    calls = [c for c in log.read_text(encoding="utf-8").splitlines() if "pytest" in c]
+    assert len(calls) == 2, calls
+    assert re.fullmatch(r"python -m pytest -q -n \d+ -m not slow", calls[0]), calls
+    assert calls[1] == "python -m pytest -q -m slow"
+    # Anything else goes to one pytest process as given.
+    done = subprocess.run(
+        [str(repo / "scripts" / "test"), "-k", "ssh"], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert log.read_text(encoding="utf-8").splitlines()[-1] == "python -m pytest -q -k ssh"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="scripts/test installs sshd only as root")
@@ -113,7 +137,8 @@ def test_test_installs_sshd_with_apt_get_when_root(tmp_path: Path) -> None:
     calls = log.read_text(encoding="utf-8").splitlines()
     assert "apt-get update -qq" in calls
     assert "apt-get install -y -qq openssh-server" in calls
-    assert calls.index("apt-get install -y -qq openssh-server") < calls.index("python -m pytest -q")
+    first_pytest = next(i for i, call in enumerate(calls) if "pytest" in call)
+    assert calls.index("apt-get install -y -qq openssh-server") < first_pytest
     assert "installing openssh-server" in done.stderr
 
 

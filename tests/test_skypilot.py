@@ -242,6 +242,7 @@ def test_exported_setup_and_run_train_on_the_loopback_sshd(
     assert not (world.root / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_export_through_the_cli_from_a_dry_run_plan(
     world: Env, fake_sdscripts: FakeSdScripts
 ) -> None:

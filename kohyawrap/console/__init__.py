@@ -42,10 +42,11 @@ def wide(min_width: int = 110) -> Console:
 
 
 def stderr() -> Console:
-    """A rich console on stderr (progress, warnings, errors)."""
+    """A rich console on stderr (progress, warnings, errors). Lines are never broken by rich (a
+    path cut at 80 columns cannot be copied back); the terminal wraps them."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_error(err: KohyawrapError) -> None:

@@ -3,6 +3,8 @@
 
     KW_STEPLOG=steps.jsonl accelerate launch ... kw_measure.py SDS/sdxl_train_network.py --config_file ...
 
+KW_CAP_GIB=N caps what torch may allocate on the card at N GiB (a smaller card on a larger one).
+
 A global optimizer step hook (torch.optim's register_optimizer_step_post_hook) fires after each
 optimizer step, whichever optimizer sd-scripts builds (bitsandbytes' too: it subclasses
 torch.optim.Optimizer). It synchronises the GPU first, so the time between two lines is the
@@ -25,6 +27,10 @@ def main() -> None:
 
     out = open(os.environ.get("KW_STEPLOG", "steps.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
     cuda = torch.cuda.is_available()
+    cap = os.environ.get("KW_CAP_GIB")  # act as a smaller card: torch may use at most this much
+    if cuda and cap:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total))
     start = time.perf_counter()
     count = 0
 
