@@ -43,6 +43,7 @@ PURE_CORE = [
     "launcher/states.py",
     "launcher/legs.py",
     "launcher/installfail.py",
+    "launcher/queuefile.py",
     "evaluate/options.py",
     "evaluate/prompts.py",
     "evaluate/gridplan.py",

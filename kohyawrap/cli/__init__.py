@@ -57,7 +57,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "attach": (
         "kohyawrap.cli.runs",
         "attach",
-        "Reconnect to a running job and follow it to the end.",
+        "Reconnect to a running job (or queue) and follow it to the end.",
+    ),
+    "queue": (
+        "kohyawrap.cli.queue",
+        "queue",
+        "Several LoRAs in one rented session: one set-up, one job per GPU, a pool of hosts.",
     ),
     "stop": ("kohyawrap.cli.runs", "stop", "Stop a running job cleanly and pull what it saved."),
     "pull": (

@@ -118,12 +118,21 @@ def attach(run_ref: str, connect: Any, follow: Any, runs_dir: Path, as_json: boo
     """Reconnect to a running job and follow it to the end, continuing from the log already seen.
 
     Checkpoints already pulled are not pulled again; the rest arrive verified as usual. The
-    connection options recorded with the run are used unless given again.
+    connection options recorded with the run are used unless given again. RUN may also name a
+    queue (`kohyawrap queue run`): its current job is followed, every ended job pulled, then the
+    queue finishes.
 
     \b
-    Example:
+    Examples:
       kohyawrap attach 20261128-101500-my_lora
+      kohyawrap attach 20261128-101500-jobs
     """
+    from kohyawrap.launcher.queuerecord import QueueStore
+
+    queue_id = QueueStore(runs_dir).find(run_ref, loose=False)
+    if queue_id is not None and (queue_id == run_ref or not _names_a_run(runs_dir, run_ref)):
+        _attach_queue(queue_id, connect, follow, runs_dir)
+        return
     run = find_run(runs_dir, run_ref)
     launcher = _launcher(runs_dir, follow)
     try:
@@ -134,6 +143,38 @@ def attach(run_ref: str, connect: Any, follow: Any, runs_dir: Path, as_json: boo
         click.echo(f"run {run.run_id} is {manifest.status.value}: nothing to follow "
                    "(`kohyawrap pull` fetches its files)", err=True)  # fmt: skip
     _present(manifest, run, as_json)
+
+
+def _names_a_run(runs_dir: Path, ref: str) -> bool:
+    from kohyawrap.errors import UsageError
+    from kohyawrap.launcher.runstore import RunStore
+
+    try:
+        RunStore(runs_dir).find(ref)
+    except UsageError:
+        return False
+    return True
+
+
+def _attach_queue(queue_id: str, connect: Any, follow: Any, runs_dir: Path) -> None:
+    """A queue: hand over, follow and pull every job, grids, then the queue's finish."""
+    from kohyawrap.cli.options import read_token
+    from kohyawrap.console.queue import show_queue_outcome
+    from kohyawrap.console.train import ConsoleReporter
+    from kohyawrap.launcher.queuerun import QueueLauncher
+    from kohyawrap.launcher.queuestatus import raise_for_queue
+    from kohyawrap.launcher.runstore import RunStore
+    from kohyawrap.launcher.stages import FollowOptions
+
+    launcher = QueueLauncher(
+        RunStore(runs_dir), ConsoleReporter(), options=follow or FollowOptions()
+    )
+    try:
+        record = launcher.attach(queue_id, connect, read_token(None))
+    finally:
+        launcher.reporter.close()  # type: ignore[attr-defined]
+    show_queue_outcome(launcher.store, queue_id)
+    raise_for_queue(record, launcher.store)
 
 
 @click.command(cls=GroupedCommand)
