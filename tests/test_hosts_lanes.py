@@ -189,6 +189,7 @@ def test_many_small_files_over_several_streams(sshd: Sshd, tmp_path: Path) -> No
         assert (tmp_path / "up" / rel).read_bytes() == path.read_bytes(), rel
 
 
+@pytest.mark.slow  # kills a receiver mid-transfer: timing that many parallel tests can starve
 def test_one_channel_dropped_mid_way_fails_cleanly_and_the_rest_is_kept(
     sshd: Sshd, tmp_path: Path
 ) -> None:
@@ -213,7 +214,7 @@ def test_one_channel_dropped_mid_way_fails_cleanly_and_the_rest_is_kept(
         return found
 
     def kill_one(done: int, total: int) -> None:
-        if done > total // 2 and not killed:
+        if done > total // 4 and not killed:
             for pid in receivers()[:1]:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
