@@ -206,6 +206,7 @@ def token_watch() -> Iterator[list[str]]:
     thread.join()
 
 
+@pytest.mark.slow
 def test_host_captioner_through_the_cli(
     tmp_path: Path, sshd: Sshd, photos: Path, token_watch: list[str]
 ) -> None:

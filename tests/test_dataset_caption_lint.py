@@ -24,6 +24,7 @@ def hub(fake_hub: FakeHub) -> FakeHub:
     return fake_hub
 
 
+@pytest.mark.slow
 def test_lint_after_caption(tmp_path: Path, hub: FakeHub) -> None:
     data = tmp_path / "训练数据"
     concept = make_example_photos(data / "10_sks robot")

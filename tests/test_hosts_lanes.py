@@ -59,6 +59,7 @@ def test_parts_and_groups_are_planned_deterministically() -> None:
     assert len(transfer.tar_groups(items[:10], 4)) == 1, "a little data stays one stream"
 
 
+@pytest.mark.slow
 def test_a_large_file_goes_in_parts_verified_with_a_sidecar(sshd: Sshd, tmp_path: Path) -> None:
     model = _big(tmp_path / "基础 model $(x).safetensors", 70 * MB + 12345)
     dest = tmp_path / "models dir"
@@ -88,6 +89,7 @@ def test_a_large_file_goes_in_parts_verified_with_a_sidecar(sshd: Sshd, tmp_path
         assert again.files_sent == 0
 
 
+@pytest.mark.slow
 def test_a_sidecar_is_trusted_only_for_the_exact_file(sshd: Sshd, tmp_path: Path) -> None:
     model = _big(tmp_path / "m.bin", 65 * MB)
     dest = tmp_path / "up"
@@ -113,6 +115,7 @@ def test_a_sidecar_is_trusted_only_for_the_exact_file(sshd: Sshd, tmp_path: Path
         assert _sha(there) == digest
 
 
+@pytest.mark.slow
 def test_a_drop_mid_upload_resends_only_the_missing_parts(
     sshd: Sshd, ssh_relay: TcpRelay, tmp_path: Path
 ) -> None:
@@ -139,6 +142,7 @@ def test_a_drop_mid_upload_resends_only_the_missing_parts(
         host.close()
 
 
+@pytest.mark.slow
 def test_fewer_channels_than_lanes_still_finish(tmp_path: Path) -> None:
     files = {}
     for i in range(200):

@@ -119,6 +119,7 @@ def test_captions_come_back_verified_with_the_trigger_first(any_host: Host, tmp_
     assert again.cached and again.captions == result.captions
 
 
+@pytest.mark.slow
 def test_one_bad_picture_and_a_hostile_result(ssh_host: Host, tmp_path: Path) -> None:
     images = {
         "00000.jpg": _solid(tmp_path / "a.jpg", (13, 40), (0, 200, 0)),
@@ -201,6 +202,7 @@ def test_rendered_script_is_valid_bash_and_quotes_everything() -> None:
     assert "NEEDS='timm einops'" in script
 
 
+@pytest.mark.slow
 def test_a_dropped_connection_is_reported_and_a_rerun_finishes(sshd: Sshd, tmp_path: Path) -> None:
     slow = tmp_path / "slow.py"
     slow.write_text(

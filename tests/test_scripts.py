@@ -142,6 +142,7 @@ def test_test_installs_sshd_with_apt_get_when_root(tmp_path: Path) -> None:
     assert "installing openssh-server" in done.stderr
 
 
+@pytest.mark.slow
 def test_missing_sshd_ends_the_run_with_one_line_and_the_command(tmp_path: Path) -> None:
     env = {**os.environ, "KOHYAWRAP_TEST_SSHD": str(tmp_path / "no" / "sshd")}
     done = subprocess.run(
