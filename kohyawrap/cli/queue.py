@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,6 +24,30 @@ if TYPE_CHECKING:
     from kohyawrap.launcher.queuerun import QueueLauncher
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handover_options(planned: str) -> Callable[[F], F]:
+    """The options of the commands that hand jobs to hosts (`queue run`, `queue add`)."""
+    hub_file_help = "File holding a Hugging Face token (else $HF_TOKEN)."
+    force_help = "Go ahead even when a plan says it will not fit in VRAM."
+    options = (
+        follow_options,
+        runs_dir_option,
+        grouped("Following", "--hf-token-file", type=_FILE, default=None, help=hub_file_help),
+        click.option("--force", is_flag=True, help=force_help),
+        click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation."),
+        click.option("--dry-run", is_flag=True, help=f"Print {planned} and stop."),
+        click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON."),
+    )
+
+    def apply(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
 
 
 def _launcher(runs_dir: Path, follow: Any = None, *, plain: bool | None = None) -> QueueLauncher:
@@ -115,16 +140,7 @@ def queue() -> None:
          "when no laptop is following.")  # fmt: skip
 @grouped("Money", "--provider", type=click.Choice(["auto", "runpod", "vast", "none"]),
          default="auto", show_default=True, help="Who rents the host (auto: read from the host).")  # fmt: skip
-@follow_options
-@runs_dir_option
-@grouped("Following", "--hf-token-file", type=_FILE, default=None,
-         help="File holding a Hugging Face token (else $HF_TOKEN).")  # fmt: skip
-@click.option(
-    "--force", is_flag=True, help="Go ahead even when a plan says it will not fit in VRAM."
-)
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--dry-run", is_flag=True, help="Print the queue's plan and stop.")
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@_handover_options("the queue's plan")
 def queue_run(
     queue_file: Path,
     targets: tuple[str, ...],
@@ -203,16 +219,7 @@ def queue_run(
 @click.argument("queue_ref", metavar="QUEUE")
 @click.argument("queue_file", metavar="QUEUE_FILE", type=_FILE)
 @connect_options
-@follow_options
-@runs_dir_option
-@grouped("Following", "--hf-token-file", type=_FILE, default=None,
-         help="File holding a Hugging Face token (else $HF_TOKEN).")  # fmt: skip
-@click.option(
-    "--force", is_flag=True, help="Go ahead even when a plan says it will not fit in VRAM."
-)
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--dry-run", is_flag=True, help="Print the new jobs' plan and stop.")
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@_handover_options("the new jobs' plan")
 def queue_add(
     queue_ref: str,
     queue_file: Path,

@@ -24,9 +24,12 @@ from kohyawrap.launcher.scripts import parse_kv
 GOES_AWAY = ("stop", "destroy", "shutdown")
 
 
-def _ask(host: Host, plan: RunPlan, python: str, flag: str) -> FinishRecord:
-    run = plan.layout.run_dir
-    command = f"cd {sh(run)} && " + sh(python, watchdog.SCRIPT, "finish", run, flag)
+def ask_host(
+    host: Host, folder: str, python: str, script: str, who: str, *flags: str
+) -> FinishRecord:
+    """Run ``script finish folder flags`` on the host (the run's watchdog or the queue's runner)
+    and read its finish decision; ``who`` names the program in the error when it gives none."""
+    command = f"cd {sh(folder)} && " + sh(python, script, "finish", folder, *flags)
     result = host.run(command, check=True, timeout=3900)  # a push to the Hub may come first
     text = parse_kv(result.stdout).get("finish", "")
     try:
@@ -35,10 +38,15 @@ def _ask(host: Host, plan: RunPlan, python: str, flag: str) -> FinishRecord:
         record = None
     if record is None:
         raise HostError(
-            f"the host's watchdog gave no finish decision ({posixpath.join(run, watchdog.SCRIPT)})",
+            f"{who} gave no finish decision ({posixpath.join(folder, script)})",
             evidence=(result.stdout + result.stderr).strip().splitlines()[-5:],
         )
     return record
+
+
+def _ask(host: Host, plan: RunPlan, python: str, flag: str) -> FinishRecord:
+    run = plan.layout.run_dir
+    return ask_host(host, run, python, watchdog.SCRIPT, "the host's watchdog", flag)
 
 
 def decide(host: Host, plan: RunPlan, python: str) -> FinishRecord:

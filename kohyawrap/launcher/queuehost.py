@@ -24,6 +24,7 @@ from typing import Any
 from kohyawrap.errors import HostError, KohyawrapError
 from kohyawrap.hosts.base import Host, sh
 from kohyawrap.launcher import watchdog
+from kohyawrap.launcher.finish import ask_host
 from kohyawrap.launcher.manifest import FinishRecord
 from kohyawrap.launcher.report import Reporter
 from kohyawrap.launcher.scripts import parse_kv
@@ -266,19 +267,7 @@ def job_started(host: Host, run_dir: str) -> tuple[int, float] | None:
 
 
 def _ask(host: Host, folder: str, python: str, *flags: str) -> FinishRecord:
-    command = f"cd {sh(folder)} && " + sh(python, RUNNER, "finish", folder, *flags)
-    result = host.run(command, check=True, timeout=3900)  # a Hub push may come first
-    text = parse_kv(result.stdout).get("finish", "")
-    try:
-        record = watchdog.finish_record(json.loads(text))
-    except (ValueError, RecursionError):
-        record = None
-    if record is None:
-        raise HostError(
-            f"the queue runner gave no finish decision ({posixpath.join(folder, RUNNER)})",
-            evidence=(result.stdout + result.stderr).strip().splitlines()[-5:],
-        )
-    return record
+    return ask_host(host, folder, python, RUNNER, "the queue runner", *flags)
 
 
 def decide_finish(host: Host, folder: str, python: str) -> FinishRecord:
