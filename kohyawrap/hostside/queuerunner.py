@@ -274,35 +274,15 @@ def safety_of(jobs: list[Job], clock: wd.Clock) -> Any:
 def decide(folder: Path, cfg: QueueConfig, by: str, why: str, clock: wd.Clock) -> dict[str, Any]:
     """Decide the queue's finish once (the first caller wins); recorded in watchdog/finish.json
     with the same fields as a run's, so the laptop reads both alike."""
-    paths = wd.Paths(folder)
-    existing = wd.read_json(paths.finish)
-    if existing is not None:
-        return existing
-    with wd.locked(paths.own("finish.lock")) as mine:
-        if not mine:
-            return wd.read_json(paths.finish) or {"action": "", "message": "being decided"}
+
+    def assess() -> tuple[wd.Safety, dict[str, Any]]:
         jobs = read_jobs(folder)
-        provider = wd.detect_provider(cfg.provider, wd.provider_environment())
-        safety = safety_of(jobs, clock)
-        choice = wd.choose(cfg.on_finish, provider, safety)
-        record = {
-            "asked": cfg.on_finish,
-            "action": choice.action,
-            "message": choice.message,
-            "by": by,
-            "why": why,
-            "provider": provider.name,
-            "instance": provider.instance,
-            "safe": safety.safe,
-            "safe_by": safety.how,
-            "missing": list(safety.missing),
-            "jobs": len(jobs),
-            "at": clock.now(),
-            "result": "pending" if choice.action not in ("", "none") else "",
-        }
-        wd.write_json(paths.finish, record)
-        wd.log(f"queue finish ({by}): {choice.message}")
-        return record
+        return safety_of(jobs, clock), {"jobs": len(jobs)}
+
+    paths = wd.Paths(folder)
+    return wd.decide_once(
+        paths, cfg.on_finish, cfg.provider, by, why, clock, assess, what="queue finish"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -794,18 +794,37 @@ def ensure_pushed(paths: Paths, cfg: Config, clock: Clock) -> None:
 
 def decide(paths: Paths, cfg: Config, by: str, why: str, clock: Clock) -> dict[str, Any]:
     """Decide the finish once (the first caller wins) and record it in ``finish.json``."""
+    if read_json(paths.finish) is None:
+        ensure_pushed(paths, cfg, clock)
+    return decide_once(
+        paths, cfg.on_finish, cfg.provider, by, why, clock, lambda: (check_safety(paths), {})
+    )
+
+
+def decide_once(
+    paths: Paths,
+    asked: str,
+    provider_choice: str,
+    by: str,
+    why: str,
+    clock: Clock,
+    assess: Callable[[], tuple[Safety, dict[str, Any]]],
+    what: str = "finish",
+) -> dict[str, Any]:
+    """Decide ``asked`` under the safety rule once (the first caller wins) and record it in
+    ``finish.json``; ``assess`` gives the safety (and any extra fields) under the lock. The run's
+    watchdog and the queue's runner both decide here, so the laptop reads both records alike."""
     existing = read_json(paths.finish)
     if existing is not None:
         return existing
-    ensure_pushed(paths, cfg, clock)
     with locked(paths.own("finish.lock")) as mine:
         if not mine:
             return read_json(paths.finish) or {"action": "", "message": "being decided"}
-        provider = detect_provider(cfg.provider, provider_environment())
-        safety = check_safety(paths)
-        choice = choose(cfg.on_finish, provider, safety)
+        provider = detect_provider(provider_choice, provider_environment())
+        safety, extra = assess()
+        choice = choose(asked, provider, safety)
         record = {
-            "asked": cfg.on_finish,
+            "asked": asked,
             "action": choice.action,
             "message": choice.message,
             "by": by,
@@ -815,11 +834,12 @@ def decide(paths: Paths, cfg: Config, by: str, why: str, clock: Clock) -> dict[s
             "safe": safety.safe,
             "safe_by": safety.how,
             "missing": list(safety.missing),
+            **extra,
             "at": clock.now(),
             "result": "pending" if choice.action not in ("", "none") else "",
         }
         write_json(paths.finish, record)
-        log(f"finish ({by}): {choice.message}")
+        log(f"{what} ({by}): {choice.message}")
         return record
 
 
