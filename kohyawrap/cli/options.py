@@ -274,29 +274,39 @@ def read_token(token_file: Path | None) -> str | None:
     return read_user_text(token_file.expanduser(), "--hf-token-file", limit=4096).strip() or None
 
 
+def confirm_start(yes: bool, what: str, question: str) -> bool:
+    """--yes, or a person at a terminal answers ``question``; no terminal and no --yes is refused
+    (``what``: the run, the queue)."""
+    from kohyawrap.errors import UsageError
+
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"there is no terminal to confirm {what} on",
+            hint="pass --yes to start it without asking (scripts, CI, nohup)",
+        )
+    return click.confirm(question, default=True, err=True)
+
+
+def finish_this_machine(target: str, action: str) -> bool:
+    """Whether a person at a terminal really wants --on-finish to act on what looks like this
+    machine (never without a terminal)."""
+    if not sys.stdin.isatty():
+        return False
+    return click.confirm(
+        f"--on-finish {action} acts on {target}, which looks like THIS machine. Really?",
+        default=False,
+        err=True,
+    )
+
+
 def questions(yes: bool) -> Questions:
     """How the launcher's questions are answered: --yes, or a person at a terminal."""
-    from kohyawrap.errors import UsageError
     from kohyawrap.launcher.verbs import Questions
 
     def start(plan: RunPlan) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            raise UsageError(
-                "there is no terminal to confirm the run on",
-                hint="pass --yes to start it without asking (scripts, CI, nohup)",
-            )
-        return click.confirm("Start this run?", default=True, err=True)
-
-    def finish_this_machine(target: str, action: str) -> bool:
-        if not sys.stdin.isatty():
-            return False
-        return click.confirm(
-            f"--on-finish {action} acts on {target}, which looks like THIS machine. Really?",
-            default=False,
-            err=True,
-        )
+        return confirm_start(yes, "the run", "Start this run?")
 
     return Questions(start=start, finish_this_machine=finish_this_machine)
 

@@ -11,7 +11,9 @@ import click
 
 from kohyawrap.cli.options import (
     GroupedCommand,
+    confirm_start,
     connect_options,
+    finish_this_machine,
     follow_options,
     grouped,
     read_token,
@@ -61,30 +63,11 @@ def _launcher(runs_dir: Path, follow: Any = None, *, plain: bool | None = None) 
     )
 
 
-def _confirm(yes: bool, what: str) -> Any:
-    from kohyawrap.errors import UsageError
-
+def _confirm(yes: bool, question: str) -> Any:
     def confirm(plan: QueuePlan) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            raise UsageError(
-                "there is no terminal to confirm the queue on",
-                hint="pass --yes to start it without asking (scripts, CI, nohup)",
-            )
-        return click.confirm(what, default=True, err=True)
+        return confirm_start(yes, "the queue", question)
 
     return confirm
-
-
-def _finish_this_machine(target: str, action: str) -> bool:
-    if not sys.stdin.isatty():
-        return False
-    return click.confirm(
-        f"--on-finish {action} acts on {target}, which looks like THIS machine. Really?",
-        default=False,
-        err=True,
-    )
 
 
 def _on_plan(as_json: bool, dry_run: bool) -> Any:
@@ -194,7 +177,7 @@ def queue_run(
             queue_data,
             options,
             confirm=_confirm(yes, "Start this queue?"),
-            finish_this_machine=_finish_this_machine,
+            finish_this_machine=finish_this_machine,
             hf_token=read_token(hf_token_file),
             dry_run=dry_run,
             on_plan=_on_plan(as_json, dry_run),
